@@ -1,0 +1,221 @@
+"""Audio loading and validation: any file or array in, 16 kHz mono float32 out.
+
+Files whose extension names a libsndfile format (wav, flac, ogg, aiff, ...) are read with soundfile;
+m4a/aac/mp3 and anything else, or files soundfile cannot open, are decoded with PyAV (FFmpeg).
+Multi-channel audio is averaged to mono and resampled with soxr (HQ). Every problem with the input
+(missing, empty, corrupt, truncated, non-finite, silent or too short audio) raises :class:`AudioError`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile as sf
+import soxr
+
+__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "prepare_waveform", "audio_duration"]
+
+SAMPLE_RATE = 16000
+SILENCE_PEAK = 1e-8
+"""Clips whose peak absolute amplitude is below this are rejected as silent."""
+TRUNCATION_RATIO = 0.9
+"""A compressed file that decodes to less than this fraction of its declared duration is truncated."""
+
+# libsndfile's major formats double as extensions; MP3 goes to PyAV with the other compressed formats.
+_SOUNDFILE_EXTENSIONS = frozenset(f".{name.lower()}" for name in sf.available_formats()) - {".mp3"}
+# libsndfile logs a chunk whose declared size exceeds the file as "data : 32000 (should be 10637)".
+_SHORT_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Streaming writers that cannot seek back leave a placeholder data size at or above this value.
+_UNKNOWN_SIZE = 0x7FFF0000
+_PYAV_ERRORS = (av.FFmpegError, OSError)
+
+
+class AudioError(ValueError):
+    """Bad audio input; ``str(err) == f"{source}: {reason}"`` on one line."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = str(source)
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"{self.source}: {self.reason}")
+
+    def __reduce__(self):
+        return type(self), (self.source, self.reason)
+
+
+def load_audio(
+    path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, min_duration: float = 0.5
+) -> np.ndarray:
+    """Decode ``path`` to a validated float32 mono 1-D waveform at ``sample_rate``.
+
+    ``min_duration`` (seconds, of the decoded audio) rejects shorter clips; 0 disables the check.
+    """
+    source = _check_file(path)
+    frames, rate = _decode(Path(source))
+    return _finish(frames.mean(axis=1), rate, sample_rate, min_duration, source)
+
+
+def prepare_waveform(
+    wave: np.ndarray,
+    sample_rate: int,
+    *,
+    target_rate: int = SAMPLE_RATE,
+    min_duration: float = 0.5,
+    source: str = "<array>",
+) -> np.ndarray:
+    """Validate an in-memory waveform and return it as contiguous float32 mono at ``target_rate``.
+
+    ``wave`` is 1-D, or 2-D with the *smaller* axis taken as channels (so ``(2, n)`` and ``(n, 2)``
+    are both stereo; a square array is read as channels x samples). Float samples are kept as they
+    are; signed integer PCM is divided by ``2**(bits-1)`` and unsigned PCM is centred first
+    (uint8 128 -> 0.0), so both land in [-1, 1]. Channels are averaged, then resampled with soxr.
+    """
+    x = np.asarray(wave)
+    if x.dtype.kind not in "fiu":
+        raise AudioError(source, f"unsupported sample dtype {x.dtype}; expected float or integer PCM")
+    if x.ndim not in (1, 2):
+        raise AudioError(source, f"expected a 1-D or 2-D array, got shape {x.shape}")
+    x = _pcm_to_float(x)
+    if x.ndim == 2:
+        x = x.mean(axis=int(np.argmin(x.shape)))
+    return _finish(x, sample_rate, target_rate, min_duration, source)
+
+
+def audio_duration(path: str | os.PathLike) -> float:
+    """Duration in seconds read from the file's metadata, without decoding the samples."""
+    source = _check_file(path)
+    file = Path(source)
+    sf_error = None
+    if file.suffix.lower() in _SOUNDFILE_EXTENSIONS:
+        try:
+            return sf.info(source).duration
+        except sf.SoundFileError as exc:
+            sf_error = exc
+    try:
+        with av.open(source) as container:
+            stream = _audio_stream(container, source)
+            if stream.duration is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+    except _PYAV_ERRORS as exc:
+        raise _decode_error(source, sf_error, exc) from exc
+    raise AudioError(source, "duration not found in the file's metadata")
+
+
+def _check_file(path: str | os.PathLike) -> str:
+    """Return ``path`` as a string after checking that it is a non-empty regular file."""
+    source = os.fsdecode(path)
+    file = Path(source)
+    if not file.exists():
+        raise AudioError(source, "file not found")
+    if not file.is_file():
+        raise AudioError(source, "not a regular file")
+    if file.stat().st_size == 0:
+        raise AudioError(source, "empty file (0 bytes)")
+    return source
+
+
+def _decode(file: Path) -> tuple[np.ndarray, float]:
+    """Decode to float32 ``(samples, channels)`` and the file's sample rate."""
+    source = str(file)
+    sf_error = None
+    if file.suffix.lower() in _SOUNDFILE_EXTENSIONS:
+        try:
+            handle = sf.SoundFile(source)
+        except sf.SoundFileError as exc:  # format soundfile cannot open: let FFmpeg try
+            sf_error = exc
+        else:
+            return _read_soundfile(handle, source)
+    try:
+        return _read_pyav(source)
+    except _PYAV_ERRORS as exc:
+        raise _decode_error(source, sf_error, exc) from exc
+
+
+def _read_soundfile(handle: sf.SoundFile, source: str) -> tuple[np.ndarray, float]:
+    with handle:
+        short = _SHORT_DATA_CHUNK.search(handle.extra_info)
+        if short:
+            declared, present = map(int, short.groups())
+            if present < declared < _UNKNOWN_SIZE:
+                raise AudioError(
+                    source, f"truncated file: header declares {declared} data bytes, only {present} present"
+                )
+        try:
+            frames = handle.read(dtype="float32", always_2d=True)
+        except sf.SoundFileError as exc:
+            raise _decode_error(source, exc, None) from exc
+        return frames, handle.samplerate
+
+
+def _read_pyav(source: str) -> tuple[np.ndarray, float]:
+    """Decode the first audio stream with PyAV, converted to planar float by its resampler."""
+    with av.open(source) as container:
+        stream = _audio_stream(container, source)
+        resampler = av.AudioResampler(format="fltp")  # keeps the layout and rate of the first frame
+        decoded = [out for frame in container.decode(stream) for out in resampler.resample(frame)]
+        decoded += resampler.resample(None)
+        declared = float(stream.duration * stream.time_base) if stream.duration is not None else None
+        rate = decoded[0].sample_rate if decoded else stream.rate
+    if not decoded:
+        return np.zeros((0, 1), np.float32), rate
+    frames = np.concatenate([out.to_ndarray() for out in decoded], axis=1).T
+    found = len(frames) / rate
+    if declared is not None and found < TRUNCATION_RATIO * declared:
+        raise AudioError(source, f"truncated file: decoded {found:.3f} s of the {declared:.3f} s it declares")
+    return frames, rate
+
+
+def _audio_stream(container: av.container.InputContainer, source: str) -> av.audio.stream.AudioStream:
+    if not container.streams.audio:
+        raise AudioError(source, "no audio stream in file")
+    return container.streams.audio[0]
+
+
+def _decode_error(source: str, sf_error: Exception | None, av_error: Exception | None) -> AudioError:
+    """One-line error naming what each decoder said."""
+    said = []
+    if sf_error is not None:
+        said.append(f"soundfile: {str(getattr(sf_error, 'error_string', None) or sf_error).rstrip('.')}")
+    if av_error is not None:
+        said.append(f"PyAV: {getattr(av_error, 'strerror', None) or av_error}")
+    return AudioError(source, f"cannot decode audio (corrupt, truncated or not audio): {'; '.join(said)}")
+
+
+def _pcm_to_float(x: np.ndarray) -> np.ndarray:
+    """Integer PCM -> float32 in [-1, 1]; float input -> float32."""
+    if x.dtype.kind == "f":
+        return x.astype(np.float32, copy=False)
+    scale = float(2 ** (8 * x.dtype.itemsize - 1))
+    offset = scale if x.dtype.kind == "u" else 0.0
+    return ((x.astype(np.float64) - offset) / scale).astype(np.float32)
+
+
+def _finish(wave: np.ndarray, rate: float, target_rate: float, min_duration: float, source: str) -> np.ndarray:
+    """Validate mono float samples at ``rate`` and resample them to ``target_rate``."""
+    for name, value in (("sample rate", rate), ("target sample rate", target_rate)):
+        if not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+            raise AudioError(source, f"invalid {name} {value!r}")
+    if wave.size == 0:
+        raise AudioError(source, "no audio samples")
+    bad = wave.size - np.count_nonzero(np.isfinite(wave))
+    if bad:
+        raise AudioError(source, f"contains {bad} NaN or infinite sample(s)")
+    duration = wave.size / rate
+    if duration < min_duration:
+        raise AudioError(source, f"too short: {duration:.3f} s, minimum is {min_duration:.3f} s")
+    peak = float(np.max(np.abs(wave)))
+    if peak < SILENCE_PEAK:
+        raise AudioError(source, f"silent: peak amplitude {peak:.3g} is below {SILENCE_PEAK:g}")
+    if rate != target_rate:
+        try:
+            wave = soxr.resample(wave, rate, target_rate, quality="HQ")
+        except (ValueError, RuntimeError) as exc:
+            raise AudioError(source, f"resampling {rate} Hz -> {target_rate} Hz failed: {exc}") from exc
+    return np.ascontiguousarray(wave, dtype=np.float32)

@@ -1,0 +1,96 @@
+"""Data commands: prepare (manifest + optional shards), synth (synthetic corpus)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import app, err, fail, out, progress_bar
+
+
+@app.command()
+def prepare(
+    root: Path = typer.Option(..., "--root", help="Corpus root: <speaker>/<video>/<nnnnn>.{wav,m4a,flac} below it."),
+    out_csv: Path = typer.Option(..., "--out", "-o", help="Manifest CSV to write (path,speaker,duration)."),
+    list_file: Optional[Path] = typer.Option(
+        None, "--list", help="The original's list file ('idXXXXX/<video>/<nnnnn>.wav <label>', relative to --root) "
+                             "instead of scanning --root."),
+    shards: Optional[Path] = typer.Option(None, "--shards", help="Also pack the data into WebDataset shards here."),
+    shard_size: int = typer.Option(1000, help="Most utterances per shard."),
+    shard_mb: float = typer.Option(1000.0, help="About the most megabytes per shard."),
+    keep_original: bool = typer.Option(False, help="Store WAV/FLAC files in shards as they are (default: 16-bit FLAC)."),
+    seed: int = typer.Option(0, help="Seed of the shuffled shard order."),
+    workers: Optional[int] = typer.Option(None, help="Decoding processes (default: all CPUs)."),
+) -> None:
+    """Check that every file decodes and write a training manifest; bad files are listed next to it and left out."""
+    from ..audio import AudioError
+    from ..data.manifest import ManifestError, build_manifest, read_manifest, read_original_list, scan_voxceleb, speaker_of
+
+    if not root.is_dir():
+        fail(f"{root}: not a directory")
+    try:
+        if list_file is not None:
+            files, speakers = read_original_list(list_file, root)
+        else:
+            files = scan_voxceleb(root)
+            speakers = [speaker_of(f, root) for f in files]
+    except (ManifestError, OSError) as exc:
+        fail(str(exc))
+    if not files:
+        fail(f"{root}: no audio files found as <speaker>/<video>/<file>.(wav|m4a|flac)")
+    report = build_manifest(files, speakers, out_csv, workers=workers, progress=True)
+    for path, reason in report.bad[:10]:
+        err.print(f"bad: {path}: {reason}", highlight=False, markup=False)
+    if report.n_ok == 0:
+        fail(f"none of the {len(files)} files could be decoded; reasons in {report.bad_report}")
+    manifest = read_manifest(out_csv)
+    hours = float(manifest.durations.astype("float64").sum()) / 3600
+    msg = (f"wrote {report.manifest}: {report.n_ok} utterances, {len(manifest.speaker_ids())} speakers, "
+           f"{hours:.2f} h")
+    if report.bad:
+        msg += f"; {len(report.bad)} bad file(s) left out, listed in {report.bad_report}"
+    out.print(msg, highlight=False)
+    if shards is not None:
+        from ..data.shards import write_shards
+
+        try:
+            with progress_bar() as bar:
+                task = bar.add_task("packing", total=len(manifest))
+                index = write_shards(manifest, shards, max_count=shard_size, max_mb=shard_mb, seed=seed,
+                                     keep_original=keep_original, workers=workers,
+                                     progress=lambda n: bar.advance(task, n))
+        except (AudioError, ValueError, OSError) as exc:
+            fail(str(exc))
+        size = sum(s.bytes for s in index.shards) / 1e6
+        out.print(f"wrote {len(index.shards)} shard(s) ({size:.1f} MB) and {Path(index.base) / 'index.json'}",
+                  highlight=False)
+
+
+@app.command()
+def synth(
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Corpus directory (dev/, test/, trials.txt, speakers.json)."),
+    speakers: int = typer.Option(40, help="Speakers in total."),
+    test_speakers: int = typer.Option(10, help="Of which held out for test."),
+    sessions: int = typer.Option(4, help="Sessions (videos) per speaker."),
+    utterances: int = typer.Option(5, help="Utterances per session."),
+    min_duration: float = typer.Option(2.0, help="Shortest utterance, seconds."),
+    max_duration: float = typer.Option(6.0, help="Longest utterance, seconds."),
+    trials: int = typer.Option(2000, help="Verification trials over the test speakers (half target)."),
+    seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical files."),
+    workers: Optional[int] = typer.Option(None, help="Synthesis processes (default: all CPUs)."),
+) -> None:
+    """Synthesise a VoxCeleb-layout corpus of espeak-ng speakers heard through random channels."""
+    from ..data.synth import SynthConfig, synthesize_corpus
+
+    config = SynthConfig(speakers=speakers, test_speakers=test_speakers, sessions=sessions, utterances=utterances,
+                         min_duration=min_duration, max_duration=max_duration, trials=trials, seed=seed)
+    try:
+        summary = synthesize_corpus(out_dir, config, workers=workers, progress=err.is_terminal)
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+    out.print(f"wrote {out_dir}: {summary['utterances']} utterances ({summary['synthesized']} synthesised now) of "
+              f"{summary['speakers']} speakers ({summary['dev_speakers']} dev, {summary['test_speakers']} test), "
+              f"{summary['audio_seconds'] / 3600:.2f} h of audio, {summary['trials']} trials "
+              f"({summary['target_trials']} target) in {summary['wall_seconds']:.1f} s", highlight=False)
+

@@ -1,0 +1,134 @@
+"""Commands that use a model: convert-keras, embed, verify, info."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import DeviceOpt, MinDurOpt, MirrorOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out, progress_bar
+
+
+@app.command("convert-keras")
+def convert_keras(
+    weights: Path = typer.Argument(..., help="The authors' Keras weights.h5 (or a checkpoint of the original code)."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Output model directory (or .safetensors file)."),
+    backbone: Optional[str] = typer.Option(None, help="Expected backbone (resnet34s/resnet34l); checked against the file."),
+    pooling: Optional[str] = typer.Option(None, help="Expected aggregation (vlad/gvlad/tap); checked."),
+    clusters: Optional[int] = typer.Option(None, help="Expected number of VLAD clusters; checked."),
+    ghost_clusters: Optional[int] = typer.Option(None, help="Expected number of ghost clusters; checked."),
+    embed_dim: Optional[int] = typer.Option(None, help="Expected embedding size; checked."),
+    mirror: bool = typer.Option(True, "--mirror/--no-mirror", help="Store the original's test-time 'wav + reversed wav' extension."),
+) -> None:
+    """Convert the authors' Keras weights into a ghostvlad model (configuration inferred from the file)."""
+    from ..convert.keras import KerasConversionError, read_keras_encoder
+    from ..features import FrontEndConfig
+    from ..inference import SpeakerModel
+
+    expected = {k: v for k, v in dict(backbone=backbone, pooling=pooling, clusters=clusters,
+                                       ghost_clusters=ghost_clusters, embed_dim=embed_dim).items() if v is not None}
+    try:
+        encoder, info = read_keras_encoder(weights, **expected)
+    except KerasConversionError as exc:
+        fail(str(exc))
+    model = SpeakerModel(encoder, FrontEndConfig(mirror=mirror), info={"source": "keras", "file": Path(weights).name,
+                                                                       "keras_version": info.get("keras_version")})
+    model.save(out_path)
+    cfg = encoder.config
+    out.print(f"wrote {out_path}: {cfg.backbone} width {cfg.width:g}, {cfg.pooling} "
+              f"{cfg.clusters}+{cfg.ghost_clusters}, descriptor {cfg.descriptor_dim}, embedding {cfg.embed_dim}"
+              + (f" (skipped: {', '.join(info['skipped'])})" if info.get("skipped") else ""))
+
+
+def _read_list(path: Path) -> list[str]:
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"{path}: cannot read file list ({exc})")
+    return [ln.split()[0] for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+@app.command()
+def embed(
+    files: list[Path] = typer.Argument(None, help="Audio files (wav, flac, ogg, m4a, mp3, ...)."),
+    model_path: Path = ModelOpt,
+    out_path: Path = typer.Option(..., "--out", "-o", help="Output .npz with 'embeddings' (N, D) and 'paths' (N,)."),
+    list_file: Optional[Path] = typer.Option(None, "--list", "-l", help="Text file with one audio path per line."),
+    precision: str = PrecisionOpt,
+    device: str = DeviceOpt,
+    min_duration: float = MinDurOpt,
+    mirror: Optional[bool] = MirrorOpt,
+    batch_frames: int = typer.Option(8000, help="Cap on padded frames per batch (memory/speed trade-off)."),
+) -> None:
+    """Embed audio files into unit-norm speaker embeddings (batched by length; bad files reported and skipped)."""
+    import numpy as np
+
+    from ..fileio import atomic_write
+
+    paths = [str(p) for p in files or []] + (_read_list(list_file) if list_file else [])
+    if not paths:
+        fail("no input files (give paths or --list)")
+    model = open_model(model_path, precision, device, min_duration, mirror)
+    model.batch_frames = batch_frames
+    embeddings: dict[int, np.ndarray] = {}
+    failures = []
+    with progress_bar() as bar:
+        task = bar.add_task("embedding", total=len(paths))
+        for r in model.iter_embeddings(paths):
+            if r.error is not None:
+                failures.append(r.error)
+                err.print(f"skipped {r.error}", highlight=False, markup=False)
+            else:
+                embeddings[r.index] = r.embedding
+            bar.advance(task)
+    if not embeddings:
+        fail(f"none of the {len(paths)} files could be embedded")
+    order = sorted(embeddings)
+    matrix = np.stack([embeddings[i] for i in order])
+    names = np.array([paths[i] for i in order])
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, embeddings=matrix, paths=names)
+
+    atomic_write(out_path, write)
+    msg = f"wrote {len(order)} embeddings ({matrix.shape[1]}-d) to {out_path}"
+    if failures:
+        msg += f"; {len(failures)} of {len(paths)} files failed"
+    out.print(msg, highlight=False)
+
+
+@app.command()
+def verify(
+    first: Path = typer.Argument(..., help="First recording."),
+    second: Path = typer.Argument(..., help="Second recording."),
+    model_path: Path = ModelOpt,
+    threshold: Optional[float] = typer.Option(None, help="Decision threshold (default: the one stored in the model)."),
+    precision: str = PrecisionOpt,
+    device: str = DeviceOpt,
+    min_duration: float = MinDurOpt,
+) -> None:
+    """Cosine score of two recordings, and a same/different decision when a threshold is known."""
+    from ..audio import AudioError
+
+    model = open_model(model_path, precision, device, min_duration)
+    try:
+        score = model.score(first, second)
+    except AudioError as exc:
+        fail(str(exc))
+    thr = threshold if threshold is not None else model.threshold
+    if thr is None:
+        out.print(f"score {score:.4f}")
+    else:
+        decision = "same speaker" if score >= thr else "different speakers"
+        out.print(f"score {score:.4f}  {decision} (threshold {thr:.4f})")
+
+
+@app.command()
+def info(model_path: Path = typer.Argument(..., help="Model directory or .safetensors file.")) -> None:
+    """Print a model's configuration and parameter count."""
+    import json
+
+    model = open_model(model_path)
+    params = sum(p.numel() for p in model.encoder.parameters())
+    out.print_json(json.dumps({**model.to_config(), "parameters": params}))

@@ -1,0 +1,262 @@
+"""Training crops: the original's random 2.5 s crop, read from files (or shards) touching only the samples it needs.
+
+The crop is :func:`ghostvlad.features.train_crop` — the clip doubled (``concat(y, y)``), reversed with
+probability 0.3, a random window of ``(frames - 1) * 160`` samples cut at a frame boundary, short clips zero-padded.
+For WAV and FLAC at 16 kHz, :func:`read_crop` works out which samples of the original clip the window covers (at most
+two segments: the window may straddle the join, and reversal mirrors positions) and reads only those; the result is
+bit-identical to ``train_crop(load_audio(path), rng)`` for the same generator. Other formats and sample rates are
+decoded whole. Randomness comes only from ``np.random.default_rng([seed, epoch, index])``, so a crop does not depend
+on the worker process, the number of workers or the rank, and an epoch can be replayed exactly on resume.
+"""
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from ..audio import SAMPLE_RATE, AudioError, load_audio, prepare_waveform
+from ..features import train_crop
+from .manifest import Manifest
+from .shards import ShardIndex, iter_shard_samples, read_index
+
+HOP_LENGTH = 160
+REVERSE_PROB = 0.3
+PARTIAL_READ_SUFFIXES = frozenset({".wav", ".flac"})  # libsndfile seeks these sample-exactly and cheaply
+_DURATION_TOLERANCE = 16  # samples (1 ms) between the manifest's duration and the file's
+
+
+def crop_samples(frames: int = 250, hop_length: int = HOP_LENGTH) -> int:
+    """Length of a training crop in samples: ``(frames - 1) * hop_length`` (39,840 for 250 frames)."""
+    return (frames - 1) * hop_length
+
+
+def crop_plan(num_samples: int, rng: np.random.Generator, frames: int = 250, hop_length: int = HOP_LENGTH,
+              reverse_prob: float = REVERSE_PROB) -> tuple[bool, int, int]:
+    """The random draws of :func:`train_crop` for a clip of ``num_samples`` samples, in the same order.
+
+    Returns ``(reversed, start, length)``: the crop is ``length`` samples of the doubled (and possibly reversed)
+    clip from ``start``, followed by zeros up to :func:`crop_samples`.
+    """
+    reverse = bool(rng.random() < reverse_prob)
+    size = crop_samples(frames, hop_length)
+    doubled = 2 * num_samples
+    total_frames = 1 + doubled // hop_length
+    if total_frames > frames:
+        return reverse, int(rng.integers(0, total_frames - frames)) * hop_length, size
+    return reverse, 0, min(size, doubled)
+
+
+def _segments(num_samples: int, reverse: bool, start: int, length: int) -> list[tuple[int, int]]:
+    """``(first, stop)`` ranges of the original clip that make up the crop, in forward order.
+
+    Reversing the doubled clip maps its position ``k`` to ``2n - 1 - k``, so a reversed crop is the reversal of the
+    forward window ``[2n - start - length, 2n - start)``.
+    """
+    n = num_samples
+    begin = 2 * n - start - length if reverse else start
+    end = begin + length
+    if length >= n:  # the window holds the whole clip (possibly partly twice): a single read of everything
+        return [(0, n)]
+    ranges = []
+    if begin < n:
+        ranges.append((begin, min(end, n)))
+    if end > n:
+        ranges.append((max(begin, n) - n, end - n))
+    return ranges
+
+
+def read_crop(path: str | os.PathLike, rng: np.random.Generator, duration: float | None = None,
+              frames: int = 250) -> np.ndarray:
+    """``train_crop(load_audio(path), rng, frames)``, reading only the crop's samples where the format allows.
+
+    ``duration`` (seconds, from the manifest) is checked against the file: a file that changed since the manifest
+    was made raises :class:`AudioError`, as does any file that can no longer be read.
+    """
+    source = os.fsdecode(path)
+    if Path(source).suffix.lower() not in PARTIAL_READ_SUFFIXES:
+        wave = load_audio(source, min_duration=0.0)
+        _check_duration(len(wave), duration, source)
+        return train_crop(wave, rng, frames)
+    if not os.path.isfile(source):
+        raise AudioError(source, "file not found")
+    return crop_soundfile(source, rng, duration, frames, source)
+
+
+def crop_soundfile(file: str | BinaryIO, rng: np.random.Generator, duration: float | None, frames: int,
+                   source: str) -> np.ndarray:
+    """:func:`read_crop` for anything libsndfile opens (a path or a seekable file object)."""
+    try:
+        with sf.SoundFile(file) as handle:
+            if handle.samplerate != SAMPLE_RATE or handle.frames <= 0:
+                wave = prepare_waveform(_read(handle, 0, None, source), handle.samplerate, min_duration=0.0,
+                                        source=source)
+                _check_duration(len(wave), duration, source)
+                return train_crop(wave, rng, frames)
+            n = handle.frames
+            _check_duration(n, duration, source)
+            reverse, start, length = crop_plan(n, rng, frames)
+            pieces = [_read(handle, first, stop - first, source) for first, stop in _segments(n, reverse, start, length)]
+    except sf.SoundFileError as exc:
+        raise AudioError(source, f"cannot read audio: {getattr(exc, 'error_string', None) or exc}") from None
+    except (OSError, RuntimeError) as exc:
+        raise AudioError(source, f"cannot read audio: {exc}") from None
+    return _assemble(pieces, n, reverse, start, length, crop_samples(frames))
+
+
+def _read(handle: sf.SoundFile, first: int, count: int | None, source: str) -> np.ndarray:
+    """Samples ``[first, first + count)`` (all when ``count`` is None), channels averaged as load_audio does."""
+    handle.seek(first)
+    data = handle.read(-1 if count is None else count, dtype="float32", always_2d=True)
+    if count is not None and len(data) < count:
+        raise AudioError(source, f"truncated file: {first + len(data)} samples readable, header says {handle.frames}")
+    return data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
+
+
+def _assemble(pieces: list[np.ndarray], n: int, reverse: bool, start: int, length: int, size: int) -> np.ndarray:
+    """The crop from the segments read by :func:`_segments`."""
+    if length >= n:  # whole clip read: cut the window from the doubled clip
+        window = np.concatenate([pieces[0], pieces[0]])
+        window = window[::-1][start : start + length] if reverse else window[start : start + length]
+    else:
+        window = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        window = window[::-1] if reverse else window
+    out = np.zeros(size, dtype=np.float32)
+    out[:length] = window
+    return out
+
+
+def _check_duration(num_samples: int, duration: float | None, source: str) -> None:
+    if duration is not None and abs(num_samples - float(duration) * SAMPLE_RATE) > _DURATION_TOLERANCE:
+        raise AudioError(source, f"has {num_samples / SAMPLE_RATE:.4f} s of audio but the manifest says "
+                                 f"{float(duration):.4f} s; the file changed since the manifest was made")
+
+
+class _SharedEpoch:
+    """An epoch counter in shared memory, so ``set_epoch`` reaches persistent DataLoader workers too."""
+
+    def __init__(self) -> None:
+        self.value = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def get(self) -> int:
+        return int(self.value)
+
+    def set(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.value.fill_(epoch)
+
+
+def _label_map(speaker_ids: list[str]) -> dict[str, int]:
+    if len(set(speaker_ids)) != len(speaker_ids):
+        raise ValueError("speaker_ids contains duplicates")
+    return {s: k for k, s in enumerate(speaker_ids)}
+
+
+class CropDataset(Dataset):
+    """Map-style: item ``i`` -> ``(crop float32 (39840,), label int)`` for utterance ``i`` of a manifest.
+
+    The crop's randomness comes only from ``np.random.default_rng([seed, epoch, i])``. ``speaker_ids`` fixes the
+    label numbering (default: the manifest's sorted speaker ids). Paths are kept in a numpy byte array, so
+    forked workers do not copy them page by page through reference counting.
+    """
+
+    def __init__(self, manifest: Manifest, seed: int = 0, frames: int = 250,
+                 speaker_ids: list[str] | None = None) -> None:
+        self.speaker_ids = list(speaker_ids) if speaker_ids is not None else manifest.speaker_ids()
+        index = _label_map(self.speaker_ids)
+        unknown = sorted(set(manifest.speakers) - index.keys())
+        if unknown:
+            raise ValueError(f"{len(unknown)} manifest speaker(s) not in speaker_ids, e.g. {unknown[0]!r}")
+        self.labels = np.array([index[s] for s in manifest.speakers], dtype=np.int64)
+        self.paths = np.array([os.fsencode(p) for p in manifest.paths], dtype=np.bytes_)
+        self.durations = np.asarray(manifest.durations, dtype=np.float32)
+        self.seed, self.frames = seed, frames
+        self._epoch = _SharedEpoch()
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.set(epoch)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        i = int(i)
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        crop = read_crop(os.fsdecode(self.paths[i]), rng, float(self.durations[i]), self.frames)
+        return crop, int(self.labels[i])
+
+
+class ShardCropDataset(IterableDataset):
+    """Streams the crops of WebDataset shards written by :func:`ghostvlad.data.shards.write_shards`.
+
+    Each epoch the shards are permuted by ``(seed, epoch)``; rank ``r`` of ``world`` takes every ``world``-th of
+    them and DataLoader worker ``w`` of ``W`` every ``W``-th of those, so each utterance is seen once per epoch
+    across all ranks and workers. Samples pass through a shuffle buffer (``shuffle_buffer`` entries, seeded by
+    seed, epoch, rank and worker). An utterance's crop is drawn from ``default_rng([seed, epoch, index])`` with its
+    manifest index, so it equals :class:`CropDataset`'s crop of the same utterance. ``rank``/``world`` default to
+    the torch.distributed process group, if any.
+    """
+
+    def __init__(self, index: str | os.PathLike | ShardIndex, seed: int = 0, frames: int = 250,
+                 speaker_ids: list[str] | None = None, shuffle_buffer: int = 500, rank: int | None = None,
+                 world: int | None = None) -> None:
+        self.index = index if isinstance(index, ShardIndex) else read_index(index)
+        self.speaker_ids = list(speaker_ids) if speaker_ids is not None else list(self.index.speakers)
+        self._labels = _label_map(self.speaker_ids)
+        unknown = sorted(set(self.index.speakers) - self._labels.keys())
+        if unknown:
+            raise ValueError(f"{len(unknown)} shard speaker(s) not in speaker_ids, e.g. {unknown[0]!r}")
+        self.seed, self.frames, self.shuffle_buffer = seed, frames, shuffle_buffer
+        self.rank, self.world = _rank_world(rank, world)
+        self._epoch = _SharedEpoch()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.set(epoch)
+
+    def rank_shards(self, epoch: int | None = None) -> list[int]:
+        """Indices of the shards this rank reads in ``epoch`` (default: the current one)."""
+        epoch = self.epoch if epoch is None else epoch
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.index.shards))
+        return order[self.rank :: self.world].tolist()
+
+    def __len__(self) -> int:
+        """Utterances this rank yields in the current epoch (ranks may differ by up to one shard)."""
+        return sum(self.index.shards[k].count for k in self.rank_shards())
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, int]]:
+        epoch = self.epoch
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        shards = self.rank_shards(epoch)[worker::workers]
+        shuffle = np.random.default_rng([self.seed, epoch, self.rank, worker, 1])
+        for sample in iter_shard_samples(self.index, shards, self.shuffle_buffer, shuffle):
+            rng = np.random.default_rng([self.seed, epoch, sample.index])
+            crop = crop_soundfile(io.BytesIO(sample.audio), rng, sample.duration, self.frames, sample.source)
+            yield crop, self._labels[sample.speaker]
+
+
+def _rank_world(rank: int | None, world: int | None) -> tuple[int, int]:
+    if rank is None or world is None:
+        dist = torch.distributed
+        default = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+        rank = default[0] if rank is None else rank
+        world = default[1] if world is None else world
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in [0, world={world})")
+    return rank, world
+

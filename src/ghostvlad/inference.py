@@ -1,0 +1,232 @@
+"""High-level use of a trained model: audio files or arrays in, unit-norm embeddings and scores out."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .audio import SAMPLE_RATE, AudioError, audio_duration, load_audio, prepare_waveform
+from .features import FrontEndConfig, Spectrogram
+from .modelfile import ModelFileError, read_model, write_model
+from .models import EncoderConfig, SpeakerEncoder
+
+AudioInput = str | os.PathLike | np.ndarray
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class EmbedResult:
+    """One item of :meth:`SpeakerModel.iter_embeddings`: an embedding or the reason it failed."""
+
+    index: int
+    source: str
+    embedding: np.ndarray | None = None
+    error: AudioError | None = None
+
+
+def _source_name(item: AudioInput) -> str:
+    return "<array>" if isinstance(item, np.ndarray) else str(item)
+
+
+class SpeakerModel:
+    """A speaker encoder with its front-end, ready to embed audio.
+
+    ``embed`` / ``embed_batch`` accept file paths or mono float waveforms (``sample_rate`` resamples arrays
+    that are not 16 kHz). Batches are bucketed by length and padded; masking keeps each embedding equal to
+    the one computed alone.
+    """
+
+    def __init__(
+        self,
+        encoder: SpeakerEncoder,
+        frontend: FrontEndConfig = FrontEndConfig(),
+        *,
+        threshold: float | None = None,
+        info: dict | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        min_duration: float = 0.5,
+        batch_frames: int = 8000,
+        channels_last: bool = True,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        self.device = torch.device(device)
+        self.encoder = encoder.eval()  # the weights as saved
+        self.network = encoder.fused().to(self.device)  # what runs: BatchNorm folded into the convs
+        if channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self.frontend = Spectrogram(frontend).to(self.device)
+        self.threshold = threshold
+        self.info = dict(info or {})
+        self.precision = precision
+        self.min_duration = min_duration
+        self.batch_frames = batch_frames
+
+    # -- configuration -------------------------------------------------------------------------------
+    @property
+    def config(self) -> EncoderConfig:
+        return self.encoder.config
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config.embed_dim
+
+    def to_config(self) -> dict:
+        return {
+            "encoder": self.config.to_dict(),
+            "frontend": self.frontend.config.to_dict(),
+            "threshold": self.threshold,
+            "info": self.info,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model (directory, or one ``.safetensors`` file)."""
+        return write_model(path, self.to_config(), self.encoder.state_dict())
+
+    # -- embedding -----------------------------------------------------------------------------------
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def embed_waveforms(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed validated 16 kHz mono waveforms as one padded batch: ``(N, embed_dim)`` float32."""
+        lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+        batch = torch.zeros(len(waves), int(lengths.max()))
+        for i, w in enumerate(waves):
+            batch[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+        batch, lengths = batch.to(self.device), lengths.to(self.device)
+        feats, frames = self.frontend(batch, lengths)
+        if bool((frames == frames[0]).all()):
+            frames = None  # equal lengths: no masking needed
+        with self._autocast():
+            emb = self.network.embed(feats, frames)
+        return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+
+    def _load(self, item: AudioInput, sample_rate: int | None) -> np.ndarray:
+        if isinstance(item, np.ndarray):
+            return prepare_waveform(item, sample_rate or SAMPLE_RATE, min_duration=self.min_duration)
+        return load_audio(item, min_duration=self.min_duration)
+
+    def _batches(self, sizes: Sequence[int]) -> list[list[int]]:
+        """Indices grouped by similar length, each batch under ``batch_frames`` padded frames."""
+        order = sorted(range(len(sizes)), key=lambda i: sizes[i])
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            frames = self.frontend.config.num_frames(sizes[i])
+            if current and frames * (len(current) + 1) > self.batch_frames:
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
+    def iter_embeddings(
+        self, items: Sequence[AudioInput], sample_rate: int | None = None, *, workers: int = 2
+    ) -> Iterator[EmbedResult]:
+        """Embed many items, yielding one :class:`EmbedResult` per item (in batch order, not input order).
+
+        Bad items are yielded with their :class:`AudioError` and the others still succeed. Files are
+        bucketed by their duration from metadata and decoded in background threads while the model runs.
+        """
+        sizes: list[int] = []
+        for i, item in enumerate(items):
+            try:
+                if isinstance(item, np.ndarray):
+                    sizes.append(len(item) if item.ndim == 1 else max(item.shape))
+                else:
+                    sizes.append(int(audio_duration(item) * SAMPLE_RATE))
+            except AudioError as err:
+                sizes.append(-1)
+                yield EmbedResult(i, _source_name(item), error=err)
+        good = [i for i, s in enumerate(sizes) if s >= 0]
+        batches = [[good[j] for j in b] for b in self._batches([sizes[i] for i in good])]
+
+        def load(index: int) -> np.ndarray | AudioError:
+            try:
+                return self._load(items[index], sample_rate)
+            except AudioError as err:
+                return err
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending = [pool.map(load, b) for b in batches[:2]]
+            for k, batch in enumerate(batches):
+                loaded = list(pending[k])
+                if k + 2 < len(batches):
+                    pending.append(pool.map(load, batches[k + 2]))
+                ok = [(i, w) for i, w in zip(batch, loaded) if isinstance(w, np.ndarray)]
+                for i, w in zip(batch, loaded):
+                    if isinstance(w, AudioError):
+                        yield EmbedResult(i, _source_name(items[i]), error=w)
+                if ok:
+                    emb = self.embed_waveforms([w for _, w in ok])
+                    for (i, _), e in zip(ok, emb):
+                        yield EmbedResult(i, _source_name(items[i]), embedding=e)
+
+    def embed(self, item: AudioInput, sample_rate: int | None = None) -> np.ndarray:
+        """One embedding ``(embed_dim,)``, float32, unit norm. Raises :class:`AudioError` on bad input."""
+        return self.embed_waveforms([self._load(item, sample_rate)])[0]
+
+    def embed_batch(self, items: Iterable[AudioInput], sample_rate: int | None = None) -> np.ndarray:
+        """Embeddings ``(N, embed_dim)`` in input order; the first bad item raises its :class:`AudioError`."""
+        items = list(items)
+        out = np.zeros((len(items), self.embed_dim), dtype=np.float32)
+        for r in self.iter_embeddings(items, sample_rate):
+            if r.error is not None:
+                raise r.error
+            out[r.index] = r.embedding
+        return out
+
+    def score(self, a: AudioInput, b: AudioInput, sample_rate: int | None = None) -> float:
+        """Cosine similarity of the embeddings of two recordings (paths or waveforms)."""
+        ea, eb = self.embed_batch([a, b], sample_rate)
+        return float(np.dot(ea, eb))
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    min_duration: float = 0.5,
+    mirror: bool | None = None,
+) -> SpeakerModel:
+    """Load a saved model (directory or ``.safetensors`` file). ``mirror`` overrides the stored front-end."""
+    config, state = read_model(path)
+    try:
+        encoder = SpeakerEncoder(EncoderConfig.from_dict(config["encoder"]))
+        frontend = FrontEndConfig(**config.get("frontend", {}))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: bad model config ({exc})") from None
+    expected = encoder.state_dict()
+    problems = [f"missing {k}" for k in expected if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in expected]
+    problems += [
+        f"{k} has shape {tuple(v.shape)}, config needs {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if problems:
+        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise ModelFileError(f"{path}: weights do not match the config: {'; '.join(problems[:3])}{more}")
+    encoder.load_state_dict(state)
+    if mirror is not None:
+        frontend = FrontEndConfig(**{**frontend.to_dict(), "mirror": mirror})
+    return SpeakerModel(
+        encoder,
+        frontend,
+        threshold=config.get("threshold"),
+        info=config.get("info"),
+        device=device,
+        precision=precision,
+        min_duration=min_duration,
+    )

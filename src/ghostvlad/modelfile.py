@@ -1,0 +1,85 @@
+"""The model file format: safetensors weights + a JSON config; never pickle.
+
+A model is either a directory holding ``config.json`` and ``model.safetensors``, or a single
+``*.safetensors`` file whose metadata carries the same JSON under the key ``ghostvlad``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .fileio import atomic_write, atomic_write_text
+
+FORMAT = "ghostvlad-model"
+VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+METADATA_KEY = "ghostvlad"
+RUN_MODEL_DIR = "model"  # where a training run exports its best model
+
+
+class ModelFileError(ValueError):
+    """A model path that is missing, not ours, or inconsistent."""
+
+
+def write_model(path: str | os.PathLike, config: dict, state: dict[str, torch.Tensor]) -> Path:
+    """Write ``config`` (JSON-able) and ``state`` (tensors) as a model directory or single file."""
+    path = Path(path)
+    header = {"format": FORMAT, "version": VERSION, **config}
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    text = json.dumps(header, indent=2, sort_keys=True)
+    if path.suffix == ".safetensors":
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata={METADATA_KEY: text}))
+        return path
+    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
+    atomic_write_text(path / CONFIG_NAME, text + "\n")
+    return path
+
+
+def read_model(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Read a model written by :func:`write_model`: ``(config, state)``. Raises :class:`ModelFileError`.
+
+    A training run folder is accepted too: its exported best model (``RUN/model``) is read.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: no such model file or directory")
+    if path.is_dir() and not (path / CONFIG_NAME).exists() and (path / RUN_MODEL_DIR / CONFIG_NAME).exists():
+        path = path / RUN_MODEL_DIR  # a training run folder: its exported best model
+    if path.is_dir():
+        config_path, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
+        for p in (config_path, weights):
+            if not p.is_file():
+                raise ModelFileError(f"{path}: not a ghostvlad model directory (missing {p.name})")
+        try:
+            config = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ModelFileError(f"{config_path}: invalid JSON ({exc})") from None
+    else:
+        weights = path
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelFileError(f"{path}: not a safetensors model file ({exc})") from None
+        if METADATA_KEY not in meta:
+            raise ModelFileError(f"{path}: safetensors file without ghostvlad metadata")
+        try:
+            config = json.loads(meta[METADATA_KEY])
+        except json.JSONDecodeError as exc:
+            raise ModelFileError(f"{path}: invalid model metadata ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a ghostvlad model (format {config.get('format')!r})")
+    if config.get("version", 0) > VERSION:
+        raise ModelFileError(f"{path}: model format version {config['version']} is newer than this ghostvlad")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{weights}: unreadable weights ({exc})") from None
+    return config, state

@@ -1,0 +1,185 @@
+"""Thin ResNets of the original system: ``resnet34s`` (the paper's) and ``resnet34l``.
+
+Input ``(B, 1, 257, T)`` (frequency x time), output ``(B, C, 7, T')`` after ``mpool2``.
+Layers follow the Keras code exactly: bottleneck blocks with the stride on the first 1x1 conv, BatchNorm
+with eps 1e-3, TensorFlow-SAME padding (asymmetric for the stride-2 stem of ``resnet34l``).
+
+Variable-length batches are exact at inference: padded time steps are zeroed before every conv whose
+kernel spans time, so each clip sees the zeros it would see alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..registry import Registry
+
+BACKBONES: Registry[nn.Module] = Registry("backbone")
+
+BN_EPS = 1e-3  # Keras default, used by the released weights
+BN_MOMENTUM = 0.01  # Keras momentum 0.99
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    blocks: int
+    filters: tuple[int, int, int]  # 1x1 reduce, 3x3, 1x1 increase
+    stride: int
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    stem_channels: int
+    stem_stride: int
+    stages: tuple[StageSpec, ...]
+
+
+SPECS = {
+    "resnet34s": ResNetSpec(
+        64, 1,
+        (StageSpec(2, (48, 48, 96), 1), StageSpec(3, (96, 96, 128), 2),
+         StageSpec(3, (128, 128, 256), 2), StageSpec(3, (256, 256, 512), 2)),
+    ),
+    "resnet34l": ResNetSpec(
+        64, 2,
+        (StageSpec(3, (64, 64, 256), 1), StageSpec(3, (128, 128, 512), 2),
+         StageSpec(3, (256, 256, 1024), 1), StageSpec(3, (512, 512, 2048), 2)),
+    ),
+}
+
+
+class ConvBN(nn.Module):
+    """Conv2d without bias followed by BatchNorm (Keras epsilon and momentum)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(x))
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Fold the (inference) BatchNorm into the conv: one memory pass less per layer."""
+        if isinstance(self.bn, nn.Identity):
+            return
+        bn, conv = self.bn, self.conv
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
+        fused = fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        self.conv, self.bn = fused, nn.Identity()
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce (strided) -> 3x3 -> 1x1 increase, plus identity or 1x1 projection shortcut."""
+
+    def __init__(self, cin: int, filters: tuple[int, int, int], stride: int, project: bool) -> None:
+        super().__init__()
+        r, m, o = filters
+        self.reduce = ConvBN(cin, r, 1, stride)
+        self.mid = ConvBN(r, m, 3, padding=1)
+        self.increase = ConvBN(m, o, 1)
+        self.proj = ConvBN(cin, o, 1, stride) if project else None
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        y = F.relu(self.reduce(x), inplace=True)
+        if mask is not None:
+            y = y * mask
+        y = self.increase(F.relu(self.mid(y), inplace=True))
+        y += x if self.proj is None else self.proj(x)
+        return F.relu(y, inplace=True)
+
+
+def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow 'SAME' padding (before, after) for one axis."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _time_mask(lengths: Tensor, steps: int, dtype: torch.dtype) -> Tensor:
+    return (torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]).to(dtype)[:, None, None, :]
+
+
+class ThinResNet(nn.Module):
+    """The original 2-D ResNet; ``width`` scales every channel count (1.0 = the paper)."""
+
+    out_height = 7  # 257 frequency bins after the stem, max-pools, strides and mpool2
+
+    def __init__(self, spec: ResNetSpec, width: float = 1.0) -> None:
+        super().__init__()
+
+        def ch(n: int) -> int:
+            return max(1, round(n * width))
+
+        self.spec = spec
+        stem = ch(spec.stem_channels)
+        self.stem = ConvBN(1, stem, 7, stride=spec.stem_stride, padding=3 if spec.stem_stride == 1 else 0)
+        stages, cin = [], stem
+        for st in spec.stages:
+            filters = tuple(ch(f) for f in st.filters)
+            blocks = [Bottleneck(cin, filters, st.stride, project=True)]
+            blocks += [Bottleneck(filters[2], filters, 1, project=False) for _ in range(st.blocks - 1)]
+            stages.append(nn.ModuleList(blocks))
+            cin = filters[2]
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = cin
+
+    def out_lengths(self, lengths: Tensor) -> Tensor:
+        """Time steps of the output for inputs of ``lengths`` frames."""
+        n = -(-lengths // self.spec.stem_stride) // 2
+        for st in self.spec.stages:
+            n = -(-n // st.stride)
+        return n
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        if lengths is not None and self.spec.stem_stride > 1 and bool((lengths % 2 != lengths[0] % 2).any()):
+            return self._forward_by_parity(x, lengths)
+        if lengths is not None:
+            x = x[..., : int(lengths.max())]
+        if self.spec.stem_stride > 1:
+            (fb, fa), (tb, ta) = (_same_pad(s, 7, self.spec.stem_stride) for s in x.shape[-2:])
+            x = F.pad(x, (tb, ta, fb, fa))
+        x = F.max_pool2d(F.relu(self.stem(x), inplace=True), 2)
+        n = None if lengths is None else -(-lengths // self.spec.stem_stride) // 2
+        for st, blocks in zip(self.spec.stages, self.stages):
+            mask = None
+            if n is not None:
+                n = -(-n // st.stride)
+                mask = _time_mask(n, -(-x.shape[-1] // st.stride), x.dtype)
+            for block in blocks:
+                x = block(x, mask)
+        x = F.max_pool2d(x, (3, 1), (2, 1))  # mpool2: frequency only
+        return x, n
+
+    def _forward_by_parity(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """A stride-2 SAME stem pads by the parity of the length: run odd and even clips apart."""
+        outs, groups = [], []
+        for parity in (0, 1):
+            idx = (lengths % 2 == parity).nonzero().squeeze(1)
+            if len(idx):
+                outs.append(self.forward(x[idx], lengths[idx])[0])
+                groups.append(idx)
+        steps = max(o.shape[-1] for o in outs)
+        y = x.new_zeros(x.shape[0], outs[0].shape[1], outs[0].shape[2], steps)
+        for idx, o in zip(groups, outs):
+            y[idx, ..., : o.shape[-1]] = o
+        return y, self.out_lengths(lengths)
+
+
+@BACKBONES.register("resnet34s")
+def resnet34s(width: float = 1.0) -> ThinResNet:
+    """The paper's thin ResNet-34 (3.69 M parameters at width 1)."""
+    return ThinResNet(SPECS["resnet34s"], width)
+
+
+@BACKBONES.register("resnet34l")
+def resnet34l(width: float = 1.0) -> ThinResNet:
+    """The original code's larger variant (stride-2 stem, 19.9 M parameters at width 1)."""
+    return ThinResNet(SPECS["resnet34l"], width)

@@ -1,0 +1,67 @@
+"""Aggregation of frame-level descriptors into one utterance vector: TAP, NetVLAD, GhostVLAD.
+
+Every pooling takes the backbone output ``x (B, C, H, T')``, the descriptors ``f (B, D, T')`` (the
+``x_fc`` output) and an optional validity mask ``(B, T')``; padded steps contribute nothing.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..registry import Registry
+
+POOLINGS: Registry[nn.Module] = Registry("pooling")
+
+
+class TemporalAveragePooling(nn.Module):
+    """Mean of the descriptors over the valid time steps (a correct TAP; the original's was broken)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.out_dim = dim
+
+    def forward(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None:
+            return f.mean(dim=-1)
+        m = mask.to(f.dtype)[:, None, :]
+        return (f * m).sum(-1) / m.sum(-1).clamp(min=1)
+
+
+class NetVLAD(nn.Module):
+    """NetVLAD / GhostVLAD exactly as the original ``VladPooling``.
+
+    Soft-assignment over ``clusters + ghost_clusters`` (a (H, 1) conv on the backbone output), residuals of
+    the descriptors against the centers, ghost clusters dropped, per-cluster L2 normalisation, cluster-major
+    flattening. No input or global normalisation (as the original).
+    """
+
+    def __init__(self, in_channels: int, dim: int, clusters: int, ghost_clusters: int = 0, height: int = 7) -> None:
+        super().__init__()
+        self.clusters = clusters
+        self.assignment = nn.Conv2d(in_channels, clusters + ghost_clusters, (height, 1))
+        self.centers = nn.Parameter(torch.empty(clusters + ghost_clusters, dim))
+        nn.init.orthogonal_(self.centers)
+        self.out_dim = clusters * dim
+
+    def forward(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Tensor:
+        a = self.assignment(x).squeeze(2).softmax(dim=1)[:, : self.clusters]  # (B, K, T)
+        if mask is not None:
+            a = a * mask.to(a.dtype)[:, None, :]
+        v = torch.einsum("bkt,bdt->bkd", a, f) - a.sum(-1, keepdim=True) * self.centers[: self.clusters]
+        return F.normalize(v, dim=-1, eps=1e-6).flatten(1)  # eps 1e-6 on the norm = TF's 1e-12 on its square
+
+
+@POOLINGS.register("tap")
+def tap(dim: int) -> TemporalAveragePooling:
+    return TemporalAveragePooling(dim)
+
+
+@POOLINGS.register("vlad")
+def vlad(in_channels: int, dim: int, clusters: int, height: int = 7) -> NetVLAD:
+    return NetVLAD(in_channels, dim, clusters, 0, height)
+
+
+@POOLINGS.register("gvlad")
+def gvlad(in_channels: int, dim: int, clusters: int, ghost_clusters: int, height: int = 7) -> NetVLAD:
+    return NetVLAD(in_channels, dim, clusters, ghost_clusters, height)

@@ -1,0 +1,158 @@
+"""Training configuration: typed sections, YAML files with ``base:`` inheritance, ``key.sub=value`` overrides."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..models import EncoderConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class HeadConfig:
+    name: str = "softmax"  # softmax | amsoftmax | aamsoftmax
+    margin: float | None = None  # None: the head's default (0.35 AM, 0.2 AAM)
+    scale: float | None = None  # None: 30
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 1e-3
+    weight_decay: float = 2e-4  # on conv/linear kernels only; coupled L2 (Keras l2(1e-4) == 2e-4) unless adamw
+    momentum: float = 0.9  # sgd (nesterov)
+    eps: float = 1e-7  # Keras' Adam epsilon
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "paper"  # paper (two-cycle step) | cosine | onecycle | constant
+    warmup_ratio: float = 0.1  # paper: LR multiplier during the warm-up epochs
+    warmup_epochs: float = 2.0
+    min_ratio: float = 0.01  # cosine / onecycle: final LR as a fraction of lr
+
+
+@dataclass
+class DataConfig:
+    frames: int = 250  # training crop (2.5 s)
+    workers: int = 4  # DataLoader worker processes per rank
+    musan: str | None = None  # MUSAN root (noise/ music/ speech/) for additive augmentation
+    rir: str | None = None  # folder of room impulse responses
+    augment_prob: float = 0.6
+
+
+@dataclass
+class RunConfig:
+    epochs: int = 128
+    batch_size: int = 160  # global batch, split across ranks
+    steps_per_epoch: int | None = None  # None: one pass over the data
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision; fp16 only on GPU)
+    seed: int = 0
+    checkpoint_every: int = 500  # steps (plus every epoch end)
+    log_every: int = 20  # steps
+    channels_last: bool = True
+
+
+@dataclass
+class ValidConfig:
+    trials: str | None = None  # trial list scored at each epoch end to pick the best checkpoint
+    wav_root: str | None = None
+    every: int = 1  # epochs
+
+
+@dataclass
+class FinetuneConfig:
+    """Large-margin fine-tuning: extra epochs with longer crops, a larger margin and a small constant LR."""
+
+    epochs: int = 0
+    frames: int = 600
+    margin: float | None = None
+    lr: float = 1e-5
+
+
+@dataclass
+class TrainConfig:
+    model: EncoderConfig = field(default_factory=EncoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: RunConfig = field(default_factory=RunConfig)
+    valid: ValidConfig = field(default_factory=ValidConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def to_dict(self) -> dict:
+        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        sections = {f.name: f for f in fields(cls)}
+        unknown = set(data) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown config sections: {', '.join(sorted(unknown))}")
+        kwargs = {}
+        for name, value in data.items():
+            section_type = sections[name].default_factory  # type: ignore[misc]
+            known = {f.name for f in fields(section_type)}
+            bad = set(value or {}) - known
+            if bad:
+                raise ValueError(f"unknown keys in section {name!r}: {', '.join(sorted(bad))}")
+            kwargs[name] = section_type(**(value or {}))
+        return cls(**kwargs)
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def _read_yaml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ValueError(f"unknown config {name_or_path!r}; shipped: {', '.join(shipped_configs())}, or give a YAML path")
+    if not path.exists():
+        raise ValueError(f"{path}: config file not found")
+    if str(path) in seen:
+        raise ValueError(f"{path}: circular 'base' chain")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML ({exc})") from None
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return _merge(_read_yaml(base, (*seen, str(path))), data)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """``optim.lr=0.01`` -> ``{'optim': {'lr': 0.01}}`` (values parsed as YAML scalars)."""
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) != 2 or not all(parts):
+        raise ValueError(f"bad override {text!r}: use section.key=value, e.g. optim.lr=0.01")
+    return {parts[0]: {parts[1]: yaml.safe_load(value)}}
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """A shipped config name (``paper``, ``demo``, ...) or a YAML path, then command-line overrides."""
+    data: dict[str, Any] = _read_yaml(str(name_or_path))
+    for text in overrides:
+        data = _merge(data, parse_override(text))
+    return TrainConfig.from_dict(data)
+
+
+def dump_config(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -1,0 +1,194 @@
+import json
+import re
+import shutil
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ghostvlad.data.synth import SAMPLE_RATE, SynthConfig, Voice, speak, synthesize_corpus
+
+CONFIG = SynthConfig(
+    speakers=4, test_speakers=2, sessions=2, utterances=2, min_duration=1.0, max_duration=2.0, trials=8, seed=3
+)
+TEXT = "The old farmer carried the green table across the river to a famous museum."
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """The same small corpus made with one and with two worker processes."""
+    one, two = tmp_path_factory.mktemp("w1") / "corpus", tmp_path_factory.mktemp("w2") / "corpus"
+    summary = synthesize_corpus(one, CONFIG, workers=1)
+    synthesize_corpus(two, CONFIG, workers=2)
+    return one, two, summary
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _f0(x: np.ndarray) -> float:
+    """Median F0 (Hz) of the voiced frames, by librosa's pYIN."""
+    f0, voiced, _ = librosa.pyin(x, fmin=50, fmax=450, sr=SAMPLE_RATE, frame_length=1024)
+    return float(np.median(f0[voiced]))
+
+
+def _centroid(x: np.ndarray) -> float:
+    return float(librosa.feature.spectral_centroid(y=x, sr=SAMPLE_RATE).mean())
+
+
+def test_layout_and_format(corpora):
+    root, _, summary = corpora
+    wavs = sorted(root.rglob("*.wav"))
+    assert len(wavs) == summary["utterances"] == 16 == summary["synthesized"]
+    assert {p.name for p in root.iterdir()} == {"dev", "test", "trials.txt", "speakers.json", "synth.json"}
+    total = 0.0
+    for path in wavs:
+        split, speaker, session, name = path.relative_to(root).parts
+        assert split in ("dev", "test") and re.fullmatch(r"id\d{5}", speaker)
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{10}", session) and re.fullmatch(r"0000[12]\.wav", name)
+        info = sf.info(path)
+        assert (info.samplerate, info.channels, info.subtype, info.format) == (16000, 1, "PCM_16", "WAV")
+        assert CONFIG.min_duration <= info.duration <= CONFIG.max_duration
+        total += info.duration
+        audio, _ = sf.read(path, dtype="float32")
+        assert 0.003 < np.sqrt(np.mean(audio**2)) and np.abs(audio).max() < 1.0
+    assert summary["audio_seconds"] == pytest.approx(total, abs=1e-3)
+    assert not list(root.rglob("*.tmp"))
+    assert json.loads((root / "synth.json").read_text())["config"] == {
+        "speakers": 4, "test_speakers": 2, "sessions": 2, "utterances": 2,
+        "min_duration": 1.0, "max_duration": 2.0, "trials": 8, "seed": 3,
+    }
+
+
+def test_same_seed_same_bytes_whatever_the_workers(corpora):
+    one, two, _ = corpora
+    assert _tree(one) == _tree(two)
+
+
+def test_other_seed_other_corpus(corpora, tmp_path):
+    summary = synthesize_corpus(tmp_path, SynthConfig(**{**CONFIG.__dict__, "seed": 4, "trials": 0}), workers=2)
+    assert summary["trials"] == 0 and (tmp_path / "trials.txt").read_text() == ""
+    ours, theirs = _tree(corpora[0]), _tree(tmp_path)
+    assert len(theirs) == len(ours) and not set(ours.values()) & set(theirs.values())
+
+
+def test_speakers_split_and_metadata(corpora):
+    root, _, summary = corpora
+    dev = {p.name for p in (root / "dev").iterdir()}
+    test = {p.name for p in (root / "test").iterdir()}
+    assert len(dev) == 2 and len(test) == 2 and not dev & test
+    assert (summary["dev_speakers"], summary["test_speakers"], summary["sessions"]) == (2, 2, 8)
+    speakers = json.loads((root / "speakers.json").read_text())
+    assert set(speakers) == dev | test
+    for name, entry in speakers.items():
+        assert entry["split"] == ("dev" if name in dev else "test")
+        assert set(entry["sessions"]) == {p.name for p in (root / entry["split"] / name).iterdir()}
+        assert set(entry["voice"]) == {"language", "variant", "pitch", "pitch_range", "rate", "warp"}
+        assert 0.85 <= entry["voice"]["warp"] <= 1.15
+    voices = [tuple(entry["voice"].values()) for entry in speakers.values()]
+    assert len(set(voices)) == len(voices)
+
+
+def test_trials(corpora):
+    root, _, summary = corpora
+    lines = (root / "trials.txt").read_text().splitlines()
+    assert len(lines) == summary["trials"] == 8 and summary["target_trials"] == 4
+    pairs = set()
+    for line in lines:
+        label, enrol, test = line.split(" ")
+        assert label in ("0", "1")
+        (s1, sess1, _), (s2, sess2, _) = enrol.split("/"), test.split("/")
+        assert (root / "test" / enrol).is_file() and (root / "test" / test).is_file()
+        assert (label == "1") == (s1 == s2)
+        if label == "1":
+            assert sess1 != sess2
+        pairs.add(frozenset((enrol, test)))
+    assert len(pairs) == 8
+    assert sum(line.startswith("1 ") for line in lines) == 4
+
+
+def test_warp_moves_formants_but_keeps_pitch():
+    low, high = (speak(Voice("en", "m3", 50, 50, 170, warp), TEXT, seed=1) for warp in (0.87, 1.13))
+    assert len(low) / len(high) == pytest.approx(1.0, abs=0.03)  # tempo compensated through the espeak rate
+    assert _f0(high) / _f0(low) == pytest.approx(1.0, abs=0.06)  # pitch compensated through espeak pitch/range
+    assert _centroid(high) / _centroid(low) > 1.06  # formants scaled up
+
+
+def test_voice_parameters_change_pitch():
+    low = _f0(speak(Voice("en", "m3", 30, 50, 170, 1.0), TEXT))
+    high = _f0(speak(Voice("en", "m3", 70, 50, 170, 1.0), TEXT))
+    female = _f0(speak(Voice("de", "f2", 70, 50, 170, 1.0), TEXT))
+    assert 80 < low < 95 and high / low > 1.3 and female / low > 2.2
+
+
+def test_speak_is_deterministic_and_checks_the_voice():
+    breathy = Voice("en-us", "caleb", 40, 60, 180, 0.9)  # klatt source with breath noise
+    first = speak(breathy, "hello there", seed=7)
+    other = speak(Voice("de", "f2", 60, 40, 150, 1.1), "a different sentence", seed=8)
+    assert np.array_equal(speak(breathy, "hello there", seed=7), first)
+    assert not np.array_equal(speak(breathy, "hello there", seed=9), first)
+    assert len(other) > 0.5 * SAMPLE_RATE
+    with pytest.raises(RuntimeError, match="no voice 'xx-none\\+m3'"):
+        speak(Voice("xx-none", "m3", 50, 50, 170, 1.0), "hello")
+    with pytest.raises(ValueError, match="^Voice: .*warp in"):
+        Voice("en", "m3", 50, 50, 170, 0.0)
+
+
+def test_sessions_have_their_own_channel(corpora):
+    """Long-term spectra of one session's utterances agree better than those of different sessions."""
+    root, _, _ = corpora
+
+    def ltas(path: Path) -> np.ndarray:
+        mel = librosa.power_to_db(librosa.feature.melspectrogram(y=sf.read(path, dtype="float32")[0], sr=SAMPLE_RATE))
+        return mel.mean(axis=1) - mel.mean()
+
+    for speaker in sorted(root.glob("*/id*")):
+        (a1, a2), (b1, b2) = ([ltas(p) for p in sorted(s.glob("*.wav"))] for s in sorted(speaker.iterdir()))
+        within = np.linalg.norm(a1 - a2) + np.linalg.norm(b1 - b2)
+        across = np.linalg.norm(a1 - b1) + np.linalg.norm(a2 - b2)
+        assert across > 1.2 * within, speaker.name
+
+
+def test_resume_keeps_complete_sessions_and_redoes_the_rest(corpora, tmp_path):
+    root = tmp_path / "corpus"
+    shutil.copytree(corpora[0], root)
+    before = _tree(root)
+    assert synthesize_corpus(root, CONFIG)["synthesized"] == 0
+    victim = sorted(root.rglob("*.wav"))[5]
+    victim.unlink()
+    victim.with_name(victim.name + ".tmp").write_bytes(b"partial")  # as left by a killed run
+    assert synthesize_corpus(root, CONFIG, workers=1)["synthesized"] == CONFIG.utterances
+    assert _tree(root) == before
+
+
+def test_refuses_a_foreign_directory(corpora, tmp_path):
+    other = SynthConfig(**{**CONFIG.__dict__, "seed": 4})
+    with pytest.raises(ValueError, match=r"synth\.json: corpus was made with other settings"):
+        synthesize_corpus(corpora[0], other)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty and has no synth.json"):
+        synthesize_corpus(tmp_path, CONFIG)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"trials": 20}, "needs 10 distinct target pairs but the test set has only 8"),
+        ({"sessions": 1}, "trials need sessions >= 2"),
+        ({"test_speakers": 4}, r"test_speakers=4 must be in \[1, speakers-1=3\]"),
+        ({"min_duration": 3.0}, "min_duration"),
+        ({"seed": -1}, "seed=-1"),
+    ],
+)
+def test_bad_config(tmp_path, change, message):
+    with pytest.raises(ValueError, match=f"^SynthConfig: .*{message}"):
+        synthesize_corpus(tmp_path / "x", SynthConfig(**{**CONFIG.__dict__, **change}))
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_workers(tmp_path):
+    with pytest.raises(ValueError, match="^synthesize_corpus: workers=0 must be >= 1"):
+        synthesize_corpus(tmp_path, CONFIG, workers=0)

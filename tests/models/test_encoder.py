@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from ghostvlad.models import EncoderConfig, SpeakerEncoder
+
+
+def trainable(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(
+    ("config", "params"),
+    [
+        (EncoderConfig(), 7_664_394),  # the released model (original.md §3.5)
+        (EncoderConfig(pooling="vlad"), 7_656_200),
+        (EncoderConfig(clusters=10), 8_196_876),
+        (EncoderConfig(backbone="resnet34l"), 29_456_842),
+    ],
+)
+def test_parameter_counts_match_the_original(config, params):
+    assert trainable(SpeakerEncoder(config)) == params
+
+
+def test_bn_and_shapes_of_released_config():
+    enc = SpeakerEncoder().eval()
+    bns = [m for m in enc.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 38 and all(m.eps == 1e-3 for m in bns)
+    with torch.inference_mode():
+        x, steps = enc.backbone(torch.zeros(1, 1, 257, 250), torch.tensor([250]))
+    assert x.shape == (1, 512, 7, 16) and int(steps) == 16  # T/16 in time, as the code (not T/32)
+
+
+def tiny(backbone: str, pooling: str) -> SpeakerEncoder:
+    torch.manual_seed(0)
+    enc = SpeakerEncoder(EncoderConfig(backbone=backbone, width=0.125, pooling=pooling, descriptor_dim=16, embed_dim=24))
+    for m in enc.modules():  # non-trivial BatchNorm statistics so padding would show
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+            m.bias.data.normal_()
+    return enc.eval()
+
+
+@pytest.mark.parametrize("backbone", ["resnet34s", "resnet34l"])
+@pytest.mark.parametrize("pooling", ["tap", "vlad", "gvlad"])
+def test_padded_batch_equals_each_clip_alone(backbone, pooling):
+    enc = tiny(backbone, pooling)
+    lengths = torch.tensor([97, 130, 64, 131, 40])
+    feats = torch.zeros(len(lengths), 257, 140)
+    for i, n in enumerate(lengths):
+        feats[i, :, :n] = torch.randn(257, int(n))
+    with torch.inference_mode():
+        batched = enc.embed(feats, lengths)
+        alone = torch.cat([enc.embed(feats[i : i + 1, :, :n]) for i, n in enumerate(lengths)])
+        unmasked = enc.embed(feats)
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+    assert (unmasked - alone).abs().max() > 1e-3  # without masks the padding would change embeddings
+    torch.testing.assert_close(batched.norm(dim=1), torch.ones(len(lengths)))
+
+
+def test_embeddings_are_non_negative_unit_vectors():
+    with torch.inference_mode():
+        emb = tiny("resnet34s", "gvlad").embed(torch.randn(3, 257, 50))
+    assert emb.min() >= 0
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+
+
+def test_ghost_clusters_change_assignment_not_output_size():
+    g = SpeakerEncoder(EncoderConfig(width=0.125, pooling="gvlad", clusters=4, ghost_clusters=2, descriptor_dim=8))
+    v = SpeakerEncoder(EncoderConfig(width=0.125, pooling="vlad", clusters=4, ghost_clusters=2, descriptor_dim=8))
+    assert g.pooling.assignment.out_channels == 6 and v.pooling.assignment.out_channels == 4
+    assert g.embedding.in_features == v.embedding.in_features == 32
+    assert v.config.ghost_clusters == 0
+
+
+def test_unknown_names_fail_clearly():
+    with pytest.raises(ValueError, match="unknown backbone 'resnet50'.*resnet34l, resnet34s"):
+        EncoderConfig(backbone="resnet50")
+    with pytest.raises(ValueError, match="unknown pooling 'attention'"):
+        EncoderConfig(pooling="attention")
+    with pytest.raises(ValueError, match="unknown encoder config keys: foo"):
+        EncoderConfig.from_dict({"foo": 1})
+
+
+def test_config_round_trip():
+    cfg = EncoderConfig(backbone="resnet34l", width=0.5, pooling="vlad", clusters=12, embed_dim=256)
+    assert EncoderConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_fused_inference_copy_computes_the_same():
+    enc = tiny("resnet34s", "gvlad")
+    fused = enc.fused()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    x, lengths = torch.randn(2, 257, 90), torch.tensor([90, 61])
+    with torch.inference_mode():
+        torch.testing.assert_close(fused.embed(x, lengths), enc.embed(x, lengths), atol=1e-5, rtol=0)

@@ -1,0 +1,46 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ghostvlad.models import HEADS
+
+
+def test_registry_lists_heads():
+    assert HEADS.names() == ["aamsoftmax", "amsoftmax", "softmax"]
+
+
+def test_softmax_is_bias_free_linear():
+    head = HEADS.build("softmax", embed_dim=4, classes=3)
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(head(x, torch.zeros(5, dtype=torch.long)), x @ head.weight.T)
+
+
+@pytest.mark.parametrize(("name", "margin"), [("amsoftmax", 0.35), ("aamsoftmax", 0.2)])
+def test_margin_only_on_target_and_only_in_training(name, margin):
+    torch.manual_seed(0)
+    head = HEADS.build(name, embed_dim=8, classes=5)
+    assert head.margin == margin and head.scale == 30.0
+    x, y = torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 4, 0])
+    cos = F.normalize(x, dim=1) @ F.normalize(head.weight, dim=1).T
+    head.train()
+    logits = head(x, y)
+    target = cos.gather(1, y[:, None])
+    if name == "amsoftmax":
+        expected_target = 30 * (target - 0.35)
+    else:
+        expected_target = 30 * torch.cos(torch.acos(target) + 0.2)
+    torch.testing.assert_close(logits.gather(1, y[:, None]), expected_target, atol=1e-4, rtol=0)
+    other = torch.ones_like(cos, dtype=torch.bool).scatter(1, y[:, None], False)
+    torch.testing.assert_close(logits[other], 30 * cos[other], atol=1e-5, rtol=0)
+    head.eval()
+    torch.testing.assert_close(head(x, y), 30 * cos, atol=1e-5, rtol=0)
+
+
+def test_aam_margin_stays_monotonic_near_pi():
+    head = HEADS.build("aamsoftmax", embed_dim=2, classes=2, margin=0.5).train()
+    head.weight.data = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    x = torch.tensor([[-1.0, 1e-3]])  # theta ~ pi for class 0
+    logit = head(x, torch.tensor([0]))[0, 0]
+    assert logit < 30 * math.cos(math.pi - 1e-3) + 1e-3

@@ -1,0 +1,299 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+import ghostvlad.cli.eval  # noqa: F401  (registers the command even before cli/__init__ imports it)
+from ghostvlad import evaluate as ev
+from ghostvlad import metrics
+from ghostvlad.cli import app
+from ghostvlad.data.trials import read_trials
+from ghostvlad.evaluate import EvalError, evaluate, read_cohort, write_outputs
+from ghostvlad.features import FrontEndConfig
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.models import EncoderConfig, SpeakerEncoder
+from ghostvlad.scoring import as_norm, eer, min_dcf
+from ghostvlad.scoring.asnorm import cohort_scores
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SPEAKERS = {"a": 220.0, "b": 330.0, "c": 500.0}
+
+
+def tiny_model(seed: int = 0) -> SpeakerModel:
+    """Random tiny model; batch-norm statistics set on a few tones so that embeddings differ (cosines ~0.7-0.95)."""
+    torch.manual_seed(seed)
+    cfg = EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2)
+    model = SpeakerModel(SpeakerEncoder(cfg), FrontEndConfig())
+    for module in model.encoder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average
+    rng = np.random.default_rng(seed)
+    feats, _ = model.frontend(torch.from_numpy(np.stack([_clip(rng, 100.0 + 60 * k, 0.5) for k in range(8)])))
+    with torch.no_grad():
+        model.encoder.train()(feats)
+    model.encoder.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def _clip(rng, freq, seconds):
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * freq * t) + rng.normal(0, 0.05, t.size)).astype(np.float32)
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    """wav root with 2 clips per speaker (different lengths), 3 cohort clips, and all 15 pairs as trials."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "wav"
+    files = []
+    for spk, freq in SPEAKERS.items():
+        for k, seconds in enumerate((1.0, 1.3)):
+            rel = f"{spk}/{k}.wav"
+            (root / spk).mkdir(parents=True, exist_ok=True)
+            sf.write(root / rel, _clip(rng, freq * (1 + 0.02 * k), seconds), 16000)
+            files.append(rel)
+    cohort = []
+    for k in range(4):
+        path = tmp_path / "cohort" / f"c{k}.wav"
+        path.parent.mkdir(exist_ok=True)
+        sf.write(path, _clip(rng, 150.0 + 90 * k, 1.1), 16000)
+        cohort.append(str(path))
+    lines = [f"{int(x[0] == y[0])} {x} {y}" for i, x in enumerate(files) for y in files[i + 1:]]
+    trials = tmp_path / "trials.txt"
+    trials.write_text("\n".join(lines) + "\n")
+    return {"root": root, "files": files, "trials": trials, "cohort": cohort, "cache": tmp_path / "cache"}
+
+
+def test_scores_are_cosines_and_metrics_match_scoring(model, corpus):
+    res = evaluate(model, corpus["trials"], corpus["root"], cache_dir=corpus["cache"])
+    trials = read_trials(corpus["trials"])
+    direct = {f: model.embed(corpus["root"] / f) for f in trials.files()}
+    expected = [float(direct[e] @ direct[t]) for e, t in zip(trials.enroll, trials.test)]
+    np.testing.assert_allclose(res.scores, expected, atol=1e-5)
+    np.testing.assert_array_equal(res.labels, trials.labels)
+    assert (res.enroll, res.test, res.skipped, res.bad_files) == (trials.enroll, trials.test, 0, {})
+    s = res.summary
+    assert (s["eer"], s["threshold"]) == eer(res.scores, res.labels)
+    assert s["min_dcf_p0.01"] == min_dcf(res.scores, res.labels, 0.01)[0]
+    assert s["min_dcf_p0.05"] == min_dcf(res.scores, res.labels, 0.05)[0]
+    assert (s["n_trials"], s["n_skipped"], s["n_target"], s["n_files"]) == (15, 0, 3, 6)
+    assert "asnorm" not in s and res.asnorm_scores is None
+
+
+def test_metrics_alias_module():
+    assert metrics.eer is eer and metrics.min_dcf is min_dcf
+    assert metrics.eer([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0])[0] == 0.0
+    # best: accept only 0.9 -> P_miss 1/2, P_fa 0 -> 0.05 * 0.5 / min(0.05, 0.95)
+    assert metrics.min_dcf([0.9, 0.2, 0.8, 0.1], [1, 1, 0, 0], 0.05, c_miss=1, c_fa=1)[0] == pytest.approx(0.5)
+
+
+def test_bad_files_are_reported_once_and_their_trials_skipped(model, corpus):
+    root = corpus["root"]
+    (root / "bad.wav").write_bytes(b"RIFF this is not audio" * 10)
+    lines = corpus["trials"].read_text().splitlines()
+    extra = ["1 a/0.wav missing.wav", "0 missing.wav b/1.wav", "0 bad.wav c/0.wav", "1 bad.wav missing.wav"]
+    corpus["trials"].write_text("\n".join(lines + extra) + "\n")
+    res = evaluate(model, corpus["trials"], root, cache_dir=corpus["cache"])
+    assert res.skipped == res.summary["n_skipped"] == 4
+    assert res.summary["n_trials"] == len(res.scores) == 15 and res.summary["n_bad_files"] == 2
+    bad = {str(root / "missing.wav"), str(root / "bad.wav")}
+    assert set(res.bad_files) == bad
+    for path, message in res.bad_files.items():
+        assert message.startswith(f"{path}: ")
+    assert "missing.wav" not in res.enroll + res.test
+
+
+def test_all_trials_skipped_is_an_error(model, corpus, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvalError, match=r"all 15 trials skipped: 6 of 6 files could not be embedded \(first: .*empty"):
+        evaluate(model, corpus["trials"], tmp_path / "empty", cache_dir=corpus["cache"])
+
+
+def test_one_class_left_is_an_error(model, corpus):
+    corpus["trials"].write_text("1 a/0.wav a/1.wav\n0 a/0.wav nope.wav\n")
+    with pytest.raises(EvalError, match=r"trials.txt: need both target .* \(after skipping 1 trials\)"):
+        evaluate(model, corpus["trials"], corpus["root"], cache_dir=corpus["cache"])
+
+
+def _count_embedded(monkeypatch, model):
+    calls = []
+    original = model.iter_embeddings
+
+    def counting(items, *args, **kwargs):
+        calls.extend(items)
+        return original(items, *args, **kwargs)
+
+    monkeypatch.setattr(model, "iter_embeddings", counting)
+    return calls
+
+
+def test_cache_reuses_embeddings_and_tracks_model_and_files(model, corpus, monkeypatch):
+    args = (corpus["trials"], corpus["root"])
+    first = evaluate(model, *args, cache_dir=corpus["cache"])
+    assert first.computed == 6
+    calls = _count_embedded(monkeypatch, model)
+    second = evaluate(model, *args, cache_dir=corpus["cache"])
+    assert calls == [] and (second.computed, second.cached) == (0, 6)
+    np.testing.assert_array_equal(second.scores, first.scores)
+    assert second.summary == first.summary
+
+    same = SpeakerModel(model.encoder, FrontEndConfig(), threshold=0.5)  # threshold: cache still valid
+    assert ev.model_key(same) == ev.model_key(model)
+    assert evaluate(same, *args, cache_dir=corpus["cache"]).computed == 0
+    os.utime(corpus["root"] / "b/1.wav", ns=(1, 1))  # a changed file is embedded again, alone
+    assert evaluate(model, *args, cache_dir=corpus["cache"]).computed == 1
+    assert calls == [os.path.join(corpus["root"], "b/1.wav")]
+
+    other = evaluate(tiny_model(seed=1), *args, cache_dir=corpus["cache"])
+    assert other.computed == 6 and not np.allclose(other.scores, first.scores)
+    bf16 = SpeakerModel(model.encoder, FrontEndConfig(), precision="bf16")
+    assert evaluate(bf16, *args, cache_dir=corpus["cache"]).computed == 6
+    assert len(list(corpus["cache"].iterdir())) == 3
+
+
+def test_unusable_cache_is_a_clear_error(model, corpus, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(EvalError, match=r"file/[0-9a-f]{24}/embeddings.sqlite: cannot open the embedding cache"):
+        evaluate(model, corpus["trials"], corpus["root"], cache_dir=tmp_path / "file")
+    key = ev.model_key(model)[:24]
+    (corpus["cache"] / key).mkdir(parents=True)
+    (corpus["cache"] / key / "embeddings.sqlite").write_bytes(b"garbage" * 1000)
+    with pytest.raises(EvalError, match="embeddings.sqlite: cannot open the embedding cache .*not a database"):
+        evaluate(model, corpus["trials"], corpus["root"], cache_dir=corpus["cache"])
+
+
+def test_interrupted_run_resumes_without_redoing_work(model, corpus, monkeypatch):
+    original = model.iter_embeddings
+
+    def dies_after_four(items, *args, **kwargs):
+        for k, r in enumerate(original(items, *args, **kwargs)):
+            if k == 4:
+                raise KeyboardInterrupt
+            yield r
+
+    monkeypatch.setattr(model, "iter_embeddings", dies_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, corpus["trials"], corpus["root"], cache_dir=corpus["cache"])
+    monkeypatch.undo()
+    assert evaluate(model, corpus["trials"], corpus["root"], cache_dir=corpus["cache"]).computed == 2
+
+
+def test_asnorm_with_cohort_list_or_manifest(model, corpus, tmp_path, monkeypatch):
+    listing = tmp_path / "cohort.txt"  # absolute paths
+    listing.write_text("# cohort\n" + "\n".join(corpus["cohort"]) + "\n\n")
+    manifest = tmp_path / "cohort" / "cohort.csv"  # paths relative to the manifest
+    manifest.write_text("path,speaker,duration\n" + "".join(f"c{k}.wav,s{k},1.1\n" for k in range(4)))
+    assert read_cohort(listing) == read_cohort(manifest) == corpus["cohort"]
+
+    res = evaluate(model, corpus["trials"], corpus["root"], cohort=listing, top_k=3, cache_dir=corpus["cache"])
+    trials = read_trials(corpus["trials"])
+    emb = {f: model.embed(corpus["root"] / f) for f in trials.files()}
+    cohort = model.embed_batch(corpus["cohort"])
+    e = cohort_scores(np.stack([emb[f] for f in trials.enroll]), cohort)
+    t = cohort_scores(np.stack([emb[f] for f in trials.test]), cohort)
+    expected = as_norm(res.scores, e, t, top_k=3)
+    np.testing.assert_allclose(res.asnorm_scores, expected, atol=1e-4)
+    assert not np.allclose(res.asnorm_scores, res.scores)
+    norm = res.summary["asnorm"]
+    assert (norm["eer"], norm["threshold"]) == eer(res.asnorm_scores, res.labels)
+    assert norm["min_dcf_p0.05"] == min_dcf(res.asnorm_scores, res.labels, 0.05)[0]
+    assert (norm["top_k"], norm["cohort_size"]) == (3, 4)
+    np.testing.assert_array_equal(res.scores, evaluate(model, corpus["trials"], corpus["root"],
+                                                       cache_dir=corpus["cache"]).scores)
+
+    monkeypatch.setattr(ev, "_ASNORM_CELLS", 4)  # one trial per chunk: same result
+    chunked = evaluate(model, corpus["trials"], corpus["root"], cohort=manifest, top_k=3, cache_dir=corpus["cache"])
+    np.testing.assert_allclose(chunked.asnorm_scores, res.asnorm_scores, atol=1e-12)
+
+
+def test_cohort_errors(model, corpus, tmp_path):
+    with pytest.raises(EvalError, match="nothere.txt: cannot read cohort list"):
+        read_cohort(tmp_path / "nothere.txt")
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(EvalError, match="empty.txt: cohort list has no files"):
+        read_cohort(tmp_path / "empty.txt")
+    (tmp_path / "m.csv").write_text("path,speaker,duration\nx.wav,s1\n")
+    with pytest.raises(EvalError, match=r"m.csv:2: expected 3 fields"):
+        read_cohort(tmp_path / "m.csv")
+    with pytest.raises(EvalError, match=r"cohort: only 1 of 2 files could be embedded; AS-norm needs at least 2"):
+        evaluate(model, corpus["trials"], corpus["root"], cohort=[corpus["cohort"][0], str(tmp_path / "x.wav")],
+                 cache_dir=corpus["cache"])
+
+
+def test_write_outputs(model, corpus, tmp_path):
+    res = evaluate(model, corpus["trials"], corpus["root"], cohort=corpus["cohort"], top_k=3, cache_dir=corpus["cache"])
+    out = tmp_path / "out"
+    write_outputs(res, out, json_path=tmp_path / "s.json")
+    assert sorted(os.listdir(out)) == ["det.png", "scores.txt", "scores_asnorm.txt", "summary.json"]
+    rows = [ln.split() for ln in (out / "scores.txt").read_text().splitlines()]
+    assert [r[1:] for r in rows] == [[str(y), e, t] for y, e, t in zip(res.labels, res.enroll, res.test)]
+    np.testing.assert_allclose([float(r[0]) for r in rows], res.scores, atol=1e-6)
+    asn = [float(ln.split()[0]) for ln in (out / "scores_asnorm.txt").read_text().splitlines()]
+    np.testing.assert_allclose(asn, res.asnorm_scores, atol=1e-6)
+    assert (out / "det.png").read_bytes().startswith(PNG_MAGIC)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads((tmp_path / "s.json").read_text()) == res.summary
+    for key in ("eer", "threshold", "min_dcf_p0.01", "min_dcf_p0.05"):
+        assert key in summary and key in summary["asnorm"]
+    assert (summary["n_trials"], summary["n_skipped"]) == (15, 0)
+
+
+def _output(result) -> str:
+    """CLI output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
+def test_cli_eval_writes_outputs_and_stores_threshold(model, corpus, tmp_path, monkeypatch):
+    model_dir = model.save(tmp_path / "model")
+    (corpus["root"] / "bad.wav").write_bytes(b"junk")
+    corpus["trials"].write_text(corpus["trials"].read_text() + "0 bad.wav a/0.wav\n1 bad.wav a/1.wav\n")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    base = ["eval", "--model", str(model_dir), "--trials", str(corpus["trials"]), "--wav-root", str(corpus["root"]),
+            "--cache", str(corpus["cache"])]
+    res = runner.invoke(app, [*base, "--json", "summary.json"])
+    assert res.exit_code == 0, res.output
+    assert _output(res).count("bad.wav: ") == 1 and f"skipped {corpus['root'] / 'bad.wav'}: " in _output(res)
+    assert "EER %" in _output(res) and "15 trials scored, 2 skipped" in _output(res)
+    out = tmp_path / "eval" / "trials"
+    assert sorted(os.listdir(out)) == ["det.png", "scores.txt", "summary.json"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["n_skipped"] == 2 and f"{100 * summary['eer']:.2f}" in _output(res)
+
+    verify = ["verify", str(corpus["root"] / "a/0.wav"), str(corpus["root"] / "a/1.wav"), "--model", str(model_dir)]
+    assert "threshold" not in _output(runner.invoke(app, verify))
+    (tmp_path / "one.txt").write_text("cohort/c0.wav\n")  # relative to the list's folder
+    res = runner.invoke(app, [*base, "--out", "o2", "--cohort", "one.txt", "--store-threshold"])
+    assert res.exit_code == 1 and "cohort: only 1 of 1 files" in _output(res)  # fails before storing anything
+    assert "threshold" not in _output(runner.invoke(app, verify))
+    res = runner.invoke(app, [*base, "--out", "o2", "--store-threshold"])
+    assert res.exit_code == 0 and f"stored threshold {summary['threshold']:.4f}" in _output(res)
+    assert "embedded 0 files, 6 from the cache" in _output(res)
+    res = runner.invoke(app, verify)
+    assert res.exit_code == 0
+    assert f"(threshold {summary['threshold']:.4f})" in _output(res)
+    assert "same speaker" in _output(res) or "different speakers" in _output(res)
+
+
+def test_cli_eval_errors(model, corpus, tmp_path):
+    model_dir = model.save(tmp_path / "model")
+    runner = CliRunner()
+    base = ["eval", "--model", str(model_dir), "--trials", str(corpus["trials"]), "--cache", str(corpus["cache"])]
+    res = runner.invoke(app, [*base, "--wav-root", str(tmp_path / "nope")])
+    assert res.exit_code == 1 and "nope: wav root is not a folder" in _output(res)
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, [*base, "--wav-root", str(tmp_path / "empty")])
+    assert res.exit_code == 1 and "all 15 trials skipped" in _output(res)
+    res = runner.invoke(app, ["eval", "--model", str(model_dir), "--trials", str(tmp_path / "t.txt"),
+                              "--wav-root", str(corpus["root"])])
+    assert res.exit_code == 1 and "t.txt: trial list not found" in _output(res)

@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ghostvlad.features import FrontEndConfig
+from ghostvlad.inference import SpeakerModel, load_model
+from ghostvlad.modelfile import ModelFileError, read_model
+from ghostvlad.models import EncoderConfig, SpeakerEncoder
+
+CONFIG = EncoderConfig(width=0.125, pooling="gvlad", clusters=3, ghost_clusters=1, descriptor_dim=16, embed_dim=8)
+
+
+@pytest.fixture
+def model() -> SpeakerModel:
+    torch.manual_seed(0)
+    return SpeakerModel(SpeakerEncoder(CONFIG), FrontEndConfig(mirror=True), threshold=0.5, info={"source": "test"})
+
+
+@pytest.mark.parametrize("name", ["model_dir", "model.safetensors"])
+def test_round_trip_is_exact(tmp_path, model, name):
+    path = model.save(tmp_path / name)
+    loaded = load_model(path)
+    assert loaded.config == CONFIG
+    assert loaded.frontend.config == FrontEndConfig(mirror=True)
+    assert loaded.threshold == 0.5 and loaded.info == {"source": "test"}
+    for k, v in model.encoder.state_dict().items():
+        assert torch.equal(v, loaded.encoder.state_dict()[k]), k
+    wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    np.testing.assert_array_equal(model.embed(wave), loaded.embed(wave))
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_directory_layout_is_safetensors_plus_json(tmp_path, model):
+    path = model.save(tmp_path / "m")
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((path / "config.json").read_text())
+    assert config["format"] == "ghostvlad-model" and config["encoder"]["clusters"] == 3
+
+
+def test_mirror_override(tmp_path, model):
+    assert load_model(model.save(tmp_path / "m"), mirror=False).frontend.config.mirror is False
+
+
+def test_errors(tmp_path, model):
+    with pytest.raises(ModelFileError, match="no such model"):
+        read_model(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFileError, match="missing config.json"):
+        read_model(tmp_path / "empty")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelFileError, match="junk.safetensors: not a safetensors model file"):
+        read_model(junk)
+    pickled = tmp_path / "model.pt"
+    torch.save({"a": torch.zeros(2)}, pickled)
+    with pytest.raises(ModelFileError, match="model.pt"):
+        read_model(pickled)
+    path = model.save(tmp_path / "m")
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="invalid JSON"):
+        read_model(path)
+    (path / "config.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ModelFileError, match="not a ghostvlad model"):
+        read_model(path)
+
+
+def test_weights_that_do_not_fit_the_config(tmp_path, model):
+    path = model.save(tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    config["encoder"]["clusters"] = 4
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="weights do not match the config: .*pooling.assignment.bias has shape \\(4,\\), config needs \\(5,\\)"):
+        load_model(path)
