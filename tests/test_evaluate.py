@@ -7,13 +7,12 @@ import soundfile as sf
 import torch
 from typer.testing import CliRunner
 
-import ghostvlad.cli.eval  # noqa: F401  (registers the command even before cli/__init__ imports it)
 from ghostvlad import evaluate as ev
 from ghostvlad import metrics
 from ghostvlad.cli import app
 from ghostvlad.data.trials import read_trials
 from ghostvlad.evaluate import EvalError, evaluate, read_cohort, write_outputs
-from ghostvlad.features import FrontEndConfig
+from ghostvlad.features import FrontEndConfig, Spectrogram
 from ghostvlad.inference import SpeakerModel
 from ghostvlad.models import EncoderConfig, SpeakerEncoder
 from ghostvlad.scoring import as_norm, eer, min_dcf
@@ -24,20 +23,18 @@ SPEAKERS = {"a": 220.0, "b": 330.0, "c": 500.0}
 
 
 def tiny_model(seed: int = 0) -> SpeakerModel:
-    """Random tiny model; batch-norm statistics set on a few tones so that embeddings differ (cosines ~0.7-0.95)."""
+    """Random tiny model; batch-norm statistics set on a few tones so that embeddings differ (cosines ~0.5-0.95)."""
     torch.manual_seed(seed)
-    cfg = EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2)
-    model = SpeakerModel(SpeakerEncoder(cfg), FrontEndConfig())
-    for module in model.encoder.modules():
+    encoder = SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2))
+    for module in encoder.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
             module.momentum = None  # cumulative average
     rng = np.random.default_rng(seed)
-    feats, _ = model.frontend(torch.from_numpy(np.stack([_clip(rng, 100.0 + 60 * k, 0.5) for k in range(8)])))
+    feats, _ = Spectrogram()(torch.from_numpy(np.stack([_clip(rng, 100.0 + 90 * k, 0.5) for k in range(6)])))
     with torch.no_grad():
-        model.encoder.train()(feats)
-    model.encoder.eval()
-    return model
+        encoder.train()(feats)
+    return SpeakerModel(encoder.eval(), FrontEndConfig())
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +77,7 @@ def test_scores_are_cosines_and_metrics_match_scoring(model, corpus):
     direct = {f: model.embed(corpus["root"] / f) for f in trials.files()}
     expected = [float(direct[e] @ direct[t]) for e, t in zip(trials.enroll, trials.test)]
     np.testing.assert_allclose(res.scores, expected, atol=1e-5)
+    assert np.ptp(res.scores) > 0.2  # the embeddings really differ
     np.testing.assert_array_equal(res.labels, trials.labels)
     assert (res.enroll, res.test, res.skipped, res.bad_files) == (trials.enroll, trials.test, 0, {})
     s = res.summary
@@ -207,13 +205,21 @@ def test_asnorm_with_cohort_list_or_manifest(model, corpus, tmp_path, monkeypatc
     norm = res.summary["asnorm"]
     assert (norm["eer"], norm["threshold"]) == eer(res.asnorm_scores, res.labels)
     assert norm["min_dcf_p0.05"] == min_dcf(res.asnorm_scores, res.labels, 0.05)[0]
-    assert (norm["top_k"], norm["cohort_size"]) == (3, 4)
+    assert (norm["top_k"], norm["cohort_size"], norm["cohort_bad_files"]) == (3, 4, 0)
     np.testing.assert_array_equal(res.scores, evaluate(model, corpus["trials"], corpus["root"],
                                                        cache_dir=corpus["cache"]).scores)
 
-    monkeypatch.setattr(ev, "_ASNORM_CELLS", 4)  # one trial per chunk: same result
+    monkeypatch.setattr(ev, "_ASNORM_CELLS", 5)  # one file / trial per chunk: same result
     chunked = evaluate(model, corpus["trials"], corpus["root"], cohort=manifest, top_k=3, cache_dir=corpus["cache"])
-    np.testing.assert_allclose(chunked.asnorm_scores, res.asnorm_scores, atol=1e-12)
+    np.testing.assert_allclose(chunked.asnorm_scores, res.asnorm_scores, atol=1e-5)  # float32 matmul rounding
+
+    monkeypatch.undo()
+    gone = str(tmp_path / "gone.wav")  # a bad cohort file is reported and left out of the cohort
+    with_bad = evaluate(model, corpus["trials"], corpus["root"], cohort=[*corpus["cohort"], gone], top_k=3,
+                        cache_dir=corpus["cache"])
+    np.testing.assert_allclose(with_bad.asnorm_scores, res.asnorm_scores, atol=1e-12)
+    assert with_bad.summary["asnorm"]["cohort_bad_files"] == 1 and list(with_bad.bad_files) == [gone]
+    assert (with_bad.summary["n_bad_files"], with_bad.skipped) == (0, 0)
 
 
 def test_cohort_errors(model, corpus, tmp_path):
@@ -225,7 +231,9 @@ def test_cohort_errors(model, corpus, tmp_path):
     (tmp_path / "m.csv").write_text("path,speaker,duration\nx.wav,s1\n")
     with pytest.raises(EvalError, match=r"m.csv:2: expected 3 fields"):
         read_cohort(tmp_path / "m.csv")
-    with pytest.raises(EvalError, match=r"cohort: only 1 of 2 files could be embedded; AS-norm needs at least 2"):
+    with pytest.raises(EvalError, match="AS-norm needs top_k >= 2, got 1"):
+        evaluate(model, corpus["trials"], corpus["root"], cohort=corpus["cohort"], top_k=1, cache_dir=corpus["cache"])
+    with pytest.raises(EvalError, match="cohort: only 1 of 2 cohort files could be embedded; AS-norm needs at least 2"):
         evaluate(model, corpus["trials"], corpus["root"], cohort=[corpus["cohort"][0], str(tmp_path / "x.wav")],
                  cache_dir=corpus["cache"])
 
@@ -274,7 +282,7 @@ def test_cli_eval_writes_outputs_and_stores_threshold(model, corpus, tmp_path, m
     assert "threshold" not in _output(runner.invoke(app, verify))
     (tmp_path / "one.txt").write_text("cohort/c0.wav\n")  # relative to the list's folder
     res = runner.invoke(app, [*base, "--out", "o2", "--cohort", "one.txt", "--store-threshold"])
-    assert res.exit_code == 1 and "cohort: only 1 of 1 files" in _output(res)  # fails before storing anything
+    assert res.exit_code == 1 and "one.txt: only 1 of 1 cohort files" in _output(res)  # fails before storing anything
     assert "threshold" not in _output(runner.invoke(app, verify))
     res = runner.invoke(app, [*base, "--out", "o2", "--store-threshold"])
     assert res.exit_code == 0 and f"stored threshold {summary['threshold']:.4f}" in _output(res)
@@ -297,3 +305,6 @@ def test_cli_eval_errors(model, corpus, tmp_path):
     res = runner.invoke(app, ["eval", "--model", str(model_dir), "--trials", str(tmp_path / "t.txt"),
                               "--wav-root", str(corpus["root"])])
     assert res.exit_code == 1 and "t.txt: trial list not found" in _output(res)
+    (tmp_path / "taken").write_text("a file, not a folder")
+    res = runner.invoke(app, [*base, "--wav-root", str(corpus["root"]), "--out", str(tmp_path / "taken")])
+    assert res.exit_code == 1 and "cannot write the results: " in _output(res) and "taken" in _output(res)

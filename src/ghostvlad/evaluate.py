@@ -28,8 +28,8 @@ from .scoring.asnorm import cohort_scores
 from .scoring.det import plot_det
 
 P_TARGETS = (0.01, 0.05)
-_ASNORM_CELLS = 1 << 24  # cohort-score matrix entries per side per AS-norm chunk (128 MB in float64)
-_SCORE_ROWS = 1 << 16  # trials per chunk when scoring
+_ASNORM_CELLS = 1 << 22  # score-matrix entries per AS-norm chunk (16-32 MB)
+_SCORE_ROWS = 1 << 13  # trials per chunk when scoring
 
 
 class EvalError(ValueError):
@@ -197,7 +197,7 @@ class EvalResult:
     enroll: list[str]  # trial paths as written in the list
     test: list[str]
     skipped: int  # trials not scored because one of their files could not be embedded
-    bad_files: dict[str, str]  # path -> "path: reason" (trial and cohort files)
+    bad_files: dict[str, str]  # path -> "path: reason", trial and cohort files
     computed: int  # files embedded in this call
     cached: int  # files whose embedding came from the cache
     asnorm_scores: np.ndarray | None = None
@@ -213,23 +213,31 @@ def _metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
 
 def _pair_scores(emb: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Dot products ``emb[a[i]] . emb[b[i]]`` in float64, in chunks to bound memory."""
+    chunks = (slice(s, s + _SCORE_ROWS) for s in range(0, len(a), _SCORE_ROWS))
+    return np.concatenate([np.einsum("ij,ij->i", emb[a[c]], emb[b[c]], dtype=np.float64) for c in chunks])
+
+
+def _cohort_top(emb: np.ndarray, cohort: np.ndarray, k: int) -> np.ndarray:
+    """(files, k): the k highest cosine scores of each embedding against the cohort, in chunks of files."""
+    rows = max(1, _ASNORM_CELLS // len(cohort))
     return np.concatenate([
-        np.einsum("ij,ij->i", emb[a[s:s + _SCORE_ROWS]].astype(np.float64), emb[b[s:s + _SCORE_ROWS]])
-        for s in range(0, len(a), _SCORE_ROWS)
+        np.partition(cohort_scores(emb[s:s + rows], cohort), len(cohort) - k, axis=1)[:, -k:]
+        for s in range(0, len(emb), rows)
     ])
 
 
 def _as_norm(scores: np.ndarray, emb: np.ndarray, a: np.ndarray, b: np.ndarray, cohort: np.ndarray,
              top_k: int) -> np.ndarray:
-    """AS-norm of trial scores, in chunks of trials so the (trials, cohort) matrices stay small."""
-    rows = max(1, _ASNORM_CELLS // len(cohort))
-    out = []
-    for s in range(0, len(scores), rows):
-        ia, ib = a[s:s + rows], b[s:s + rows]
-        files, inverse = np.unique(np.r_[ia, ib], return_inverse=True)
-        against = cohort_scores(emb[files], cohort)
-        out.append(as_norm(scores[s:s + rows], against[inverse[:len(ia)]], against[inverse[len(ia):]], top_k))
-    return np.concatenate(out)
+    """AS-norm of trial scores. ``as_norm`` only uses each side's top-k cohort scores, so these are found
+    once per file and the trials are normalised in chunks over those (trials, k) rows.
+    """
+    k = min(top_k, len(cohort))
+    top = _cohort_top(emb, cohort, k)
+    rows = max(1, _ASNORM_CELLS // k)
+    return np.concatenate([
+        as_norm(scores[s:s + rows], top[a[s:s + rows]], top[b[s:s + rows]], top_k=k)
+        for s in range(0, len(scores), rows)
+    ])
 
 
 def evaluate(
@@ -253,6 +261,8 @@ def evaluate(
         name = str(trials)
         trials = read_trials(trials)
     where = name or "trials"
+    if cohort is not None and top_k < 2:
+        raise EvalError(f"AS-norm needs top_k >= 2, got {top_k}")
     cohort_paths = [] if cohort is None else (
         read_cohort(cohort) if isinstance(cohort, (str, os.PathLike)) else list(map(str, cohort)))
     full = {f: os.path.join(wav_root, f) for f in trials.files()}
@@ -279,17 +289,19 @@ def evaluate(
         raise EvalError(f"{where}: {exc} (after skipping {skipped} trials)") from None
     summary.update(n_trials=len(scores), n_skipped=skipped, n_target=int(labels.sum()),
                    n_nontarget=int(len(labels) - labels.sum()), n_files=len(good),
-                   n_bad_files=len(done.errors), precision=model.precision)
+                   n_bad_files=len(full) - len(good), precision=model.precision)
 
     asnorm_scores = None
     if cohort is not None:
-        usable = [done.embeddings[p] for p in dict.fromkeys(cohort_paths) if p in done.embeddings]
+        distinct = list(dict.fromkeys(cohort_paths))
+        usable = [done.embeddings[p] for p in distinct if p in done.embeddings]
         if len(usable) < 2:
-            raise EvalError(f"cohort: only {len(usable)} of {len(set(cohort_paths))} files could be embedded; "
+            label = cohort if isinstance(cohort, (str, os.PathLike)) else "cohort"
+            raise EvalError(f"{label}: only {len(usable)} of {len(distinct)} cohort files could be embedded; "
                             "AS-norm needs at least 2")
         asnorm_scores = _as_norm(scores, emb, a, b, np.stack(usable), top_k)
         summary["asnorm"] = {**_metrics(asnorm_scores, labels), "top_k": min(top_k, len(usable)),
-                             "cohort_size": len(usable)}
+                             "cohort_size": len(usable), "cohort_bad_files": len(distinct) - len(usable)}
     return EvalResult(summary, scores, labels, enroll, test, skipped, done.errors, done.computed, done.cached,
                       asnorm_scores)
 

@@ -57,15 +57,6 @@ CASES = {  # name: (writer arguments, frame counts to embed)
 LAYOUTS = [(layout, kind) for layout in ("root", "model_weights") for kind in ("bytes", "str")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tiny models run fastest on one thread (two threads spin badly on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def spectrogram(frames: int, seed: int = 1) -> np.ndarray:
     """A normalised spectrogram (257, T): zero mean and unit std per frame, as the front-end produces."""
     x = np.abs(np.random.default_rng(seed).standard_normal((257, frames)))

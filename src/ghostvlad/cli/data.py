@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import app, err, fail, out, progress_bar
+from .common import app, err, fail, out
 
 
 @app.command()
@@ -18,14 +18,17 @@ def prepare(
                              "instead of scanning --root."),
     shards: Optional[Path] = typer.Option(None, "--shards", help="Also pack the data into WebDataset shards here."),
     shard_size: int = typer.Option(1000, help="Most utterances per shard."),
-    shard_mb: float = typer.Option(1000.0, help="About the most megabytes per shard."),
-    keep_original: bool = typer.Option(False, help="Store WAV/FLAC files in shards as they are (default: 16-bit FLAC)."),
+    shard_mb: float = typer.Option(1000.0, help="Most megabytes of audio per shard."),
+    keep_original: bool = typer.Option(
+        False, help="Store WAV/FLAC files in shards as they are (default: as 16-bit FLAC)."),
     seed: int = typer.Option(0, help="Seed of the shuffled shard order."),
     workers: Optional[int] = typer.Option(None, help="Decoding processes (default: all CPUs)."),
 ) -> None:
     """Check that every file decodes and write a training manifest; bad files are listed next to it and left out."""
     from ..audio import AudioError
-    from ..data.manifest import ManifestError, build_manifest, read_manifest, read_original_list, scan_voxceleb, speaker_of
+    from ..data.manifest import (
+        ManifestError, build_manifest, read_manifest, read_original_list, scan_voxceleb, speaker_of,
+    )
 
     if not root.is_dir():
         fail(f"{root}: not a directory")
@@ -55,11 +58,8 @@ def prepare(
         from ..data.shards import write_shards
 
         try:
-            with progress_bar() as bar:
-                task = bar.add_task("packing", total=len(manifest))
-                index = write_shards(manifest, shards, max_count=shard_size, max_mb=shard_mb, seed=seed,
-                                     keep_original=keep_original, workers=workers,
-                                     progress=lambda n: bar.advance(task, n))
+            index = write_shards(manifest, shards, max_count=shard_size, max_mb=shard_mb, seed=seed,
+                                 keep_original=keep_original, workers=workers, progress=True)
         except (AudioError, ValueError, OSError) as exc:
             fail(str(exc))
         size = sum(s.bytes for s in index.shards) / 1e6
@@ -91,6 +91,6 @@ def synth(
         fail(str(exc))
     out.print(f"wrote {out_dir}: {summary['utterances']} utterances ({summary['synthesized']} synthesised now) of "
               f"{summary['speakers']} speakers ({summary['dev_speakers']} dev, {summary['test_speakers']} test), "
-              f"{summary['audio_seconds'] / 3600:.2f} h of audio, {summary['trials']} trials "
+              f"{summary['audio_seconds'] / 60:.1f} min of audio, {summary['trials']} trials "
               f"({summary['target_trials']} target) in {summary['wall_seconds']:.1f} s", highlight=False)
 

@@ -54,7 +54,10 @@ def eval_(
     for message in result.bad_files.values():
         err.print(f"skipped {message}", highlight=False, markup=False)
     out_dir = out_dir or Path("eval") / trials.stem
-    write_outputs(result, out_dir, json_path)
+    try:
+        write_outputs(result, out_dir, json_path)
+    except OSError as exc:
+        fail(f"cannot write the results: {exc}")
     out.print(_table(result.summary))
     out.print(f"wrote {out_dir}/ (scores, det.png, summary.json); embedded {result.computed} files, "
               f"{result.cached} from the cache", highlight=False)

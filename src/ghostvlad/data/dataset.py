@@ -102,7 +102,8 @@ def crop_soundfile(file: str | BinaryIO, rng: np.random.Generator, duration: flo
             n = handle.frames
             _check_duration(n, duration, source)
             reverse, start, length = crop_plan(n, rng, frames)
-            pieces = [_read(handle, first, stop - first, source) for first, stop in _segments(n, reverse, start, length)]
+            segments = _segments(n, reverse, start, length)
+            pieces = [_read(handle, first, stop - first, source) for first, stop in segments]
     except sf.SoundFileError as exc:
         raise AudioError(source, f"cannot read audio: {getattr(exc, 'error_string', None) or exc}") from None
     except (OSError, RuntimeError) as exc:
@@ -219,6 +220,8 @@ class ShardCropDataset(IterableDataset):
             raise ValueError(f"{len(unknown)} shard speaker(s) not in speaker_ids, e.g. {unknown[0]!r}")
         self.seed, self.frames, self.shuffle_buffer = seed, frames, shuffle_buffer
         self.rank, self.world = _rank_world(rank, world)
+        if len(self.index.shards) < self.world:
+            raise ValueError(f"{len(self.index.shards)} shard(s) cannot feed {self.world} ranks; write smaller shards")
         self._epoch = _SharedEpoch()
 
     @property

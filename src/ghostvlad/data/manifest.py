@@ -2,8 +2,9 @@
 
 A manifest is built from a VoxCeleb-layout tree (``<speaker>/<video>/<nnnnn>.{wav,m4a,flac}``) or from the
 original system's list file (``idXXXXX/<video>/<nnnnn>.wav <label>`` relative to a root). Every file is decoded
-once, in parallel processes; files that fail are reported (``<manifest stem>.bad.txt``, one ``path: reason`` per
-line) and left out. Durations are those of the decoded 16 kHz signal.
+once with :func:`ghostvlad.audio.load_audio`, in parallel processes; files it rejects (missing, empty, corrupt,
+truncated, silent, shorter than 0.5 s, ...) are reported (``<manifest stem>.bad.txt``, one ``path: reason`` per line)
+and left out. Durations are those of the decoded 16 kHz signal, written to the precision of one sample.
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import csv
 import io
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -200,7 +202,8 @@ def build_manifest(
     if len(files) != len(speakers):
         raise ValueError(f"{len(files)} files but {len(speakers)} speakers")
     paths = [str(Path(f).absolute()) for f in files]
-    results = _run_checks(paths, workers, progress)
+    with _progress(progress, "decoding", len(paths)) as advance:
+        results = check_files(paths, workers, advance)
     ok = [(p, s, n) for p, s, (n, _) in zip(paths, speakers, results) if n is not None]
     bad = [(p, reason) for p, (n, reason) in zip(paths, results) if n is None]
     write_manifest(out_csv, [p for p, _, _ in ok], [s for _, s, _ in ok], [n / SAMPLE_RATE for _, _, n in ok])
@@ -212,14 +215,17 @@ def build_manifest(
     return PrepareReport(Path(out_csv), len(ok), bad, report)
 
 
-def _run_checks(paths: list[str], workers: int | None, progress: bool) -> list[tuple[int | None, str | None]]:
-    if not progress:
-        return check_files(paths, workers)
+@contextmanager
+def _progress(show: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """An ``advance(n)`` callback driving the CLI's progress bar (shown on a terminal only), or doing nothing."""
+    if not show:
+        yield lambda n: None
+        return
     from ..cli.common import progress_bar
 
     with progress_bar() as bar:
-        task = bar.add_task("decoding", total=len(paths))
-        return check_files(paths, workers, lambda n: bar.advance(task, n))
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def write_manifest(

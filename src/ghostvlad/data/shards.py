@@ -23,12 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import webdataset as wds
-from webdataset.tariterators import tarfile_samples
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio
 from ..fileio import atomic_write_text
-from .manifest import Manifest
+from .manifest import Manifest, _progress
 
 INDEX_NAME = "index.json"
 FORMAT = "ghostvlad-shards/1"
@@ -95,6 +93,9 @@ class _Writer:
     """Fills ``shard-NNNNNN.tar`` files in turn, each written to a temporary file and renamed when complete."""
 
     def __init__(self, out_dir: Path, max_count: int, max_bytes: int) -> None:
+        from webdataset import TarWriter  # imported here: it takes seconds and worker processes never need it
+
+        self._tar_writer = TarWriter
         self.out_dir, self.max_count, self.max_bytes = out_dir, max_count, max_bytes
         self.shards: list[ShardInfo] = []
         self._tmp: str | None = None
@@ -108,7 +109,7 @@ class _Writer:
         if self._tar is None:
             fd, self._tmp = tempfile.mkstemp(prefix=".shard-", suffix=".tmp", dir=self.out_dir)
             self._file = os.fdopen(fd, "wb")
-            self._tar = wds.TarWriter(self._file, encoder=False, mtime=0)
+            self._tar = self._tar_writer(self._file, encoder=False, mtime=0)
         self._tar.write({"__key__": key, **members})
         self._count += 1
         self._bytes += size
@@ -153,12 +154,12 @@ def write_shards(
     seed: int = 0,
     keep_original: bool = False,
     workers: int | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: bool = False,
 ) -> ShardIndex:
     """Pack ``manifest`` into shards of at most ``max_count`` utterances and about ``max_mb`` MB (see module doc).
 
-    Utterances are shuffled with ``seed``. Encoding runs in ``workers`` processes (default: all CPUs);
-    ``progress(n)`` is called as utterances are written. A file that cannot be decoded raises :class:`AudioError`.
+    Utterances are shuffled with ``seed``. Encoding runs in ``workers`` processes (default: all CPUs), with a
+    progress bar on a terminal if ``progress``. A file that cannot be decoded raises :class:`AudioError`.
     """
     if max_count < 1 or max_mb <= 0:
         raise ValueError(f"max_count ({max_count}) must be >= 1 and max_mb ({max_mb}) > 0")
@@ -171,13 +172,13 @@ def write_shards(
     writer = _Writer(out, max_count, int(max_mb * 1e6))
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     try:
-        for chunk in _ordered(pool, _encode, tasks, 4 * workers):
-            for index, ext, data in chunk:
-                meta = {"index": index, "speaker": manifest.speakers[index],
-                        "duration": float(manifest.durations[index]), "path": manifest.paths[index]}  # fmt: skip
-                writer.add(f"{index:09d}", {ext: data, "json": json.dumps(meta).encode()})
-            if progress:
-                progress(len(chunk))
+        with _progress(progress, "packing", len(manifest)) as advance:
+            for chunk in _ordered(pool, _encode, tasks, 4 * workers):
+                for index, ext, data in chunk:
+                    meta = {"index": index, "speaker": manifest.speakers[index],
+                            "duration": float(manifest.durations[index]), "path": manifest.paths[index]}  # fmt: skip
+                    writer.add(f"{index:09d}", {ext: data, "json": json.dumps(meta).encode()})
+                advance(len(chunk))
         writer.close()
     except BaseException:
         writer.abort()
@@ -210,7 +211,9 @@ def read_index(location: str | os.PathLike) -> ShardIndex:
         location = str(Path(location) / INDEX_NAME)
     try:
         if _is_url(location):
-            with wds.gopen(location) as stream:
+            from webdataset import gopen
+
+            with gopen(location) as stream:
                 text = stream.read().decode("utf-8")
         else:
             text = Path(location).read_text(encoding="utf-8")
@@ -263,6 +266,8 @@ def _sample(raw: dict, url: str) -> ShardSample:
 def iter_shard_samples(index: ShardIndex, shards: Sequence[int], shuffle_buffer: int = 0,
                        rng: np.random.Generator | None = None) -> Iterator[ShardSample]:
     """The samples of ``shards`` (indices into ``index.shards``) in turn, through an optional shuffle buffer."""
+    from webdataset.tariterators import tarfile_samples
+
     urls = [index.url(k) for k in shards]
 
     def samples() -> Iterator[ShardSample]:

@@ -24,6 +24,8 @@ import json
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
@@ -256,7 +258,10 @@ def _espeak(text: str, voice: Voice, seed: int) -> np.ndarray:
 
 
 def speak(voice: Voice, text: str, seed: int = 0) -> np.ndarray:
-    """Clean float32 speech at SAMPLE_RATE: espeak-ng synthesis, then the vocal-tract warp."""
+    """Clean float32 speech at SAMPLE_RATE: espeak-ng synthesis, then the vocal-tract warp.
+
+    Deterministic for a given seed as long as nothing else in the process holds libespeak-ng open; not thread-safe.
+    """
     samples = _espeak(text, voice, seed).astype(np.float32) / 32768.0
     return soxr.resample(samples, ESPEAK_RATE * voice.warp, SAMPLE_RATE).astype(np.float32)
 
@@ -543,7 +548,8 @@ def synthesize_corpus(
     _prepare(out, config)
     sessions = _plan(config)
     todo = [s for s in sessions if not all((out / f).exists() for f in s.files())]
-    workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(todo)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(workers or cores, len(todo)))
     if todo:
         _run(todo, out, workers, progress)
     _write_atomic(out / "speakers.json",
@@ -564,12 +570,25 @@ def synthesize_corpus(
     }
 
 
+def _init_worker(parent: int) -> None:
+    """Leave Ctrl-C to the parent (which finishes the running sessions) and exit if the parent is killed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _run(todo: list[_Session], out: Path, workers: int, progress: bool) -> None:
     columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TextColumn("utterances"), TimeRemainingColumn())
     context = multiprocessing.get_context("spawn")  # espeak-ng is process-global: keep it out of the caller
     with (
         Progress(*columns, disable=not progress) as bar,
-        ProcessPoolExecutor(workers, mp_context=context, max_tasks_per_child=200) as pool,
+        # fresh workers now and then: every espeak load/unload leaks a few kB
+        ProcessPoolExecutor(workers, context, _init_worker, (os.getpid(),), max_tasks_per_child=200) as pool,
     ):
         task = bar.add_task("synth", total=sum(len(s.durations) for s in todo))
         futures = {pool.submit(_render_session, s, str(out)): s for s in todo}
@@ -577,6 +596,6 @@ def _run(todo: list[_Session], out: Path, workers: int, progress: bool) -> None:
             for future in as_completed(futures):
                 future.result()
                 bar.advance(task, len(futures[future].durations))
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+        except BaseException:  # e.g. Ctrl-C: drop the queued sessions, let the running ones finish
+            pool.shutdown(wait=True, cancel_futures=True)
             raise

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import itertools
 import math
 import os
 import time
+from collections.abc import Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..data.dataset import CropDataset, ShardCropDataset
 from ..data.manifest import read_manifest
+from ..data.shards import INDEX_NAME
 from ..data.trials import read_trials
 from ..features import FrontEndConfig, Spectrogram
 from ..fileio import atomic_write_text
@@ -121,11 +124,9 @@ class Trainer:
         self.config, self.out, self.progress_bar = config, Path(out), progress
         self.dist = distributed.setup(device)
         torch.manual_seed(config.train.seed)
-        self.dataset, self.speakers = self._dataset(Path(data))
-        per_rank = config.train.batch_size // self.dist.world
-        self.batches = EpochBatches(len(self.dataset), config.train.batch_size, self.dist.rank, self.dist.world,
+        self.dataset, self.speakers, size = self._dataset(Path(data))
+        self.batches = EpochBatches(size, config.train.batch_size, self.dist.rank, self.dist.world,
                                     config.train.seed, config.train.steps_per_epoch)
-        self.per_rank = per_rank
         encoder = SpeakerEncoder(config.model)
         if init is not None:
             self._init_from(encoder, init)
@@ -148,14 +149,16 @@ class Trainer:
 
     # -- setup --------------------------------------------------------------------------------------
     def _dataset(self, data: Path):
-        if data.is_dir():
-            ds = ShardCropDataset(data, seed=self.config.train.seed, frames=self.config.data.frames)
-            raise TrainError(f"{data}: shard streaming is not supported by this trainer yet; use a manifest CSV")
+        """A manifest CSV (map-style, exact resume) or a shard directory / index.json (streaming)."""
+        cfg = self.config
+        if data.is_dir() or data.name == INDEX_NAME:
+            ds = ShardCropDataset(data, seed=cfg.train.seed, frames=cfg.data.frames,
+                                  rank=self.dist.rank, world=self.dist.world)
+            return ds, ds.speaker_ids, ds.index.utterances
         if not data.exists():
-            raise TrainError(f"{data}: training data not found (give a manifest CSV from `ghostvlad prepare`)")
+            raise TrainError(f"{data}: training data not found (give a manifest CSV or shards from `ghostvlad prepare`)")
         manifest = read_manifest(data)
-        ds = CropDataset(manifest, seed=self.config.train.seed, frames=self.config.data.frames)
-        return ds, manifest.speaker_ids()
+        return CropDataset(manifest, seed=cfg.train.seed, frames=cfg.data.frames), manifest.speaker_ids(), len(manifest)
 
     def _init_from(self, encoder: SpeakerEncoder, init: str | os.PathLike) -> None:
         source = load_model(init).encoder
@@ -214,15 +217,20 @@ class Trainer:
         dtype = torch.bfloat16 if self.config.train.precision == "bf16" else torch.float16
         return torch.autocast(self.dist.device.type, dtype=dtype)
 
-    def _loader(self, epoch: int, start: int) -> torch.utils.data.DataLoader:
+    def _loader(self, epoch: int, start: int) -> Iterable:
+        """This rank's batches of ``epoch`` from step ``start`` on (same batches whatever the worker count)."""
         self.dataset.set_epoch(epoch)
-        frames = self.config.finetune.frames if epoch >= self.config.train.epochs else self.config.data.frames
-        self.dataset.frames = frames
+        self.dataset.frames = self.config.finetune.frames if epoch >= self.config.train.epochs else self.config.data.frames
         workers = self.config.data.workers
-        return torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=self.batches.batches(epoch, start), num_workers=workers,
-            pin_memory=self.dist.device.type == "cuda", prefetch_factor=4 if workers else None,
-        )
+        common = dict(num_workers=workers, pin_memory=self.dist.device.type == "cuda",
+                      prefetch_factor=4 if workers else None)
+        if isinstance(self.dataset, ShardCropDataset):
+            per_rank = self.config.train.batch_size // self.dist.world
+            loader = torch.utils.data.DataLoader(self.dataset, batch_size=per_rank, drop_last=True, **common)
+            # ranks may hold a shard more or less: cycle so that every rank makes exactly `steps` steps
+            stream = itertools.chain.from_iterable(itertools.repeat(loader))
+            return itertools.islice(stream, start, self.batches.steps)
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.batches.batches(epoch, start), **common)
 
     def _log(self, row: dict) -> None:
         if not self.dist.main:

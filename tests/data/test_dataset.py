@@ -1,0 +1,231 @@
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+from torch.utils.data import DataLoader
+
+from ghostvlad.audio import AudioError, load_audio
+from ghostvlad.data.dataset import CropDataset, crop_plan, crop_samples, read_crop
+from ghostvlad.data.manifest import Manifest
+from ghostvlad.features import train_crop
+
+SIZE = 249 * 160
+# lengths around the thresholds: doubled clip shorter than the crop, exactly 250 frames, just over, and long
+LENGTHS = [4000, 19000, 19919, 19920, 19999, 20000, 20080, 20081, 39840, 39841, 47000, 80000, 160003]
+
+
+def pcm(n: int, channels: int = 1, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.normal(0, 0.2, (n, channels)) * 32767).clip(-32768, 32767).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    files = []
+    for k, n in enumerate(LENGTHS):
+        for ext, channels in (("wav", 1), ("flac", 1), ("wav", 2)):
+            path = root / f"c{n}_{channels}.{ext}"
+            sf.write(path, pcm(n, channels, k), 16000, subtype="PCM_16")
+            files.append(path)
+    return files
+
+
+def test_crop_plan_matches_train_crop_draws():
+    for n in LENGTHS:
+        for seed in range(50):
+            reverse, start, length = crop_plan(n, np.random.default_rng(seed))
+            wave = np.arange(1, n + 1, dtype=np.float32)  # distinct values locate the window
+            crop = train_crop(wave, np.random.default_rng(seed))
+            doubled = np.concatenate([wave, wave])
+            expected = (doubled[::-1] if reverse else doubled)[start : start + length]
+            assert np.array_equal(crop[:length], expected) and not crop[length:].any()
+
+
+def test_partial_read_equals_full_load_crop(clips):
+    seen = {"reversed": 0, "straddles": 0, "padded": 0, "inside": 0}
+    for path in clips:
+        wave = load_audio(path, min_duration=0.0)
+        n = len(wave)
+        for seed in range(40):
+            got = read_crop(path, np.random.default_rng(seed), duration=n / 16000)
+            expected = train_crop(wave, np.random.default_rng(seed))
+            assert got.dtype == np.float32 and got.shape == (SIZE,)
+            assert np.array_equal(got, expected), (path.name, seed)
+            reverse, start, length = crop_plan(n, np.random.default_rng(seed))
+            seen["reversed"] += reverse
+            seen["padded"] += length < SIZE
+            seen["straddles"] += start < n < start + length
+            seen["inside"] += start + length <= n or start >= n
+    assert min(seen.values()) > 50, seen
+
+
+def test_only_the_crop_samples_are_read(tmp_path):
+    """Overwrite every sample the crop does not need: the crop must not change."""
+    n = 10 * 16000
+    original = pcm(n, seed=5)[:, 0]
+    wave = original.astype(np.float32) / 32768
+    reversed_crops = 0
+    for seed in range(12):
+        reverse, start, length = crop_plan(n, np.random.default_rng(seed))
+        begin = 2 * n - start - length if reverse else start
+        needed = np.zeros(n, bool)
+        needed[np.arange(begin, begin + length) % n] = True
+        assert needed.sum() == length  # long clip: the window never overlaps itself
+        scrambled = original.copy()
+        scrambled[~needed] = 12345
+        path = tmp_path / f"s{seed}.flac"
+        sf.write(path, scrambled, 16000, subtype="PCM_16")
+        got = read_crop(path, np.random.default_rng(seed), duration=n / 16000)
+        assert np.array_equal(got, train_crop(wave, np.random.default_rng(seed)))
+        reversed_crops += reverse
+    assert 0 < reversed_crops < 12
+
+
+def test_straddling_crop_reads_both_ends(tmp_path):
+    """A crop over the join takes the clip's end and its start; scrambling the middle changes nothing."""
+    n = 30000  # doubled 60000 samples: most windows cross the join at 30000
+    original = pcm(n, seed=6)[:, 0]
+    wave = original.astype(np.float32) / 32768
+    straddling = 0
+    for seed in range(30):
+        reverse, start, length = crop_plan(n, np.random.default_rng(seed))
+        begin = 2 * n - start - length if reverse else start
+        if not begin < n < begin + length:
+            continue
+        straddling += 1
+        scrambled = original.copy()
+        scrambled[begin + length - n : begin] = -999  # between the two segments
+        path = tmp_path / "s.wav"
+        sf.write(path, scrambled, 16000, subtype="PCM_16")
+        got = read_crop(path, np.random.default_rng(seed), duration=n / 16000)
+        assert np.array_equal(got, train_crop(wave, np.random.default_rng(seed)))
+    assert straddling > 10
+
+
+def test_other_rates_and_formats_fall_back_to_full_decode(tmp_path):
+    path8k = tmp_path / "a.wav"
+    sf.write(path8k, pcm(30000, seed=1), 8000, subtype="PCM_16")
+    m4a = tmp_path / "b.m4a"
+    with av.open(str(m4a), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(pcm(50000, seed=2).T, format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    for path in (path8k, m4a):
+        wave = load_audio(path)
+        for seed in range(5):
+            got = read_crop(path, np.random.default_rng(seed), duration=len(wave) / 16000)
+            assert np.array_equal(got, train_crop(wave, np.random.default_rng(seed)))
+
+
+def test_bad_files_raise_audio_error_naming_them(tmp_path):
+    path = tmp_path / "a.wav"
+    sf.write(path, pcm(48000), 16000, subtype="PCM_16")
+    with pytest.raises(AudioError, match=f"^{path}: has 3.0000 s of audio but the manifest says 2.5000 s"):
+        read_crop(path, np.random.default_rng(0), duration=2.5)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])  # truncated after the manifest was made
+    with pytest.raises(AudioError, match=f"^{path}: .*the file changed since the manifest was made"):
+        read_crop(path, np.random.default_rng(0), duration=3.0)
+    path.write_bytes(b"RIFF junk")
+    with pytest.raises(AudioError, match=f"^{path}: cannot read audio"):
+        read_crop(path, np.random.default_rng(0), duration=3.0)
+    with pytest.raises(AudioError, match=f"^{tmp_path / 'gone.flac'}: file not found$"):
+        read_crop(tmp_path / "gone.flac", np.random.default_rng(0))
+    with pytest.raises(AudioError, match=f"^{tmp_path / 'gone.m4a'}: file not found$"):
+        read_crop(tmp_path / "gone.m4a", np.random.default_rng(0))
+
+
+# ---------------------------------------------------------------------------------------------------------- dataset
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    paths, speakers, durations = [], [], []
+    for k in range(12):
+        n = 20000 + 7919 * k
+        path = root / f"id{k % 3:05d}" / f"{k:05d}.{'wav' if k % 2 else 'flac'}"
+        path.parent.mkdir(exist_ok=True)
+        sf.write(path, pcm(n, seed=k), 16000, subtype="PCM_16")
+        paths.append(str(path))
+        speakers.append(f"id{k % 3:05d}")
+        durations.append(n / 16000)
+    return Manifest(paths, speakers, np.array(durations, np.float32))
+
+
+def test_dataset_items_and_determinism(manifest):
+    ds = CropDataset(manifest, seed=7)
+    assert len(ds) == 12
+    crop, label = ds[4]
+    assert crop.shape == (SIZE,) and crop.dtype == np.float32 and label == 1
+    assert [ds[i][1] for i in range(12)] == manifest.labels().tolist()
+    wave = load_audio(manifest.paths[4], min_duration=0.0)
+    assert np.array_equal(crop, train_crop(wave, np.random.default_rng([7, 0, 4])))
+    assert np.array_equal(ds[4][0], crop)
+    assert np.array_equal(CropDataset(manifest, seed=7)[4][0], crop)
+    ds.set_epoch(1)
+    assert ds.epoch == 1
+    other_epoch = np.stack([ds[i][0] for i in range(12)])
+    ds.set_epoch(0)
+    first_epoch = np.stack([ds[i][0] for i in range(12)])
+    assert sum(not np.array_equal(a, b) for a, b in zip(first_epoch, other_epoch)) >= 10  # short clips may repeat
+    other_seed = CropDataset(manifest, seed=8)
+    assert not np.array_equal(other_seed[4][0], crop)
+    with pytest.raises(ValueError, match="epoch must be >= 0"):
+        ds.set_epoch(-1)
+
+
+def test_dataset_speaker_ids(manifest):
+    ids = ["id00002", "extra", "id00000", "id00001"]
+    ds = CropDataset(manifest, speaker_ids=ids)
+    assert [ds[i][1] for i in range(3)] == [2, 3, 0]
+    with pytest.raises(ValueError, match="1 manifest speaker\\(s\\) not in speaker_ids, e.g. 'id00002'"):
+        CropDataset(manifest, speaker_ids=["id00000", "id00001"])
+
+
+def batches(loader) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(x.numpy(), y.numpy()) for x, y in loader]
+
+
+class EpochOrder:
+    """A batch sampler whose batches depend on the epoch (like the training loop's)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def __iter__(self):
+        return iter(np.random.default_rng(self.epoch).permutation(12).reshape(3, 4).tolist())
+
+    def __len__(self) -> int:
+        return 3
+
+
+def test_same_batches_for_any_number_of_workers(manifest):
+    ds = CropDataset(manifest, seed=3)
+    order = EpochOrder()
+    reference = []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        order.epoch = epoch
+        reference.append(batches(DataLoader(ds, batch_sampler=order, num_workers=0)))
+    assert len(reference[0]) == 3 and reference[0][0][0].shape == (4, SIZE)
+    first = np.random.default_rng(0).permutation(12)[:4]
+    assert reference[0][0][1].tolist() == manifest.labels()[first].tolist()
+    assert not np.array_equal(reference[0][0][0], reference[1][0][0])
+    persistent = DataLoader(ds, batch_sampler=order, num_workers=2, persistent_workers=True)
+    for epoch in (0, 1):  # set_epoch must also reach persistent worker processes
+        ds.set_epoch(epoch)
+        order.epoch = epoch
+        for loader in (DataLoader(ds, batch_sampler=order, num_workers=2), persistent):
+            got = batches(loader)
+            assert len(got) == 3
+            for (x, y), (rx, ry) in zip(got, reference[epoch]):
+                assert np.array_equal(x, rx) and np.array_equal(y, ry)
+
+
+def test_crop_samples():
+    assert crop_samples() == SIZE and crop_samples(300) == 299 * 160

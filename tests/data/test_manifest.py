@@ -1,0 +1,290 @@
+import csv
+import re
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+import ghostvlad.cli.data  # noqa: F401  (registers the data commands)
+from ghostvlad.cli import app
+from ghostvlad.data.manifest import (
+    Manifest,
+    ManifestError,
+    bad_report_path,
+    build_manifest,
+    read_manifest,
+    read_original_list,
+    scan_voxceleb,
+    speaker_of,
+)
+
+# (speaker, video, file, samples); the tree also gets bad files and files that are not part of the layout
+GOOD = [
+    ("id00012", "vidA", "00001.wav", 16000),
+    ("id00012", "vidA", "00002.flac", 20000),
+    ("id00012", "vidB", "00001.wav", 24160),
+    ("id00003", "x-Y_z", "00007.wav", 17000),
+    ("id00003", "x-Y_z", "00008.m4a", 32000),
+    ("id10270", "q", "00001.flac", 40000),
+]
+
+
+def write_m4a(path: Path, pcm: np.ndarray) -> None:
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+
+
+def make_tree(root: Path) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    for speaker, video, name, n in GOOD:
+        path = root / speaker / video / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pcm = (rng.normal(0, 0.1, n) * 32767).clip(-32768, 32767).astype(np.int16)
+        if name.endswith(".m4a"):
+            write_m4a(path, pcm)
+        else:
+            sf.write(path, pcm, 16000, subtype="PCM_16")
+    bad = {
+        "truncated": root / "id00012" / "vidB" / "00002.wav",
+        "not_audio": root / "id00003" / "x-Y_z" / "00009.wav",
+        "empty": root / "id10270" / "q" / "00002.flac",
+    }
+    sf.write(bad["truncated"], np.ones(32000, np.int16), 16000, subtype="PCM_16")
+    data = bad["truncated"].read_bytes()
+    bad["truncated"].write_bytes(data[: len(data) // 2])
+    bad["not_audio"].write_text("this is not audio, despite its name")
+    bad["empty"].write_bytes(b"")
+    (root / "id00012" / "vidA" / "notes.txt").write_text("ignored")  # not an audio suffix
+    (root / "id00012" / "stray.wav").write_bytes(data)  # wrong depth
+    (root / "README.wav").write_bytes(data)  # wrong depth
+    return bad
+
+
+@pytest.fixture()
+def tree(tmp_path):
+    root = tmp_path / "vox" / "dev" / "aac"
+    bad = make_tree(root)
+    return root, bad
+
+
+def test_scan_finds_exactly_the_layout(tree):
+    root, bad = tree
+    files = scan_voxceleb(root)
+    expected = sorted([root / s / v / f for s, v, f, _ in GOOD] + list(bad.values()))
+    assert files == expected
+    assert all(f.is_absolute() for f in files)
+    assert [speaker_of(f, root) for f in files] == [f.relative_to(root).parts[0] for f in expected]
+
+
+def test_scan_missing_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        scan_voxceleb(tmp_path / "nope")
+
+
+def test_build_manifest_reports_and_skips_bad_files(tree, tmp_path):
+    root, bad = tree
+    files = scan_voxceleb(root)
+    out = tmp_path / "data" / "vox2_dev.csv"
+    report = build_manifest(files, [speaker_of(f, root) for f in files], out, workers=2)
+    assert report.manifest == out and report.n_ok == len(GOOD)
+    assert report.bad_report == tmp_path / "data" / "vox2_dev.bad.txt"
+    reasons = dict(report.bad)
+    assert set(reasons) == {str(p) for p in bad.values()}
+    assert "truncated" in reasons[str(bad["truncated"])]
+    assert "cannot decode" in reasons[str(bad["not_audio"])]
+    assert "empty file" in reasons[str(bad["empty"])]
+    lines = report.bad_report.read_text().splitlines()
+    assert sorted(lines) == sorted(f"{p}: {r}" for p, r in report.bad)
+
+    with out.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["path", "speaker", "duration"]
+    expected = {str(root / s / v / f): (s, n) for s, v, f, n in GOOD}
+    assert {r[0] for r in rows[1:]} == set(expected)
+    for path, speaker, duration in rows[1:]:
+        assert Path(path).is_absolute()
+        assert speaker == expected[path][0]
+        if not path.endswith(".m4a"):  # AAC adds encoder delay/padding; wav/flac durations are exact
+            assert float(duration) == expected[path][1] / 16000
+    m4a = next(r for r in rows[1:] if r[0].endswith(".m4a"))
+    assert 2.0 <= float(m4a[2]) < 2.2  # the AAC encoder pads up to whole 1024-sample frames
+
+    manifest = read_manifest(out)
+    assert len(manifest) == len(GOOD)
+    assert manifest.paths == [r[0] for r in rows[1:]]
+    assert manifest.durations.dtype == np.float32
+    assert np.array_equal(manifest.durations, np.array([float(r[2]) for r in rows[1:]], np.float32))
+
+
+def test_rerun_is_safe_and_removes_a_stale_report(tree, tmp_path):
+    root, bad = tree
+    files = scan_voxceleb(root)
+    out = tmp_path / "m.csv"
+    build_manifest(files, [speaker_of(f, root) for f in files], out, workers=1)
+    first = out.read_text()
+    assert bad_report_path(out).exists()
+    for p in bad.values():
+        p.unlink()
+    files = scan_voxceleb(root)
+    report = build_manifest(files, [speaker_of(f, root) for f in files], out, workers=1)
+    assert report.bad == [] and not bad_report_path(out).exists()
+    assert out.read_text() == first
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary files left
+
+
+def test_build_manifest_length_mismatch(tmp_path):
+    with pytest.raises(ValueError, match="2 files but 1 speakers"):
+        build_manifest(["a.wav", "b.wav"], ["x"], tmp_path / "m.csv")
+
+
+def test_manifest_labels_are_ranks_of_sorted_speakers():
+    speakers = ["id00012", "id00003", "id10270", "id00003", "id00012"]
+    m = Manifest([f"/a/{i}.wav" for i in range(5)], speakers, np.ones(5, np.float32))
+    ids = sorted(set(speakers))
+    assert m.speaker_ids() == ids
+    assert m.labels().dtype == np.int64
+    assert m.labels().tolist() == [ids.index(s) for s in speakers]
+    with pytest.raises(ValueError, match="2 paths, 1 speakers, 2 durations"):
+        Manifest(["a", "b"], ["x"], np.ones(2, np.float32))
+
+
+def test_original_list_format(tmp_path):
+    lst = tmp_path / "voxlb2_train.txt"
+    lst.write_text("id00012/UiPa-HfABJQ/00090.wav 0\n\nid00015/abc/00001.wav 1\r\nid00015/abc/00002.wav 1")
+    files, speakers = read_original_list(lst, tmp_path / "root")
+    root = (tmp_path / "root").absolute()
+    assert files == [root / "id00012/UiPa-HfABJQ/00090.wav", root / "id00015/abc/00001.wav",
+                     root / "id00015/abc/00002.wav"]
+    assert speakers == ["id00012", "id00015", "id00015"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("id1/v/1.wav 0\nid1/v/2.wav x\n", r":2: label 'x' is not an integer"),
+        ("id1/v/1.wav 0 extra\n", r":1: expected '<relative path> <label>', got 3 fields"),
+        ("/abs/id1/v/1.wav 0\n", r":1: '/abs/id1/v/1.wav' is not a relative"),
+        ("file.wav 0\n", r":1: 'file.wav' is not a relative"),
+        ("\n\n", r": no entries"),
+    ],
+)
+def test_original_list_errors(tmp_path, text, message):
+    lst = tmp_path / "list.txt"
+    lst.write_text(text)
+    with pytest.raises(ManifestError, match=f"^{re.escape(str(lst))}{message}"):
+        read_original_list(lst, tmp_path)
+
+
+def test_read_manifest_relative_paths_and_quoting(tmp_path):
+    path = tmp_path / "sub" / "m.csv"
+    path.parent.mkdir()
+    path.write_text('path,speaker,duration\nid1/v/1.wav,id1,2.5\n"/abs/with,comma.wav",id2,3\n')
+    m = read_manifest(path)
+    assert m.paths == [str(path.parent.absolute() / "id1/v/1.wav"), "/abs/with,comma.wav"]
+    assert m.speakers == ["id1", "id2"]
+    assert m.durations.tolist() == [2.5, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("file,speaker,duration\na,b,1\n",
+         r": expected the header 'path,speaker,duration', got 'file,speaker,duration'"),
+        ("", r": expected the header"),
+        ("path,speaker,duration\na,b,1\nc,d\n", r":3: expected 3 fields \(path,speaker,duration\), got 2"),
+        ("path,speaker,duration\na,b,1\nc,d,long\n", r":3: duration 'long' is not a number"),
+        ("path,speaker,duration\na,b,-1\n", r":2: duration '-1' must be a positive number"),
+        ("path,speaker,duration\na,b,nan\n", r":2: duration 'nan' must be a positive number"),
+        ("path,speaker,duration\na,,1\n", r":2: empty speaker"),
+        ("path,speaker,duration\n", r": no utterances"),
+    ],
+)
+def test_read_manifest_errors(tmp_path, text, message):
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    with pytest.raises(ManifestError, match=f"^{re.escape(str(path))}{message}"):
+        read_manifest(path)
+
+
+def test_read_manifest_missing(tmp_path):
+    with pytest.raises(ManifestError, match=f"^{re.escape(str(tmp_path / 'x.csv'))}: no such file$"):
+        read_manifest(tmp_path / "x.csv")
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+
+runner = CliRunner(env={"COLUMNS": "1000"})  # no line wrapping by rich
+
+
+def test_cli_prepare_scan_with_shards(tree, tmp_path):
+    root, bad = tree
+    out = tmp_path / "data" / "vox2_dev.csv"
+    result = runner.invoke(app, ["prepare", "--root", str(root), "--out", str(out), "--shards",
+                                 str(tmp_path / "shards"), "--shard-size", "4", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(GOOD)} utterances, 3 speakers" in result.output
+    assert "3 bad file(s) left out" in result.output and "vox2_dev.bad.txt" in result.output
+    assert len(read_manifest(out)) == len(GOOD)
+    assert len(bad_report_path(out).read_text().splitlines()) == 3
+    assert "wrote 2 shard(s)" in result.output
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["index.json", "shard-000000.tar",
+                                                                       "shard-000001.tar"]
+
+
+def test_cli_prepare_original_list(tree, tmp_path):
+    root, _ = tree
+    lst = tmp_path / "list.txt"
+    lst.write_text("id00012/vidA/00001.wav 1\nid00003/x-Y_z/00007.wav 0\nid00003/x-Y_z/missing.wav 0\n")
+    out = tmp_path / "m.csv"
+    result = runner.invoke(app, ["prepare", "--root", str(root), "--list", str(lst), "--out", str(out),
+                                 "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    m = read_manifest(out)
+    assert m.paths == [str(root / "id00012/vidA/00001.wav"), str(root / "id00003/x-Y_z/00007.wav")]
+    assert m.speakers == ["id00012", "id00003"]
+    assert bad_report_path(out).read_text() == f"{root / 'id00003/x-Y_z/missing.wav'}: file not found\n"
+
+
+def test_cli_prepare_errors(tmp_path):
+    result = runner.invoke(app, ["prepare", "--root", str(tmp_path / "nope"), "--out", str(tmp_path / "m.csv")])
+    assert result.exit_code == 1 and "nope: not a directory" in result.output
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["prepare", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "m.csv")])
+    assert result.exit_code == 1 and "no audio files found" in result.output
+    lst = tmp_path / "l.txt"
+    lst.write_text("id1/v/1.wav zero\n")
+    result = runner.invoke(app, ["prepare", "--root", str(tmp_path), "--list", str(lst), "--out", "m.csv"])
+    assert result.exit_code == 1 and "l.txt:1: label 'zero' is not an integer" in result.output
+    (tmp_path / "empty" / "s" / "v").mkdir(parents=True)
+    (tmp_path / "empty" / "s" / "v" / "1.wav").write_text("junk")
+    result = runner.invoke(app, ["prepare", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "m.csv"),
+                                 "--workers", "1"])
+    assert result.exit_code == 1 and "none of the 1 files could be decoded" in result.output
+
+
+def test_cli_synth_then_prepare(tmp_path):
+    corpus = tmp_path / "synth"
+    args = ["synth", "--out", str(corpus), "--speakers", "3", "--test-speakers", "2", "--sessions", "2",
+            "--utterances", "1", "--min-duration", "1.0", "--max-duration", "1.5", "--trials", "2", "--seed", "3",
+            "--workers", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "6 utterances (6 synthesised now) of 3 speakers (1 dev, 2 test)" in result.output
+    assert "2 trials (1 target)" in result.output
+    assert len((corpus / "trials.txt").read_text().splitlines()) == 2
+    out = tmp_path / "test.csv"
+    result = runner.invoke(app, ["prepare", "--root", str(corpus / "test"), "--out", str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    m = read_manifest(out)
+    assert m.speaker_ids() == ["id00002", "id00003"] and len(m) == 4
+    assert np.all((m.durations >= 1.0) & (m.durations <= 1.5))
+    result = runner.invoke(app, [*args[:-4], "--seed", "4"])  # other settings into the same directory
+    assert result.exit_code == 1 and "made with other settings" in result.output

@@ -1,0 +1,122 @@
+"""Training runs end to end on a tiny model: resume after SIGKILL is exact, DDP runs on CPU (gloo)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+
+from ghostvlad import load_model
+from ghostvlad.data.manifest import build_manifest
+from ghostvlad.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ghostvlad.train.config import load_config
+from ghostvlad.train.loop import Trainer
+
+TINY = {
+    "model": {"backbone": "resnet34s", "width": 0.0625, "pooling": "gvlad", "clusters": 2, "ghost_clusters": 1,
+              "descriptor_dim": 8, "embed_dim": 8},
+    "head": {"name": "softmax"},
+    "optim": {"name": "adam", "lr": 0.003},
+    "schedule": {"name": "paper", "warmup_ratio": 0.5, "warmup_epochs": 1},
+    "data": {"frames": 50, "workers": 0},
+    "train": {"epochs": 4, "batch_size": 4, "steps_per_epoch": 5, "precision": "fp32", "checkpoint_every": 1,
+              "log_every": 1, "channels_last": False},
+}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    files, speakers = [], []
+    for s in range(4):
+        for u in range(4):
+            t = np.arange(int(rng.uniform(0.8, 1.5) * 16000)) / 16000
+            wave = 0.3 * np.sin(2 * np.pi * (150 + 60 * s) * t * (1 + 0.05 * rng.standard_normal()))
+            path = root / f"id{s:05d}" / "vid" / f"{u:05d}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, (wave + rng.normal(0, 0.02, t.size)).astype(np.float32), 16000)
+            files.append(path)
+            speakers.append(f"id{s:05d}")
+    manifest = build_manifest(files, speakers, root / "train.csv", workers=1).manifest
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    return Path(manifest), config
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / CHECKPOINT_NAME)["model"]
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ghostvlad", "train", *args]
+
+
+def test_stop_and_resume_equals_uninterrupted(corpus, tmp_path):
+    manifest, config = corpus
+    cfg = load_config(config)
+    Trainer(cfg, manifest, tmp_path / "full", progress=False).run()
+    Trainer(cfg, manifest, tmp_path / "split", progress=False).run(max_steps=7)
+    assert load_checkpoint(tmp_path / "split" / CHECKPOINT_NAME)["progress"]["global_step"] == 7
+    state = Trainer(cfg, manifest, tmp_path / "split", progress=False).run()
+    assert state.global_step == 20 and state.epoch == 4
+    full, split = weights(tmp_path / "full"), weights(tmp_path / "split")
+    for k in full:
+        torch.testing.assert_close(split[k], full[k], rtol=0, atol=1e-6, msg=k)
+    lines = (tmp_path / "split" / "metrics.csv").read_text().splitlines()
+    assert lines[0].startswith("time,epoch,step") and len(lines) > 20
+    model = load_model(tmp_path / "split")  # a run folder is a model
+    assert model.embed_dim == 8 and model.info["source"] == "ghostvlad-train"
+
+
+def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(corpus, tmp_path):
+    manifest, config = corpus
+    longer = "train.epochs=40"  # 200 steps: time to kill it mid-run
+    reference = tmp_path / "reference"
+    subprocess.run(cli("--config", str(config), "--data", str(manifest), "--out", str(reference), longer), check=True,
+                   capture_output=True)
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(cli("--config", str(config), "--data", str(manifest), "--out", str(run), longer),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        ckpt = run / CHECKPOINT_NAME
+        if ckpt.exists() and load_checkpoint(ckpt)["progress"]["global_step"] >= 3:
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(run / CHECKPOINT_NAME)["progress"]["global_step"]
+    assert 3 <= killed_at < 200, "the run finished before it could be killed"
+    subprocess.run(cli("--config", str(config), "--data", str(manifest), "--out", str(run), longer), check=True,
+                   capture_output=True)
+    full, resumed = weights(reference), weights(run)
+    assert load_checkpoint(run / CHECKPOINT_NAME)["progress"]["global_step"] == 200
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=1e-6, msg=k)
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_changed_config_on_an_existing_run_is_refused(corpus, tmp_path):
+    manifest, config = corpus
+    Trainer(load_config(config), manifest, tmp_path / "run", progress=False).run(max_steps=1)
+    with pytest.raises(ValueError, match="different config \\(optim.lr\\)"):
+        Trainer(load_config(config, ["optim.lr=0.1"]), manifest, tmp_path / "run", progress=False).run()
+
+
+def test_ddp_two_processes_on_cpu(corpus, tmp_path):
+    manifest, config = corpus
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+           "-m", "ghostvlad", "train", "--config", str(config), "--data", str(manifest), "--out", str(run),
+           "--max-steps", "4", "train.epochs=1", "train.steps_per_epoch=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert load_checkpoint(run / CHECKPOINT_NAME)["progress"]["global_step"] == 4
