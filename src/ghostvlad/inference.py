@@ -52,7 +52,7 @@ class SpeakerModel:
         device: str | torch.device = "cpu",
         precision: str = "fp32",
         min_duration: float = 0.5,
-        batch_frames: int = 8000,
+        batch_frames: int = 3200,
         channels_last: bool = True,
     ) -> None:
         if precision not in PRECISIONS:

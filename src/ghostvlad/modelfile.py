@@ -40,16 +40,22 @@ def write_model(path: str | os.PathLike, config: dict, state: dict[str, torch.Te
     return path
 
 
+def resolve_model_path(path: str | os.PathLike) -> Path:
+    """The model a path names: itself, or for a training run folder its exported best model ``RUN/model``."""
+    path = Path(path)
+    if path.is_dir() and not (path / CONFIG_NAME).exists() and (path / RUN_MODEL_DIR / CONFIG_NAME).exists():
+        return path / RUN_MODEL_DIR
+    return path
+
+
 def read_model(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """Read a model written by :func:`write_model`: ``(config, state)``. Raises :class:`ModelFileError`.
 
     A training run folder is accepted too: its exported best model (``RUN/model``) is read.
     """
-    path = Path(path)
+    path = resolve_model_path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such model file or directory")
-    if path.is_dir() and not (path / CONFIG_NAME).exists() and (path / RUN_MODEL_DIR / CONFIG_NAME).exists():
-        path = path / RUN_MODEL_DIR  # a training run folder: its exported best model
     if path.is_dir():
         config_path, weights = path / CONFIG_NAME, path / WEIGHTS_NAME
         for p in (config_path, weights):

@@ -171,6 +171,8 @@ def test_speaker_ids_and_rank_checks(shards):
         ShardCropDataset(shards, speaker_ids=["id00000", "id00001", "id00002"])
     with pytest.raises(ValueError, match=re.escape("rank 2 is not in [0, world=2)")):
         ShardCropDataset(shards, rank=2, world=2)
+    with pytest.raises(ValueError, match="5 shard\\(s\\) cannot feed 6 ranks"):
+        ShardCropDataset(shards, rank=0, world=6)
 
 
 def test_index_errors(tmp_path, shards):

@@ -43,7 +43,7 @@ def open_model(path: Path, precision: str = "fp32", device: str = "cpu", min_dur
         fail(str(exc))
 
 
-ModelOpt = typer.Option(..., "--model", "-m", help="Model directory or .safetensors file.")
+ModelOpt = typer.Option(..., "--model", "-m", help="Model directory, .safetensors file, or training run folder.")
 PrecisionOpt = typer.Option("fp32", help="fp32, or bf16 (autocast; faster on CPUs with AVX512-BF16 and on GPUs).")
 DeviceOpt = typer.Option("cpu", help="cpu, cuda, cuda:1, ...")
 MinDurOpt = typer.Option(0.5, help="Reject clips shorter than this many seconds.")

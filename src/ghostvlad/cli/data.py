@@ -48,9 +48,8 @@ def prepare(
     if report.n_ok == 0:
         fail(f"none of the {len(files)} files could be decoded; reasons in {report.bad_report}")
     manifest = read_manifest(out_csv)
-    hours = float(manifest.durations.astype("float64").sum()) / 3600
     msg = (f"wrote {report.manifest}: {report.n_ok} utterances, {len(manifest.speaker_ids())} speakers, "
-           f"{hours:.2f} h")
+           f"{_span(float(manifest.durations.astype('float64').sum()))}")
     if report.bad:
         msg += f"; {len(report.bad)} bad file(s) left out, listed in {report.bad_report}"
     out.print(msg, highlight=False)
@@ -91,6 +90,10 @@ def synth(
         fail(str(exc))
     out.print(f"wrote {out_dir}: {summary['utterances']} utterances ({summary['synthesized']} synthesised now) of "
               f"{summary['speakers']} speakers ({summary['dev_speakers']} dev, {summary['test_speakers']} test), "
-              f"{summary['audio_seconds'] / 60:.1f} min of audio, {summary['trials']} trials "
+              f"{_span(summary['audio_seconds'])} of audio, {summary['trials']} trials "
               f"({summary['target_trials']} target) in {summary['wall_seconds']:.1f} s", highlight=False)
 
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"

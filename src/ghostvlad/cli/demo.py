@@ -24,6 +24,7 @@ def demo(
     from ..data.synth import SynthConfig, synthesize_corpus
     from ..evaluate import evaluate, write_outputs
     from ..inference import load_model
+    from ..modelfile import resolve_model_path
     from ..train.config import load_config
     from ..train.loop import Trainer, TrainError
 

@@ -43,6 +43,7 @@ def eval_(
     """Score every trial by cosine similarity; report EER, minDCF (p=0.01, 0.05) and write scores, DET plot, JSON."""
     from ..data.trials import TrialsError
     from ..evaluate import EvalError, evaluate, write_outputs
+    from ..modelfile import resolve_model_path
 
     if not wav_root.is_dir():
         fail(f"{wav_root}: wav root is not a folder")
@@ -63,5 +64,5 @@ def eval_(
               f"{result.cached} from the cache", highlight=False)
     if store_threshold:
         model.threshold = result.summary["threshold"]
-        model.save(model_path)
+        model.save(resolve_model_path(model_path))
         out.print(f"stored threshold {model.threshold:.4f} in {model_path}", highlight=False)

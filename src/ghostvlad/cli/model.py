@@ -58,7 +58,7 @@ def embed(
     device: str = DeviceOpt,
     min_duration: float = MinDurOpt,
     mirror: Optional[bool] = MirrorOpt,
-    batch_frames: int = typer.Option(8000, help="Cap on padded frames per batch (memory/speed trade-off)."),
+    batch_frames: int = typer.Option(3200, help="Cap on padded frames per batch (measured fastest on CPU: ~3200)."),
 ) -> None:
     """Embed audio files into unit-norm speaker embeddings (batched by length; bad files reported and skipped)."""
     import numpy as np

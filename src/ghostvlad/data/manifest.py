@@ -202,7 +202,7 @@ def build_manifest(
     if len(files) != len(speakers):
         raise ValueError(f"{len(files)} files but {len(speakers)} speakers")
     paths = [str(Path(f).absolute()) for f in files]
-    with _progress(progress, "decoding", len(paths)) as advance:
+    with progress_advance(progress, "decoding", len(paths)) as advance:
         results = check_files(paths, workers, advance)
     ok = [(p, s, n) for p, s, (n, _) in zip(paths, speakers, results) if n is not None]
     bad = [(p, reason) for p, (n, reason) in zip(paths, results) if n is None]
@@ -216,7 +216,7 @@ def build_manifest(
 
 
 @contextmanager
-def _progress(show: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
+def progress_advance(show: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
     """An ``advance(n)`` callback driving the CLI's progress bar (shown on a terminal only), or doing nothing."""
     if not show:
         yield lambda n: None

@@ -26,7 +26,7 @@ import soundfile as sf
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio
 from ..fileio import atomic_write_text
-from .manifest import Manifest, _progress
+from .manifest import Manifest, progress_advance
 
 INDEX_NAME = "index.json"
 FORMAT = "ghostvlad-shards/1"
@@ -156,14 +156,14 @@ def write_shards(
     workers: int | None = None,
     progress: bool = False,
 ) -> ShardIndex:
-    """Pack ``manifest`` into shards of at most ``max_count`` utterances and about ``max_mb`` MB (see module doc).
+    """Pack ``manifest`` into shards of at most ``max_count`` utterances and ``max_mb`` MB of audio (see module doc).
 
     Utterances are shuffled with ``seed``. Encoding runs in ``workers`` processes (default: all CPUs), with a
     progress bar on a terminal if ``progress``. A file that cannot be decoded raises :class:`AudioError`.
     """
     if max_count < 1 or max_mb <= 0:
         raise ValueError(f"max_count ({max_count}) must be >= 1 and max_mb ({max_mb}) > 0")
-    out = Path(out_dir)
+    out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng(seed).permutation(len(manifest))
     tasks = [[(int(i), manifest.paths[i], keep_original) for i in order[k : k + _CHUNK]]
@@ -172,7 +172,7 @@ def write_shards(
     writer = _Writer(out, max_count, int(max_mb * 1e6))
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     try:
-        with _progress(progress, "packing", len(manifest)) as advance:
+        with progress_advance(progress, "packing", len(manifest)) as advance:
             for chunk in _ordered(pool, _encode, tasks, 4 * workers):
                 for index, ext, data in chunk:
                     meta = {"index": index, "speaker": manifest.speakers[index],

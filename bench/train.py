@@ -1,0 +1,76 @@
+"""Training throughput (a benchmark, not a test): crops/s of full training steps, front-end included.
+
+    python bench/train.py [--config paper] [--batch 16] [--steps 3] [--device cpu|cuda]
+
+Runs the given config's network and head on random 2.5 s crops already in memory, so it measures the
+compute side only; `bench/data.py` measures the input pipeline alone. On a GPU it also tries bf16.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ghostvlad.cli import GLIBC_TUNABLES
+from ghostvlad.features import FrontEndConfig, Spectrogram
+from ghostvlad.models import HEADS, SpeakerEncoder
+from ghostvlad.train.config import load_config
+from ghostvlad.train.loop import Classifier, _optimizer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="paper")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--classes", type=int, default=5994)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    args = parser.parse_args()
+    if "GLIBC_TUNABLES" not in os.environ:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES})
+    cfg = load_config(args.config)
+    device = torch.device(args.device)
+    samples = (cfg.data.frames - 1) * 160
+    print(f"config {args.config}: {cfg.model.backbone} x{cfg.model.width} {cfg.model.pooling}, {cfg.head.name}, "
+          f"{cfg.data.frames}-frame crops, batch {args.batch}, device {device}, torch threads {torch.get_num_threads()}")
+    print(f"{'precision':>9} {'crops/s':>8} {'s/step':>7}")
+    for precision in args.precision:
+        torch.manual_seed(0)
+        net = Classifier(SpeakerEncoder(cfg.model), HEADS.build(cfg.head.name, embed_dim=cfg.model.embed_dim,
+                                                                 classes=args.classes)).to(device)
+        net = net.to(memory_format=torch.channels_last).train()
+        front = Spectrogram(FrontEndConfig()).to(device)
+        opt = _optimizer(net, cfg)
+        waves = torch.randn(args.batch, samples, device=device) * 0.1
+        labels = torch.randint(0, args.classes, (args.batch,), device=device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+        def step() -> None:
+            with torch.no_grad():
+                feats, _ = front(waves)
+            with autocast:
+                logits = net(feats, labels)
+            loss = F.cross_entropy(logits.float(), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        per_step = (time.perf_counter() - t0) / args.steps
+        print(f"{precision:>9} {args.batch / per_step:8.1f} {per_step:7.2f}")
+
+
+if __name__ == "__main__":
+    main()
