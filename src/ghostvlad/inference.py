@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -34,81 +35,26 @@ def _source_name(item: AudioInput) -> str:
     return "<array>" if isinstance(item, np.ndarray) else str(item)
 
 
-class SpeakerModel:
-    """A speaker encoder with its front-end, ready to embed audio.
+class Embedder(ABC):
+    """Audio in, unit-norm embeddings out: what :class:`SpeakerModel` and the ONNX model share.
 
-    ``embed`` / ``embed_batch`` accept file paths or mono float waveforms (``sample_rate`` resamples arrays
-    that are not 16 kHz). Batches are bucketed by length and padded; masking keeps each embedding equal to
-    the one computed alone.
+    Subclasses provide the attributes below and :meth:`embed_waveforms`; this class loads and validates
+    audio, buckets batches by length and decodes files in background threads.
     """
 
-    def __init__(
-        self,
-        encoder: SpeakerEncoder,
-        frontend: FrontEndConfig = FrontEndConfig(),
-        *,
-        threshold: float | None = None,
-        info: dict | None = None,
-        device: str | torch.device = "cpu",
-        precision: str = "fp32",
-        min_duration: float = 0.5,
-        batch_frames: int = 3200,
-        channels_last: bool = True,
-    ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        self.device = torch.device(device)
-        self.encoder = encoder.eval()  # the weights as saved
-        self.network = encoder.fused().to(self.device)  # what runs: BatchNorm folded into the convs
-        if channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last)
-        self.frontend = Spectrogram(frontend).to(self.device)
-        self.threshold = threshold
-        self.info = dict(info or {})
-        self.precision = precision
-        self.min_duration = min_duration
-        self.batch_frames = batch_frames
-
-    # -- configuration -------------------------------------------------------------------------------
-    @property
-    def config(self) -> EncoderConfig:
-        return self.encoder.config
+    config: EncoderConfig
+    frontend_config: FrontEndConfig
+    threshold: float | None
+    min_duration: float
+    batch_frames: int
 
     @property
     def embed_dim(self) -> int:
         return self.config.embed_dim
 
-    def to_config(self) -> dict:
-        return {
-            "encoder": self.config.to_dict(),
-            "frontend": self.frontend.config.to_dict(),
-            "threshold": self.threshold,
-            "info": self.info,
-        }
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the model (directory, or one ``.safetensors`` file)."""
-        return write_model(path, self.to_config(), self.encoder.state_dict())
-
-    # -- embedding -----------------------------------------------------------------------------------
-    def _autocast(self):
-        dtype = PRECISIONS[self.precision]
-        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
-
-    @torch.inference_mode()
+    @abstractmethod
     def embed_waveforms(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Embed validated 16 kHz mono waveforms as one padded batch: ``(N, embed_dim)`` float32."""
-        lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
-        batch = torch.zeros(len(waves), int(lengths.max()))
-        for i, w in enumerate(waves):
-            batch[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        batch, lengths = batch.to(self.device), lengths.to(self.device)
-        feats, frames = self.frontend(batch, lengths)
-        if bool((frames == frames[0]).all()):
-            frames = None  # equal lengths: no masking needed
-        with self._autocast():
-            emb = self.network.embed(feats, frames)
-        return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
 
     def _load(self, item: AudioInput, sample_rate: int | None) -> np.ndarray:
         if isinstance(item, np.ndarray):
@@ -121,7 +67,7 @@ class SpeakerModel:
         batches: list[list[int]] = []
         current: list[int] = []
         for i in order:
-            frames = self.frontend.config.num_frames(sizes[i])
+            frames = self.frontend_config.num_frames(sizes[i])
             if current and frames * (len(current) + 1) > self.batch_frames:
                 batches.append(current)
                 current = []
@@ -192,6 +138,95 @@ class SpeakerModel:
         return float(np.dot(ea, eb))
 
 
+class SpeakerModel(Embedder):
+    """A speaker encoder with its front-end, ready to embed audio.
+
+    ``embed`` / ``embed_batch`` accept file paths or mono float waveforms (``sample_rate`` resamples arrays
+    that are not 16 kHz). Batches are bucketed by length and padded; masking keeps each embedding equal to
+    the one computed alone.
+    """
+
+    def __init__(
+        self,
+        encoder: SpeakerEncoder,
+        frontend: FrontEndConfig = FrontEndConfig(),
+        *,
+        threshold: float | None = None,
+        info: dict | None = None,
+        calibration: dict | None = None,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        min_duration: float = 0.5,
+        batch_frames: int = 3200,
+        channels_last: bool = True,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        self.device = torch.device(device)
+        self.encoder = encoder.eval()  # the weights as saved
+        self.network = encoder.fused().to(self.device)  # what runs: BatchNorm folded into the convs
+        if channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        self.frontend = Spectrogram(frontend).to(self.device)
+        self.threshold = threshold
+        self.info = dict(info or {})
+        self.calibration = calibration  # score -> LLR map and operating points, see scoring.calibration
+        self.precision = precision
+        self.min_duration = min_duration
+        self.batch_frames = batch_frames
+
+    # -- configuration -------------------------------------------------------------------------------
+    @property
+    def config(self) -> EncoderConfig:
+        return self.encoder.config
+
+    @property
+    def frontend_config(self) -> FrontEndConfig:
+        return self.frontend.config
+
+    def to_config(self) -> dict:
+        return {
+            "encoder": self.config.to_dict(),
+            "frontend": self.frontend.config.to_dict(),
+            "threshold": self.threshold,
+            "info": self.info,
+            "calibration": self.calibration,
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the model (directory, or one ``.safetensors`` file)."""
+        return write_model(path, self.to_config(), self.encoder.state_dict())
+
+    # -- embedding -----------------------------------------------------------------------------------
+    def _autocast(self):
+        dtype = PRECISIONS[self.precision]
+        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    @torch.inference_mode()
+    def embed_waveforms(self, waves: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed validated 16 kHz mono waveforms as one padded batch: ``(N, embed_dim)`` float32."""
+        lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
+        batch = torch.zeros(len(waves), int(lengths.max()))
+        for i, w in enumerate(waves):
+            batch[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+        batch, lengths = batch.to(self.device), lengths.to(self.device)
+        feats, frames = self.frontend(batch, lengths)
+        if bool((frames == frames[0]).all()):
+            frames = None  # equal lengths: no masking needed
+        with self._autocast():
+            emb = self.network.embed(feats, frames)
+        return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+
+    def embed_windows(
+        self, item: AudioInput, window: float = 2.0, hop: float = 0.5, sample_rate: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(starts, ends, embeddings)``: one embedding per ``window``-s window every ``hop`` s (see :mod:`.windows`)."""
+        from .windows import embed_windows
+
+        w = embed_windows(self, self._load(item, sample_rate), window, hop)
+        return w.starts, w.ends, w.embeddings
+
+
 def load_model(
     path: str | os.PathLike,
     *,
@@ -199,8 +234,15 @@ def load_model(
     precision: str = "fp32",
     min_duration: float = 0.5,
     mirror: bool | None = None,
-) -> SpeakerModel:
-    """Load a saved model (directory or ``.safetensors`` file). ``mirror`` overrides the stored front-end."""
+) -> Embedder:
+    """Load a saved model (directory or ``.safetensors`` file). ``mirror`` overrides the stored front-end.
+
+    A ``.onnx`` file (see :mod:`ghostvlad.export`) gives an ``OnnxSpeakerModel`` that runs in onnxruntime.
+    """
+    if Path(path).suffix == ".onnx":
+        from .export import load_onnx_model
+
+        return load_onnx_model(path, device=device, precision=precision, min_duration=min_duration, mirror=mirror)
     config, state = read_model(path)
     try:
         encoder = SpeakerEncoder(EncoderConfig.from_dict(config["encoder"]))
@@ -226,6 +268,7 @@ def load_model(
         frontend,
         threshold=config.get("threshold"),
         info=config.get("info"),
+        calibration=config.get("calibration"),
         device=device,
         precision=precision,
         min_duration=min_duration,

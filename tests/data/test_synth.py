@@ -159,8 +159,10 @@ def test_resume_keeps_complete_sessions_and_redoes_the_rest(corpora, tmp_path):
     assert synthesize_corpus(root, CONFIG)["synthesized"] == 0
     victim = sorted(root.rglob("*.wav"))[5]
     victim.unlink()
-    victim.with_name(victim.name + ".tmp").write_bytes(b"partial")  # as left by a killed run
+    stale = victim.with_name(f".{victim.name}.x1y2z3.tmp")
+    stale.write_bytes(b"partial")  # as left by a run killed mid-write
     assert synthesize_corpus(root, CONFIG, workers=1)["synthesized"] == CONFIG.utterances
+    stale.unlink()
     assert _tree(root) == before
 
 

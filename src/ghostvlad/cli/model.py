@@ -52,47 +52,70 @@ def _read_list(path: Path) -> list[str]:
 def embed(
     files: list[Path] = typer.Argument(None, help="Audio files (wav, flac, ogg, m4a, mp3, ...)."),
     model_path: Path = ModelOpt,
-    out_path: Path = typer.Option(..., "--out", "-o", help="Output .npz with 'embeddings' (N, D) and 'paths' (N,)."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Output .npz with 'embeddings' (N, D) and 'paths' (N,); "
+                                  "with --window also 'starts' and 'ends' (N,) in seconds."),
     list_file: Optional[Path] = typer.Option(None, "--list", "-l", help="Text file with one audio path per line."),
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
     min_duration: float = MinDurOpt,
     mirror: Optional[bool] = MirrorOpt,
     batch_frames: int = typer.Option(3200, help="Cap on padded frames per batch (measured fastest on CPU: ~3200)."),
+    window: Optional[float] = typer.Option(None, help="Embed every window of this many seconds instead of whole files."),
+    hop: Optional[float] = typer.Option(None, help="Seconds between window starts, with --window (default 0.5)."),
 ) -> None:
-    """Embed audio files into unit-norm speaker embeddings (batched by length; bad files reported and skipped)."""
+    """Embed audio files into unit-norm speaker embeddings (batched by length; bad files reported and skipped).
+
+    With --window, one embedding per window (the last one of a file may be shorter) and its start/end times.
+    """
     import numpy as np
 
     from ..fileio import atomic_write
+    from ..windows import Windows, check_windows, iter_windows
 
     paths = [str(p) for p in files or []] + (_read_list(list_file) if list_file else [])
     if not paths:
         fail("no input files (give paths or --list)")
+    if hop is not None and window is None:
+        fail("--hop needs --window")
     model = open_model(model_path, precision, device, min_duration, mirror)
     model.batch_frames = batch_frames
-    embeddings: dict[int, np.ndarray] = {}
+    if window is not None:
+        hop = 0.5 if hop is None else hop
+        try:
+            check_windows(model, window, hop)
+        except ValueError as exc:
+            fail(str(exc))
+    found: dict[int, np.ndarray | Windows] = {}
     failures = []
     with progress_bar() as bar:
         task = bar.add_task("embedding", total=len(paths))
-        for r in model.iter_embeddings(paths):
+        results = model.iter_embeddings(paths) if window is None else iter_windows(model, paths, window, hop)
+        for r in results:
             if r.error is not None:
                 failures.append(r.error)
                 err.print(f"skipped {r.error}", highlight=False, markup=False)
             else:
-                embeddings[r.index] = r.embedding
+                found[r.index] = r.embedding if window is None else r.windows
             bar.advance(task)
-    if not embeddings:
+    if not found:
         fail(f"none of the {len(paths)} files could be embedded")
-    order = sorted(embeddings)
-    matrix = np.stack([embeddings[i] for i in order])
-    names = np.array([paths[i] for i in order])
+    order = sorted(found)
+    if window is None:
+        matrix = np.stack([found[i] for i in order])
+        arrays = dict(embeddings=matrix, paths=np.array([paths[i] for i in order]))
+    else:
+        matrix = np.concatenate([found[i].embeddings for i in order])
+        arrays = dict(embeddings=matrix, paths=np.array([paths[i] for i in order for _ in range(len(found[i]))]),
+                      starts=np.concatenate([found[i].starts for i in order]),
+                      ends=np.concatenate([found[i].ends for i in order]))
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, embeddings=matrix, paths=names)
+            np.savez(fh, **arrays)
 
     atomic_write(out_path, write)
-    msg = f"wrote {len(order)} embeddings ({matrix.shape[1]}-d) to {out_path}"
+    what = f"{len(matrix)} window embeddings of {len(order)} files" if window is not None else f"{len(order)} embeddings"
+    msg = f"wrote {what} ({matrix.shape[1]}-d) to {out_path}"
     if failures:
         msg += f"; {len(failures)} of {len(paths)} files failed"
     out.print(msg, highlight=False)
@@ -103,25 +126,29 @@ def verify(
     first: Path = typer.Argument(..., help="First recording."),
     second: Path = typer.Argument(..., help="Second recording."),
     model_path: Path = ModelOpt,
-    threshold: Optional[float] = typer.Option(None, help="Decision threshold (default: the one stored in the model)."),
+    threshold: Optional[float] = typer.Option(None, help="Decision threshold on the cosine score (instead of an operating point)."),
+    operating_point: Optional[str] = typer.Option(
+        None, "--operating-point", help="eer, far@0.01, ... (stored by 'ghostvlad calibrate'), or bayes (P(same) >= 1/2 "
+        "at --prior). Default: eer when calibrated, else the model's stored threshold."),
+    prior: float = typer.Option(0.5, "--prior", help="Prior probability of the same speaker, for P(same) and bayes."),
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
     min_duration: float = MinDurOpt,
 ) -> None:
-    """Cosine score of two recordings, and a same/different decision when a threshold is known."""
+    """Cosine score of two recordings; a decision (and LLR, P(same) when calibrated) at the stated operating point."""
     from ..audio import AudioError
+    from .calibrate import decision_rule
 
     model = open_model(model_path, precision, device, min_duration)
+    rule = decision_rule(model, model_path, operating_point, threshold, prior)
     try:
         score = model.score(first, second)
     except AudioError as exc:
         fail(str(exc))
-    thr = threshold if threshold is not None else model.threshold
-    if thr is None:
-        out.print(f"score {score:.4f}")
-    else:
-        decision = "same speaker" if score >= thr else "different speakers"
-        out.print(f"score {score:.4f}  {decision} (threshold {thr:.4f})")
+    decision = rule(score)
+    verdict = {True: "same speaker ", False: "different speakers ", None: ""}[decision.accept]
+    explained = f"  {verdict}({decision.explain()})" if decision.explain() else ""
+    out.print(f"score {score:.4f}{explained}", highlight=False)
 
 
 @app.command()

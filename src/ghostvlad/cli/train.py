@@ -13,7 +13,7 @@ from .common import app, err, fail, out
 def train(
     overrides: list[str] = typer.Argument(None, help="Config overrides, e.g. optim.lr=0.01 train.epochs=10."),
     config: str = typer.Option(..., "--config", "-c", help="Shipped config (paper, paper-amsoftmax, modern, demo) or a YAML file."),
-    data: Path = typer.Option(..., "--data", "-d", help="Manifest CSV from `ghostvlad prepare`."),
+    data: Path = typer.Option(..., "--data", "-d", help="Manifest CSV or shard folder from `ghostvlad prepare`."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder; an existing one is resumed."),
     init: Optional[Path] = typer.Option(None, help="Start from this model (converted Keras model or ours; new head)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: this rank's GPU if any, else cpu)."),

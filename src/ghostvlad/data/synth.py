@@ -12,7 +12,7 @@ and espeak-ng is loaded afresh for every synthesis (its C library keeps state be
 byte-identical files whatever the number of worker processes.
 
 Re-running into the same directory with the same settings resumes: a session whose wav files all exist is kept (each
-file is written to ``<name>.tmp`` and renamed, so a file that exists is complete); the others are regenerated.
+file is written to a temporary file and renamed, so a file that exists is complete); the others are regenerated.
 ``trials.txt`` and ``speakers.json`` are written last, so their presence marks a finished corpus.
 """
 
@@ -40,6 +40,8 @@ import scipy.signal as sps
 import soundfile as sf
 import soxr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ..fileio import atomic_write, atomic_write_text
 
 SAMPLE_RATE = 16000
 ESPEAK_RATE = 22050  # espeak-ng's fixed output rate
@@ -437,12 +439,6 @@ def _utterance(session: _Session, u: int, rir: np.ndarray, sos: np.ndarray, babb
     return np.round(x * 32767).astype(np.int16)
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def _render_session(session: _Session, root: str) -> None:
     """Synthesise and write all utterances of a session."""
     rng = _rng(session.seed, _SESSION_SIGNAL, session.speaker_index, session.session_index)
@@ -453,7 +449,7 @@ def _render_session(session: _Session, root: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for u, rel in enumerate(session.files()):
         audio = _utterance(session, u, rir, sos, babble)
-        _write_atomic(Path(root) / rel, lambda p: sf.write(p, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
+        atomic_write(Path(root) / rel, lambda p: sf.write(p, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
 
 
 # ---------------------------------------------------------------------------------------------------------- trials
@@ -517,7 +513,7 @@ def _prepare(out: Path, config: SynthConfig) -> None:
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out}: exists, is not empty and has no synth.json; use a new directory")
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(meta, lambda p: p.write_text(json.dumps(record, indent=2) + "\n"))
+    atomic_write_text(meta, json.dumps(record, indent=2) + "\n")
 
 
 def _speakers_json(sessions: list[_Session]) -> dict[str, Any]:
@@ -552,10 +548,9 @@ def synthesize_corpus(
     workers = max(1, min(workers or cores, len(todo)))
     if todo:
         _run(todo, out, workers, progress)
-    _write_atomic(out / "speakers.json",
-                  lambda p: p.write_text(json.dumps(_speakers_json(sessions), indent=1) + "\n"))
+    atomic_write_text(out / "speakers.json", json.dumps(_speakers_json(sessions), indent=1) + "\n")
     trials = _trials(config, sessions) if config.trials else []
-    _write_atomic(out / "trials.txt", lambda p: p.write_text("".join(line + "\n" for line in trials)))
+    atomic_write_text(out / "trials.txt", "".join(line + "\n" for line in trials))
     return {
         "speakers": config.speakers,
         "dev_speakers": config.speakers - config.test_speakers,

@@ -1,0 +1,75 @@
+"""Embedding speed of the ONNX export (onnxruntime, CPU) against PyTorch, for the released configuration.
+
+Random weights, batch 1, front-end included (decoding excluded), with and without the mirror extension;
+each time is the best of ``--repeat`` runs after a warm-up. Both backends get ``--threads`` threads.
+
+    python bench/export.py [--threads 2] [--seconds 4] [--repeat 3]
+
+Runs under the same glibc malloc tunables as the CLI (``--no-tunables`` to compare without them).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from ghostvlad.cli import GLIBC_TUNABLES
+from ghostvlad.export import OnnxSpeakerModel, export_onnx
+from ghostvlad.features import FrontEndConfig
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.models import EncoderConfig, SpeakerEncoder
+
+
+def timed(fn, repeat: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--no-tunables", action="store_true")
+    args = parser.parse_args()
+    if not args.no_tunables and "GLIBC_TUNABLES" not in os.environ:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES})
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    encoder = SpeakerEncoder(EncoderConfig())
+    wave = np.random.default_rng(0).normal(0, 0.1, int(args.seconds * 16000)).astype(np.float32)
+    print(f"torch {torch.__version__}, onnxruntime {ort.__version__}, {args.threads} threads, "
+          f"{args.seconds:g} s clip, batch 1, best of {args.repeat}")
+    print(f"{'mirror':>6} {'backend':>11} {'ms/emb':>8} {'emb/s':>7} {'RTF':>7} {'speed-up':>8} {'cos':>8}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for mirror in (True, False):
+            model = SpeakerModel(encoder, FrontEndConfig(mirror=mirror))
+            t0 = time.perf_counter()
+            path = export_onnx(model, Path(tmp) / f"mirror-{mirror}.onnx")
+            exported = time.perf_counter() - t0
+            onnx_model = OnnxSpeakerModel(path, threads=args.threads)
+            reference = model.embed_waveforms([wave])[0]
+            base = None
+            for name, backend in (("pytorch", model), ("onnxruntime", onnx_model)):
+                t = timed(lambda: backend.embed_waveforms([wave]), args.repeat)
+                base = base or t
+                cos = float(backend.embed_waveforms([wave])[0] @ reference)
+                print(f"{str(mirror):>6} {name:>11} {1000 * t:8.1f} {1 / t:7.2f} {t / args.seconds:7.4f} "
+                      f"{base / t:7.2f}x {cos:8.5f}")
+            print(f"{'':>6} (export {exported:.1f} s, {path.stat().st_size / 2**20:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The diarize command: who spoke when, as RTTM."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import DeviceOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out
+
+
+@app.command()
+def diarize(
+    audio: Path = typer.Argument(..., help="Recording to diarize (wav, flac, m4a, mp3, ...)."),
+    model_path: Path = ModelOpt,
+    speakers: Optional[int] = typer.Option(None, "--speakers", "-n", min=1, help="Number of speakers (default: estimated)."),
+    max_speakers: int = typer.Option(8, min=1, help="Upper bound when the number of speakers is estimated."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="RTTM file to write (default: print to stdout)."),
+    window: float = typer.Option(2.0, help="Embedding window (seconds)."),
+    hop: float = typer.Option(0.5, help="Hop between windows (seconds)."),
+    file_id: Optional[str] = typer.Option(None, help="RTTM file id (default: the file name without extension)."),
+    precision: str = PrecisionOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Diarize one recording: energy speech detection, window embeddings, spectral clustering, RTTM."""
+    from ..audio import AudioError
+    from ..diarize import diarize as run_diarization
+    from ..diarize import rttm_lines, write_rttm
+
+    file_id = file_id or audio.stem
+    try:
+        rttm_lines([], file_id)
+    except ValueError as exc:
+        fail(f"{audio}: {exc} (use --file-id)")
+    model = open_model(model_path, precision, device)
+    try:
+        segments = run_diarization(model, audio, speakers, max_speakers=max_speakers, window=window, hop=hop)
+    except AudioError as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        fail(f"{audio}: {exc}")
+    if not segments:
+        err.print(f"{audio}: no speech found", highlight=False, markup=False)
+    if out_path is None:
+        for line in rttm_lines(segments, file_id):
+            out.print(line, highlight=False, markup=False, soft_wrap=True)
+        return
+    write_rttm(segments, out_path, file_id)
+    found = len({s.speaker for s in segments})
+    err.print(f"wrote {len(segments)} segments of {found} speaker(s) to {out_path}", highlight=False, markup=False)

@@ -1,0 +1,152 @@
+"""Embeddings over time: one embedding per sliding window of a recording, computed in batches.
+
+Windows of ``window`` seconds start every ``hop`` seconds; the last one ends at the end of the clip and may be
+shorter. It is embedded with its true length (the batch is padded and masked, as in
+:meth:`SpeakerModel.embed_waveforms`), so every row equals the embedding of that slice computed alone.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .audio import AudioError, load_audio
+from .features import FrontEndConfig
+
+if TYPE_CHECKING:
+    from .inference import SpeakerModel
+
+
+@dataclass
+class Windows:
+    """Window start and end times (seconds, float64, ``(N,)``) and their unit-norm embeddings ``(N, D)``."""
+
+    starts: np.ndarray
+    ends: np.ndarray
+    embeddings: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def min_samples(frontend: FrontEndConfig) -> int:
+    """Shortest slice the front-end accepts (its reflect padding needs more than ``n_fft / 2`` samples)."""
+    return frontend.n_fft // 2 // (2 if frontend.mirror else 1) + 1
+
+
+def window_bounds(num_samples: int, window: int, hop: int, shortest: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Sample ``(starts, ends)`` of windows of ``window`` samples every ``hop`` samples over ``num_samples``.
+
+    The last window stops at the end (a clip shorter than ``window`` gives one window: the whole clip). A trailing
+    window shorter than ``shortest`` samples is dropped (it can only arise when ``hop >= window - shortest``).
+    """
+    if window < 1 or hop < 1:
+        raise ValueError(f"window ({window}) and hop ({hop}) must be at least one sample")
+    count = 1 + math.ceil(max(num_samples - window, 0) / hop)
+    starts = np.arange(count, dtype=np.int64) * hop
+    ends = np.minimum(starts + window, num_samples)
+    keep = ends - starts >= min(shortest, num_samples)
+    return starts[keep], ends[keep]
+
+
+def embed_slices(model: SpeakerModel, wave: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Embed ``wave[starts[i]:ends[i]]`` for every i, several slices per forward pass: ``(N, D)`` float32.
+
+    Slices are grouped by length so that a batch stays under ``model.batch_frames`` padded frames.
+    """
+    config = model.frontend.config
+    lengths = np.asarray(ends) - np.asarray(starts)
+    out: np.ndarray | None = None
+    batch: list[int] = []
+
+    def flush() -> None:
+        nonlocal out
+        emb = model.embed_waveforms([wave[starts[i] : ends[i]] for i in batch])
+        if out is None:
+            out = np.empty((len(lengths), emb.shape[1]), dtype=np.float32)
+        out[batch] = emb
+        batch.clear()
+
+    for i in np.argsort(-lengths, kind="stable"):  # longest first: the first slice of a batch sets its padding
+        if batch and config.num_frames(int(lengths[batch[0]])) * (len(batch) + 1) > model.batch_frames:
+            flush()
+        batch.append(int(i))
+    if batch:
+        flush()
+    if out is None:
+        raise ValueError("no slices to embed")
+    return out
+
+
+def check_windows(model: SpeakerModel, window: float, hop: float) -> tuple[int, int]:
+    """Window and hop in samples; ValueError (one line) if they are not usable with the model's front-end."""
+    for name, value in (("window", window), ("hop", hop)):
+        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    rate = model.frontend.config.sample_rate
+    shortest = min_samples(model.frontend.config)
+    if round(window * rate) < shortest:
+        raise ValueError(f"window {window} s is too short: the front-end needs at least {shortest} samples")
+    return round(window * rate), max(1, round(hop * rate))
+
+
+def embed_windows(model: SpeakerModel, wave: np.ndarray, window: float = 2.0, hop: float = 0.5) -> Windows:
+    """One embedding per ``window``-second window every ``hop`` seconds of a validated mono waveform.
+
+    ``wave`` is at the model's sample rate (16 kHz); times in the result are in seconds.
+    """
+    win, step = check_windows(model, window, hop)
+    shortest = min_samples(model.frontend.config)
+    if len(wave) < shortest:
+        raise ValueError(f"clip too short for windows: {len(wave)} samples, needs at least {shortest}")
+    starts, ends = window_bounds(len(wave), win, step, shortest)
+    embeddings = embed_slices(model, np.asarray(wave, dtype=np.float32), starts, ends)
+    rate = model.frontend.config.sample_rate
+    return Windows(starts / rate, ends / rate, embeddings)
+
+
+@dataclass
+class WindowsResult:
+    """One item of :func:`iter_windows`: the windows of a file, or the reason it failed."""
+
+    index: int
+    source: str
+    windows: Windows | None = None
+    error: AudioError | None = None
+
+
+def iter_windows(
+    model: SpeakerModel, paths: Sequence[str | os.PathLike], window: float = 2.0, hop: float = 0.5, *, workers: int = 2
+) -> Iterator[WindowsResult]:
+    """Window embeddings of many files, in input order; the next files are decoded while the model runs.
+
+    Bad files are yielded with their :class:`AudioError`; ValueError for unusable ``window``/``hop``.
+    """
+    check_windows(model, window, hop)
+
+    def load(path: str | os.PathLike) -> np.ndarray | AudioError:
+        try:
+            return load_audio(path, min_duration=model.min_duration)
+        except AudioError as err:
+            return err
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = deque(pool.submit(load, path) for path in paths[:workers])  # decode at most `workers` ahead
+        for index, path in enumerate(paths):
+            wave = pending.popleft().result()
+            if index + workers < len(paths):
+                pending.append(pool.submit(load, paths[index + workers]))
+            source = str(path)
+            if isinstance(wave, np.ndarray) and len(wave) < min_samples(model.frontend.config):
+                wave = AudioError(source, f"too short for windows: {len(wave)} samples")
+            if isinstance(wave, AudioError):
+                yield WindowsResult(index, source, error=wave)
+            else:
+                yield WindowsResult(index, source, windows=embed_windows(model, wave, window, hop))

@@ -1,0 +1,186 @@
+import re
+
+import numpy as np
+import pytest
+import scipy.signal as sps
+import soundfile as sf
+import torch
+from pyannote.core import Annotation, Timeline
+from pyannote.core import Segment as Turn
+from pyannote.database.util import load_rttm
+from pyannote.metrics.diarization import DiarizationErrorRate
+from sklearn.metrics import adjusted_rand_score
+from typer.testing import CliRunner
+
+from ghostvlad.cli import app
+from ghostvlad.diarize import (
+    Segment, VadConfig, _frame_labels, cluster, diarize, rttm_lines, speech_regions, write_rttm,
+)
+from ghostvlad.features import FrontEndConfig, Spectrogram
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.models import EncoderConfig, SpeakerEncoder
+
+RATE = 16000
+KINDS = ("tone", "high", "band")  # "speakers" an untrained tiny model tells apart
+
+
+def voice(kind: str, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """A stationary synthetic 'speaker' with a 3 Hz syllable-like envelope."""
+    n = round(seconds * RATE)
+    t = np.arange(n) / RATE
+    if kind == "tone":
+        x = 0.3 * np.sin(2 * np.pi * 150 * t) + 0.2 * np.sin(2 * np.pi * 450 * t) + 0.1 * np.sin(2 * np.pi * 750 * t)
+    elif kind == "high":
+        x = 0.3 * sps.sosfilt(sps.butter(4, 3000, "high", fs=RATE, output="sos"), rng.normal(0, 1, n))
+    else:
+        x = 0.5 * sps.sosfilt(sps.butter(4, [1000, 2000], "band", fs=RATE, output="sos"), rng.normal(0, 1, n))
+    return (x * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)) + rng.normal(0, 0.01, n)).astype(np.float32)
+
+
+def pause(seconds: float, rng: np.random.Generator) -> np.ndarray:
+    return rng.normal(0, 0.002, round(seconds * RATE)).astype(np.float32)  # about -54 dBFS: quiet, not silent
+
+
+@pytest.fixture(scope="module")
+def model() -> SpeakerModel:
+    """Random tiny model; batch-norm statistics set on the three signal kinds so that their embeddings differ."""
+    torch.manual_seed(0)
+    encoder = SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2))
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    rng = np.random.default_rng(0)
+    feats, _ = Spectrogram()(torch.from_numpy(np.stack([voice(k, 1.0, rng) for k in KINDS])))
+    with torch.no_grad():
+        encoder.train()(feats)
+    return SpeakerModel(encoder.eval(), FrontEndConfig())
+
+
+@pytest.fixture(scope="module")
+def conversation() -> tuple[np.ndarray, Annotation]:
+    """Eight turns of three 'speakers' separated by short pauses, and the reference annotation."""
+    rng = np.random.default_rng(1)
+    parts, reference, t = [], Annotation(uri="conv"), 0.0
+    for k in (0, 1, 2, 0, 1, 2, 1, 0):
+        seconds = rng.uniform(2.0, 4.0)
+        parts.append(voice(KINDS[k], seconds, rng))
+        reference[Turn(t, t + seconds)] = KINDS[k]
+        gap = rng.uniform(0.4, 0.8)
+        parts.append(pause(gap, rng))
+        t += seconds + gap
+    return np.concatenate(parts), reference
+
+
+def der(reference: Annotation, hypothesis: Annotation, duration: float) -> float:
+    """Diarization error rate (pyannote.metrics), no forgiveness collar, over the whole recording."""
+    return DiarizationErrorRate(collar=0.0)(reference, hypothesis, uem=Timeline([Turn(0, duration)]))
+
+
+def annotation(segments: list[Segment]) -> Annotation:
+    out = Annotation(uri="conv")
+    for s in segments:
+        out[Turn(s.start, s.end)] = s.speaker
+    return out
+
+
+def test_energy_vad_finds_known_silent_gaps():
+    rng = np.random.default_rng(0)
+    truth = [(0.5, 2.0), (2.6, 4.1), (5.0, 6.2)]
+    wave = pause(7.0, rng)
+    for start, end in truth:
+        wave[round(start * RATE):round(end * RATE)] += voice("tone", end - start, rng)
+    wave[round(6.6 * RATE):round(6.7 * RATE)] += voice("tone", 0.1, rng)  # a 0.1 s click: shorter than min_speech
+    wave[int(3.3 * RATE):int(3.45 * RATE)] *= 0.01  # a 0.15 s dip inside speech: shorter than min_silence
+    np.testing.assert_allclose(speech_regions(wave), truth, atol=0.03)
+    np.testing.assert_allclose(speech_regions(wave[::2], 8000), truth, atol=0.03)
+    assert len(speech_regions(wave, config=VadConfig(min_silence=0.05))) == 4  # the dip splits a region
+    assert speech_regions(wave, config=VadConfig(min_speech=0.05))[-1] == pytest.approx([6.6, 6.7], abs=0.03)
+    assert speech_regions(voice("high", 2.0, rng)).tolist() == [[0.0, 2.0]]  # no pause to find: all speech
+    with pytest.raises(ValueError, match="VadConfig: threshold 1.5 must be in"):
+        VadConfig(threshold=1.5)
+
+
+def test_clustering_of_given_embeddings():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16))
+    sizes = (20, 7, 30)
+    x = np.concatenate([c + 0.3 * rng.normal(size=(n, 16)) for c, n in zip(centres, sizes)])
+    truth = np.repeat(np.arange(3), sizes)
+    labels = cluster(x)
+    assert len(set(labels)) == 3 and adjusted_rand_score(truth, labels) == 1.0
+    assert adjusted_rand_score(truth, cluster(x, speakers=3)) == 1.0
+    assert len(set(cluster(x, speakers=2))) == 2
+    assert len(set(cluster(x, max_speakers=2))) <= 2
+    one = centres[0] + 0.3 * rng.normal(size=(25, 16))
+    assert set(cluster(one)) == {0}
+    assert cluster(x[:2], speakers=5).tolist() == [0, 1] and cluster(x[:0]).shape == (0,)
+    with pytest.raises(ValueError, match="speakers must be at least 1, got 0"):
+        cluster(x, speakers=0)
+
+
+def test_overlapping_windows_resolve_by_majority_then_nearest_centre():
+    rng = np.random.default_rng(0)
+    starts = np.arange(12) * 0.5
+    ends = starts + 2.0
+    labels = rng.integers(0, 3, size=12)
+    frames = 700  # 7 s at 10 ms: the last frames are covered by no window
+    got = _frame_labels(starts, ends, labels, frames, 0.01)
+    expected = []
+    for f in range(frames):  # reference: count the windows covering each frame's centre
+        t = (f + 0.5) * 0.01
+        covering = [i for i in range(12) if starts[i] <= t < ends[i]]
+        if not covering:
+            expected.append(-1)
+            continue
+        votes = np.bincount(labels[covering], minlength=3).astype(float)
+        nearest = min(range(12), key=lambda i: abs((starts[i] + ends[i]) / 2 - t))
+        votes[labels[nearest]] += 0.5
+        expected.append(int(np.argmax(votes)))
+    assert got.tolist() == expected
+
+
+def test_diarize_conversation_of_distinct_signals(model, conversation):
+    wave, reference = conversation
+    duration = len(wave) / RATE
+    estimated = diarize(model, wave)
+    assert len({s.speaker for s in estimated}) == 3
+    assert der(reference, annotation(estimated), duration) < 0.05
+    assert [s.start for s in estimated] == sorted(s.start for s in estimated)
+    given = diarize(model, wave, speakers=3)
+    assert der(reference, annotation(given), duration) < 0.05
+    assert len({s.speaker for s in diarize(model, wave, speakers=2)}) == 2
+
+
+def test_rttm_format_and_atomic_write(tmp_path):
+    segments = [Segment(0.0, 1.25, "SPEAKER_00"), Segment(1.5, 3.0, "SPEAKER_01"), Segment(3.2, 4.0, "SPEAKER_00")]
+    path = tmp_path / "out" / "conv.rttm"
+    write_rttm(segments, path, "conv")
+    lines = path.read_text().splitlines()
+    assert lines[1] == "SPEAKER conv 1 1.500 1.500 <NA> <NA> SPEAKER_01 <NA> <NA>"
+    assert all(re.fullmatch(r"SPEAKER conv 1 \d+\.\d{3} \d+\.\d{3} <NA> <NA> SPEAKER_\d\d <NA> <NA>", ln) for ln in lines)
+    loaded = load_rttm(path)["conv"]  # an independent RTTM reader
+    assert [(t.start, t.end, label) for t, _, label in loaded.itertracks(yield_label=True)] == [
+        (s.start, s.end, s.speaker) for s in segments
+    ]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["conv.rttm"]
+    with pytest.raises(ValueError, match="RTTM file id must be non-empty without whitespace"):
+        rttm_lines(segments, "my file")
+
+
+def test_cli_diarize_end_to_end(model, conversation, tmp_path):
+    wave, reference = conversation
+    audio = tmp_path / "conv.wav"
+    sf.write(audio, wave, RATE, subtype="FLOAT")
+    model.save(tmp_path / "model")
+    runner = CliRunner()
+    rttm = tmp_path / "conv.rttm"
+    result = runner.invoke(app, ["diarize", str(audio), "-m", str(tmp_path / "model"), "--out", str(rttm)])
+    assert result.exit_code == 0, result.output
+    assert "3 speaker(s)" in " ".join(result.output.split())
+    hypothesis = load_rttm(rttm)["conv"]
+    assert der(reference, hypothesis, len(wave) / RATE) < 0.05
+    printed = runner.invoke(app, ["diarize", str(audio), "-m", str(tmp_path / "model"), "--speakers", "3"])
+    assert printed.exit_code == 0 and printed.output.splitlines()[0].startswith("SPEAKER conv 1 0.000 ")
+    missing = runner.invoke(app, ["diarize", str(tmp_path / "nope.wav"), "-m", str(tmp_path / "model")])
+    assert missing.exit_code == 1 and "nope.wav: file not found" in " ".join(missing.output.split())

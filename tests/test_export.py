@@ -1,0 +1,201 @@
+import json
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from ghostvlad import ModelFileError, load_model
+from ghostvlad.cli import app
+from ghostvlad.export import OnnxSpeakerModel, export_onnx, export_torchscript
+from ghostvlad.features import FrontEndConfig
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.modelfile import FORMAT, VERSION
+from ghostvlad.models import EncoderConfig, SpeakerEncoder
+
+# 0.6 s, 1.3 s, 3 s and 1.315 s: odd and even frame counts with and without mirror (the stride-2 stem cares)
+LENGTHS = (9600, 20800, 48000, 21040)
+CASES = {
+    f"{pooling}-{backbone}-{'mirror' if mirror else 'plain'}": (pooling, backbone, mirror)
+    for pooling, backbone, mirror in [
+        *((p, "resnet34s", m) for p in ("tap", "vlad", "gvlad") for m in (False, True)),
+        ("gvlad", "resnet34l", False),
+    ]
+}
+
+
+def tiny_model(pooling: str = "gvlad", backbone: str = "resnet34s", mirror: bool = False) -> SpeakerModel:
+    torch.manual_seed(0)
+    enc = SpeakerEncoder(EncoderConfig(backbone=backbone, pooling=pooling, width=0.125, descriptor_dim=16,
+                                       embed_dim=16, clusters=4, ghost_clusters=2))
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so that folding them matters
+        for m in enc.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
+    return SpeakerModel(enc, FrontEndConfig(mirror=mirror), threshold=0.42, info={"note": "tiny"})
+
+
+def clip(samples: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(samples) / 16000
+    return (0.2 * np.sin(2 * np.pi * (110 + 35 * seed) * t) + rng.normal(0, 0.05, samples)).astype(np.float32)
+
+
+WAVES = [clip(n, i) for i, n in enumerate(LENGTHS)]
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum(1).min() / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)).max())
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def exported(request, tmp_path_factory) -> tuple[SpeakerModel, OnnxSpeakerModel]:
+    model = tiny_model(*CASES[request.param])
+    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx")
+    return model, OnnxSpeakerModel(path)
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory) -> tuple[SpeakerModel, OnnxSpeakerModel]:
+    model = tiny_model(mirror=True)
+    return model, OnnxSpeakerModel(export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx"))
+
+
+def test_onnx_matches_pytorch_alone_and_in_mixed_batches(exported):
+    model, onnx_model = exported
+    reference = np.stack([model.embed(w) for w in WAVES])  # PyTorch, one clip at a time
+    alone = np.stack([onnx_model.embed(w) for w in WAVES])
+    batch = onnx_model.embed_waveforms(WAVES)  # one padded batch of four lengths, masked in the graph
+    assert alone.dtype == np.float32 and alone.shape == (len(WAVES), 16)
+    assert min_cosine(alone, reference) > 0.9999
+    assert min_cosine(batch, reference) > 0.9999
+    np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1, atol=1e-5)
+
+
+def test_three_line_onnxruntime_example(mirrored):
+    model, onnx_model = mirrored
+    wave = WAVES[1]
+    session = ort.InferenceSession(str(onnx_model.path))
+    emb = session.run(None, {"waveform": wave[None], "lengths": np.array([len(wave)])})[0][0]
+    assert float(emb @ model.embed(wave)) > 0.9999
+
+
+def test_metadata_round_trips(mirrored):
+    model, onnx_model = mirrored
+    props = {p.key: p.value for p in onnx.load(str(onnx_model.path)).metadata_props}
+    assert json.loads(props["ghostvlad"]) == {"format": FORMAT, "version": VERSION, **model.to_config()}
+    assert onnx_model.to_config() == model.to_config()
+    assert onnx_model.config == model.config and onnx_model.frontend_config == FrontEndConfig(mirror=True)
+    assert (onnx_model.embed_dim, onnx_model.threshold, onnx_model.info) == (16, 0.42, {"note": "tiny"})
+
+
+def test_api_matches_speaker_model(mirrored, tmp_path):
+    model, onnx_model = mirrored
+    paths = []
+    for i, w in enumerate(WAVES[:3]):
+        paths.append(tmp_path / f"{i}.wav")
+        sf.write(paths[-1], w, 16000, subtype="FLOAT")
+    assert min_cosine(onnx_model.embed_batch(paths), model.embed_batch(paths)) > 0.9999
+    assert onnx_model.score(paths[0], paths[1]) == pytest.approx(model.score(paths[0], paths[1]), abs=1e-4)
+    results = {r.index: r for r in onnx_model.iter_embeddings([str(paths[0]), str(tmp_path / "missing.wav")])}
+    assert results[0].embedding is not None and "missing.wav" in str(results[1].error)
+    with pytest.raises(ValueError, match="too short"):
+        onnx_model.embed_waveforms([np.ones(100, dtype=np.float32)])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit is deprecated in favour of torch.export
+@pytest.mark.parametrize("backbone", ["resnet34s", "resnet34l"])
+def test_torchscript_matches_pytorch(backbone, tmp_path):
+    model = tiny_model(backbone=backbone, mirror=True)
+    path = export_torchscript(model, tmp_path / "m.pt")
+    extra = {"ghostvlad.json": ""}
+    module = torch.jit.load(str(path), _extra_files=extra)
+    assert json.loads(extra["ghostvlad.json"])["encoder"] == model.config.to_dict()
+    lengths = torch.tensor(LENGTHS)
+    batch = torch.zeros(len(WAVES), max(LENGTHS))
+    for i, w in enumerate(WAVES):
+        batch[i, : len(w)] = torch.from_numpy(w)
+    with torch.inference_mode():
+        emb = module(batch, lengths).numpy()
+        alone = module(batch[2:3, : LENGTHS[2]], lengths[2:3]).numpy()
+    reference = np.stack([model.embed(w) for w in WAVES])
+    assert min_cosine(emb, reference) > 0.9999 and min_cosine(alone, reference[2:3]) > 0.9999
+
+
+def test_load_model_dispatches_on_the_onnx_suffix(mirrored):
+    path = mirrored[1].path
+    assert isinstance(load_model(path), OnnxSpeakerModel)
+    with pytest.raises(ValueError, match="mirror is fixed|mirror extension is fixed"):
+        load_model(path, mirror=False)
+    with pytest.raises(ValueError, match="fp32 on CPU"):
+        load_model(path, precision="bf16")
+
+
+def test_bad_onnx_files_give_one_line_errors(mirrored, tmp_path):
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07garbage, not a protobuf" * 10)
+    foreign = tmp_path / "foreign.onnx"
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), foreign)
+    proto = onnx.load(str(mirrored[1].path))
+    del proto.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(proto, bare)
+    onnx.helper.set_model_props(proto, {"ghostvlad": "{not json"})
+    garbled = tmp_path / "garbled.onnx"
+    onnx.save(proto, garbled)
+    cases = {
+        tmp_path / "missing.onnx": "no such ONNX model file",
+        corrupt: "not a readable ONNX model",
+        foreign: "not a ghostvlad export",
+        bare: "ONNX file without ghostvlad metadata",
+        garbled: "bad ghostvlad metadata",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ModelFileError) as info:
+            load_model(path)
+        assert str(info.value).startswith(f"{path}: {message}") and "\n" not in str(info.value)
+    res = CliRunner().invoke(app, ["verify", "a.wav", "b.wav", "--model", str(corrupt)])
+    assert res.exit_code == 1
+    assert " ".join(res.output.split()) == f"error: {corrupt}: not a readable ONNX model (Protobuf parsing failed.)"
+
+
+def test_cli_export_then_embed_and_verify(tmp_path):
+    model = tiny_model(mirror=True)
+    model_dir = model.save(tmp_path / "m")
+    wavs = []
+    for i, w in enumerate(WAVES[:2]):
+        wavs.append(str(tmp_path / f"{i}.wav"))
+        sf.write(wavs[-1], w, 16000, subtype="FLOAT")
+    runner = CliRunner()
+    onnx_path = tmp_path / "m.onnx"
+    res = runner.invoke(app, ["export", "--model", str(model_dir), "--format", "onnx", "--out", str(onnx_path)])
+    assert res.exit_code == 0, res.output
+    assert f"wrote {onnx_path} (onnx" in " ".join(res.output.split())
+    res = runner.invoke(app, ["embed", *wavs, "--model", str(onnx_path), "--out", str(tmp_path / "e.npz")])
+    assert res.exit_code == 0, res.output
+    data = np.load(tmp_path / "e.npz")
+    assert list(data["paths"]) == wavs
+    assert min_cosine(data["embeddings"], model.embed_batch(wavs)) > 0.9999
+    res = runner.invoke(app, ["verify", *wavs, "--model", str(onnx_path)])
+    assert res.exit_code == 0, res.output
+    assert f"score {model.score(*wavs):.3f}" in res.output[:-1] and "(threshold 0.4200)" in res.output
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        res = runner.invoke(app, ["export", "-m", str(model_dir), "-f", "torchscript", "-o", str(tmp_path / "m.pt")])
+        assert res.exit_code == 0, res.output
+        assert torch.jit.load(str(tmp_path / "m.pt")) is not None
+    res = runner.invoke(app, ["export", "-m", str(model_dir), "-f", "onnx", "-o", str(tmp_path / "m.bin")])
+    assert res.exit_code == 1 and "must end in .onnx" in res.output
+    res = runner.invoke(app, ["export", "-m", str(onnx_path), "-f", "onnx", "-o", str(tmp_path / "again.onnx")])
+    assert res.exit_code == 1 and "export needs a ghostvlad model directory" in " ".join(res.output.split())
+    res = runner.invoke(app, ["export", "-m", str(model_dir), "-f", "tflite", "-o", str(tmp_path / "m.tfl")])
+    assert res.exit_code == 2 and "tflite" in res.output

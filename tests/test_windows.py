@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from ghostvlad.cli import app
+from ghostvlad.features import FrontEndConfig, Spectrogram
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.models import EncoderConfig, SpeakerEncoder
+from ghostvlad.windows import embed_windows, iter_windows, window_bounds
+
+RATE = 16000
+
+
+def clip(seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * RATE))) / RATE
+    return (0.3 * np.sin(2 * np.pi * (150 + 60 * t) * t) + rng.normal(0, 0.05, t.size)).astype(np.float32)
+
+
+def tiny_model(mirror: bool = False, batch_frames: int = 3200) -> SpeakerModel:
+    """Random tiny model with batch-norm statistics set on a few clips, so that embeddings differ."""
+    torch.manual_seed(0)
+    encoder = SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2))
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    feats, _ = Spectrogram()(torch.from_numpy(np.stack([clip(0.5, k) for k in range(4)])))
+    with torch.no_grad():
+        encoder.train()(feats)
+    return SpeakerModel(encoder.eval(), FrontEndConfig(mirror=mirror), batch_frames=batch_frames)
+
+
+@pytest.fixture(scope="module")
+def model() -> SpeakerModel:
+    return tiny_model(batch_frames=700)  # 3 windows of 2 s per forward pass
+
+
+def test_window_count_and_times(model):
+    w = embed_windows(model, clip(5.3), window=2.0, hop=0.5)
+    np.testing.assert_allclose(w.starts, np.arange(8) * 0.5)
+    np.testing.assert_allclose(w.ends, [2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 5.3])  # the last one is shorter
+    assert w.embeddings.shape == (8, 16) and w.embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(w.embeddings, axis=1), 1, atol=1e-5)
+    exact = embed_windows(model, clip(4.0), window=2.0, hop=0.5)  # windows fit exactly: all full length
+    np.testing.assert_allclose(exact.ends - exact.starts, 2.0)
+    assert len(exact) == 5
+    short = embed_windows(model, clip(1.2), window=2.0, hop=0.5)  # shorter than a window: the whole clip
+    assert (short.starts.tolist(), short.ends.tolist()) == ([0.0], [1.2])
+
+
+def test_window_bounds_drops_a_tail_too_short_for_the_front_end():
+    starts, ends = window_bounds(1000, 400, 400, shortest=257)
+    assert (starts.tolist(), ends.tolist()) == ([0, 400], [400, 800])
+    starts, ends = window_bounds(1100, 400, 400, shortest=257)
+    assert (starts.tolist(), ends.tolist()) == ([0, 400, 800], [400, 800, 1100])
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_batched_windows_equal_windows_embedded_one_by_one(mirror):
+    model = tiny_model(mirror=mirror, batch_frames=700 * (2 if mirror else 1))
+    wave = clip(5.3, seed=1)
+    calls = []
+    forward = model.embed_waveforms
+    model.embed_waveforms = lambda waves: calls.append([len(w) for w in waves]) or forward(waves)
+    w = embed_windows(model, wave, window=2.0, hop=0.5)
+    del model.embed_waveforms
+    assert len(calls) == 3 and sum(map(len, calls)) == 8  # batched, under batch_frames
+    assert all(model.frontend.config.num_frames(max(c)) * len(c) <= model.batch_frames for c in calls)
+    alone = np.stack([model.embed_waveforms([wave[round(s * RATE):round(e * RATE)]])[0] for s, e in zip(w.starts, w.ends)])
+    np.testing.assert_allclose(w.embeddings, alone, atol=2e-5)
+    last = wave[round(w.starts[-1] * RATE):]
+    padded = model.embed_waveforms([np.pad(last, (0, 2 * RATE - len(last)))])[0]
+    assert not np.allclose(w.embeddings[-1], padded, atol=1e-3)  # the short window is not zero-padded audio
+
+
+def test_model_method_reads_files_and_resamples(model, tmp_path):
+    wave = clip(3.1, seed=2)
+    path = tmp_path / "a.wav"
+    sf.write(path, wave, RATE, subtype="FLOAT")
+    starts, ends, emb = model.embed_windows(path, window=1.5, hop=0.75)
+    ref = embed_windows(model, wave, 1.5, 0.75)
+    np.testing.assert_allclose(starts, ref.starts)
+    np.testing.assert_allclose(ends, ref.ends)
+    np.testing.assert_allclose(emb, ref.embeddings, atol=1e-5)
+    s8, e8, _ = model.embed_windows(wave[::2], window=1.5, hop=0.75, sample_rate=8000)
+    assert e8[-1] == pytest.approx(3.1, abs=1e-3) and len(s8) == len(starts)
+
+
+@pytest.mark.parametrize(
+    ("window", "hop", "message"),
+    [(0.0, 0.5, "window must be a positive"), (2.0, -1.0, "hop must be a positive"),
+     (float("nan"), 0.5, "window must be a positive"), (0.01, 0.01, "window 0.01 s is too short")],
+)
+def test_bad_window_settings_raise_one_line_errors(model, window, hop, message):
+    with pytest.raises(ValueError, match=message):
+        embed_windows(model, clip(2.0), window, hop)
+
+
+def test_iter_windows_reports_bad_files_and_keeps_order(model, tmp_path):
+    good = [tmp_path / f"{k}.wav" for k in range(2)]
+    for k, path in enumerate(good):
+        sf.write(path, clip(2.5 + k, seed=k), RATE)
+    missing = tmp_path / "missing.wav"
+    results = list(iter_windows(model, [good[0], missing, good[1]], 2.0, 1.0))
+    assert [r.index for r in results] == [0, 1, 2]
+    assert results[1].windows is None and str(results[1].error) == f"{missing}: file not found"
+    assert [len(r.windows) for r in (results[0], results[2])] == [2, 3]
+
+
+def test_cli_embed_with_windows(model, tmp_path):
+    model_dir = tmp_path / "model"
+    model.save(model_dir)
+    files = []
+    for k, seconds in enumerate((2.7, 3.4)):
+        files.append(tmp_path / f"{k}.wav")
+        sf.write(files[-1], clip(seconds, seed=k), RATE, subtype="FLOAT")
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio")
+    out = tmp_path / "emb.npz"
+    runner = CliRunner()
+    result = runner.invoke(app, ["embed", *map(str, files), str(bad), "-m", str(model_dir), "-o", str(out),
+                                 "--window", "2.0", "--hop", "0.5"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "wrote 7 window embeddings of 2 files" in said and "1 of 3 files failed" in said
+    data = np.load(out)
+    assert data["embeddings"].shape == (7, 16)
+    assert data["paths"].tolist() == [str(files[0])] * 3 + [str(files[1])] * 4
+    np.testing.assert_allclose(data["starts"], [0, 0.5, 1.0, 0, 0.5, 1.0, 1.5])
+    np.testing.assert_allclose(data["ends"], [2.0, 2.5, 2.7, 2.0, 2.5, 3.0, 3.4])
+    ref = embed_windows(model, sf.read(files[1], dtype="float32")[0], 2.0, 0.5)
+    np.testing.assert_allclose(data["embeddings"][3:], ref.embeddings, atol=1e-5)
+    result = runner.invoke(app, ["embed", str(files[0]), "-m", str(model_dir), "-o", str(out), "--hop", "0.5"])
+    assert result.exit_code == 1 and "--hop needs --window" in result.output
+    result = runner.invoke(app, ["embed", str(files[0]), "-m", str(model_dir), "-o", str(out), "--window", "-1"])
+    assert result.exit_code == 1 and "window must be a positive number of seconds" in " ".join(result.output.split())
