@@ -1,7 +1,8 @@
 """Embedding speed of the ONNX export (onnxruntime, CPU) against PyTorch, for the released configuration.
 
 Random weights, batch 1, front-end included (decoding excluded), with and without the mirror extension;
-each time is the best of ``--repeat`` runs after a warm-up. Both backends get ``--threads`` threads.
+each time is the best of ``--repeat`` runs after a warm-up, the backends taking turns, both with
+``--threads`` threads.
 
     python bench/export.py [--threads 2] [--seconds 4] [--repeat 3]
 
@@ -27,13 +28,15 @@ from ghostvlad.inference import SpeakerModel
 from ghostvlad.models import EncoderConfig, SpeakerEncoder
 
 
-def timed(fn, repeat: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
+def best_times(fns: list, repeat: int) -> list[float]:
+    """Best of ``repeat`` runs of each function after a warm-up, taking turns so that both see the same load."""
+    best = [float("inf")] * len(fns)
+    for r in range(repeat + 1):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            if r:  # run 0 is the warm-up
+                best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -60,14 +63,13 @@ def main() -> None:
             path = export_onnx(model, Path(tmp) / f"mirror-{mirror}.onnx")
             exported = time.perf_counter() - t0
             onnx_model = OnnxSpeakerModel(path, threads=args.threads)
+            backends = {"pytorch": model, "onnxruntime": onnx_model}
+            times = best_times([lambda b=b: b.embed_waveforms([wave]) for b in backends.values()], args.repeat)
             reference = model.embed_waveforms([wave])[0]
-            base = None
-            for name, backend in (("pytorch", model), ("onnxruntime", onnx_model)):
-                t = timed(lambda: backend.embed_waveforms([wave]), args.repeat)
-                base = base or t
+            for (name, backend), t in zip(backends.items(), times):
                 cos = float(backend.embed_waveforms([wave])[0] @ reference)
                 print(f"{str(mirror):>6} {name:>11} {1000 * t:8.1f} {1 / t:7.2f} {t / args.seconds:7.4f} "
-                      f"{base / t:7.2f}x {cos:8.5f}")
+                      f"{times[0] / t:7.2f}x {cos:8.5f}")
             print(f"{'':>6} (export {exported:.1f} s, {path.stat().st_size / 2**20:.1f} MB)")
 
 

@@ -77,12 +77,14 @@ def test_onnx_matches_pytorch_alone_and_in_mixed_batches(exported):
     np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1, atol=1e-5)
 
 
-def test_three_line_onnxruntime_example(mirrored):
+def test_three_line_onnxruntime_example(mirrored, tmp_path):
     model, onnx_model = mirrored
-    wave = WAVES[1]
+    path = tmp_path / "clip.wav"
+    sf.write(path, WAVES[1], 16000, subtype="FLOAT")
+    wave, rate = sf.read(path, dtype="float32")  # then the README's three lines
     session = ort.InferenceSession(str(onnx_model.path))
-    emb = session.run(None, {"waveform": wave[None], "lengths": np.array([len(wave)])})[0][0]
-    assert float(emb @ model.embed(wave)) > 0.9999
+    emb = session.run(None, {"waveform": wave[None], "lengths": np.array([len(wave)], np.int64)})[0][0]
+    assert rate == 16000 and float(emb @ model.embed(WAVES[1])) > 0.9999
 
 
 def test_metadata_round_trips(mirrored):

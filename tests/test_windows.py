@@ -69,7 +69,8 @@ def test_batched_windows_equal_windows_embedded_one_by_one(mirror):
     del model.embed_waveforms
     assert len(calls) == 3 and sum(map(len, calls)) == 8  # batched, under batch_frames
     assert all(model.frontend.config.num_frames(max(c)) * len(c) <= model.batch_frames for c in calls)
-    alone = np.stack([model.embed_waveforms([wave[round(s * RATE):round(e * RATE)]])[0] for s, e in zip(w.starts, w.ends)])
+    slices = [wave[round(s * RATE):round(e * RATE)] for s, e in zip(w.starts, w.ends)]
+    alone = np.stack([model.embed_waveforms([x])[0] for x in slices])
     np.testing.assert_allclose(w.embeddings, alone, atol=2e-5)
     last = wave[round(w.starts[-1] * RATE):]
     padded = model.embed_waveforms([np.pad(last, (0, 2 * RATE - len(last)))])[0]

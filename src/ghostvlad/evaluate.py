@@ -7,7 +7,6 @@ skipped and counted.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -17,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .data.manifest import ManifestError, read_manifest
 from .data.trials import Trials, read_trials
 from .fileio import atomic_write_text
-from .inference import SpeakerModel
+from .inference import Embedder
 from .scoring import as_norm, eer, min_dcf
 from .scoring.asnorm import cohort_scores
 from .scoring.det import plot_det
@@ -41,20 +39,9 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "ghostvlad"
 
 
-def model_key(model: SpeakerModel) -> str:
-    """sha256 of everything that fixes an embedding: encoder and front-end config, precision and weights.
-
-    The decision threshold and free-form info are left out, so storing a threshold keeps the cache valid.
-    """
-    h = hashlib.sha256()
-    config = {"encoder": model.config.to_dict(), "frontend": model.frontend.config.to_dict(),
-              "precision": model.precision}
-    h.update(json.dumps(config, sort_keys=True).encode())
-    for name, tensor in sorted(model.encoder.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
+def model_key(model: Embedder) -> str:
+    """The embedding cache's key for ``model`` (see :meth:`Embedder.cache_key`)."""
+    return model.cache_key()
 
 
 class EmbeddingCache:
@@ -138,7 +125,7 @@ class Embedded:
 
 
 def embed_files(
-    model: SpeakerModel, paths: Sequence[str], cache_dir: str | os.PathLike | None = None, progress: bool = False
+    model: Embedder, paths: Sequence[str], cache_dir: str | os.PathLike | None = None, progress: bool = False
 ) -> Embedded:
     """Embed each distinct file of ``paths`` once, reusing and filling the model's on-disk cache."""
     from rich.console import Console
@@ -241,7 +228,7 @@ def _as_norm(scores: np.ndarray, emb: np.ndarray, a: np.ndarray, b: np.ndarray, 
 
 
 def evaluate(
-    model: SpeakerModel,
+    model: Embedder,
     trials: Trials | str | os.PathLike,
     wav_root: str | os.PathLike,
     *,

@@ -7,9 +7,9 @@ reflect padding (and the mirror extension, when the model uses it) is a gather, 
 conv1d with the windowed DFT basis (within 5e-7 of ``torch.stft``; twice as fast in onnxruntime as its
 STFT op). The ONNX file carries the model's config JSON in its metadata under the key ``ghostvlad``::
 
-    import numpy as np, onnxruntime as ort
+    import numpy as np, onnxruntime as ort  # wave: float32 16 kHz mono samples
     session = ort.InferenceSession("model.onnx")
-    emb = session.run(None, {"waveform": wave[None], "lengths": np.array([len(wave)])})[0][0]
+    emb = session.run(None, {"waveform": wave[None], "lengths": np.array([len(wave)], np.int64)})[0][0]
 
 :class:`OnnxSpeakerModel` embeds files and arrays through onnxruntime with the interface of
 ``SpeakerModel``; :func:`ghostvlad.inference.load_model` returns one for a ``.onnx`` path. onnx and
@@ -144,12 +144,12 @@ def export_onnx(model: SpeakerModel, path: str | os.PathLike) -> Path:
         )
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(proto, {METADATA_KEY: _header(model)})
-    proto.doc_string = "ghostvlad speaker encoder: waveform (B, N) float32 16 kHz + lengths (B,) int64 -> embedding (B, D)"
+    proto.doc_string = "ghostvlad: waveform (B, N) float32 16 kHz + lengths (B,) int64 -> embedding (B, D)"
     return atomic_write(path, lambda tmp: onnx.save(proto, tmp))
 
 
 def export_torchscript(model: SpeakerModel, path: str | os.PathLike) -> Path:
-    """Write ``model`` as a traced TorchScript file (``torch.jit.load``; config in the extra file ``ghostvlad.json``)."""
+    """Write ``model`` as traced TorchScript for ``torch.jit.load``; config in the extra file ``ghostvlad.json``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in favour of torch.export
         traced = torch.jit.trace(_Graph(model), _example(), check_trace=False)
@@ -198,6 +198,7 @@ class OnnxSpeakerModel(Embedder):
         self.threshold = self._config.get("threshold")
         self.info = dict(self._config.get("info") or {})
         self.calibration = self._config.get("calibration")
+        self.precision = "fp32"
         self.min_duration = min_duration
         self.batch_frames = batch_frames
 
@@ -222,6 +223,11 @@ class OnnxSpeakerModel(Embedder):
 
     def to_config(self) -> dict:
         return {k: v for k, v in self._config.items() if k not in ("format", "version")}
+
+    def _hash_weights(self, digest) -> None:
+        with open(self.path, "rb") as fh:  # the graph holds the weights
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
 
     def embed_waveforms(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Embed validated 16 kHz mono waveforms as one padded batch: ``(N, embed_dim)`` float32."""

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import __version__
 from .scoring.calibration import Decision, DecisionRule
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ APPLICATION_ID = 0x47564C47  # "GVLG" in the SQLite header
 SCHEMA_VERSION = 1
 FORMAT = "ghostvlad-gallery"
 _CHUNK = 4096  # rows per fetch when loading the speaker matrix
+_PAGE_SIZE = 16384  # several 2 KB embedding rows per page (a 4 KB page holds just one)
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -180,7 +182,11 @@ class Gallery:
             db = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
         except sqlite3.Error as exc:
             raise GalleryError(f"{self.path}: cannot open the gallery ({exc})") from None
-        db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable commits without an fsync each
+        try:
+            db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable commits without an fsync each
+        except sqlite3.DatabaseError:
+            db.close()
+            raise GalleryError(f"{self.path}: not a ghostvlad gallery (not an SQLite database)") from None
         return db
 
     def _validate(self) -> bool:
@@ -189,8 +195,8 @@ class Gallery:
             app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise GalleryError(f"{self.path}: not a ghostvlad gallery (not an SQLite database: {exc})") from None
+        except sqlite3.DatabaseError:
+            raise GalleryError(f"{self.path}: not a ghostvlad gallery (not an SQLite database)") from None
         if app_id == 0 and version == 0 and tables == 0:
             return False
         if app_id != APPLICATION_ID:
@@ -252,8 +258,9 @@ class Gallery:
         if self._db is None:
             self._db = self._connect(create=True)
         db = self._db
-        if not self._check_ready():
-            db.execute("PRAGMA journal_mode=WAL")  # persistent; cannot change inside a transaction
+        if not self._check_ready():  # before the first write: neither can change later
+            db.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
+            db.execute("PRAGMA journal_mode=WAL")
         db.execute("BEGIN IMMEDIATE")
         fresh = False
         try:
@@ -279,8 +286,6 @@ class Gallery:
             db.execute(statement)
         db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        from . import __version__
-
         self._meta = {"format": FORMAT, "model_key": key, "model": json.dumps(config, sort_keys=True),
                       "dim": str(config["encoder"]["embed_dim"]), "generation": "0",
                       "created": str(time.time()), "ghostvlad": __version__}
@@ -305,7 +310,7 @@ class Gallery:
             check_name(name)
             emb = np.asarray(emb, dtype=np.float32)
             emb = emb[None] if emb.ndim == 1 else emb
-            if emb.ndim != 2 or not len(emb) or not np.isfinite(emb).all() or not (np.linalg.norm(emb, axis=1) > 0).all():
+            if emb.ndim != 2 or not len(emb) or not np.isfinite(emb).all() or not np.linalg.norm(emb, axis=1).all():
                 raise GalleryError(f"{name}: embeddings must be a non-empty (n, D) array of finite non-zero rows")
             names = list((sources or {}).get(name) or ["<array>"] * len(emb))
             if len(names) != len(emb):
@@ -326,16 +331,16 @@ class Gallery:
         now = time.time()
         row = db.execute("SELECT id FROM speakers WHERE name = ?", (name,)).fetchone()
         if row is None:
-            sid = db.execute("INSERT INTO speakers (name, utterances, mean, created, updated) VALUES (?, 0, ?, ?, ?)",
-                             (name, b"", now, now)).lastrowid
+            sid = db.execute("INSERT INTO speakers (name, utterances, mean, created, updated) VALUES (?, ?, ?, ?, ?)",
+                             (name, len(emb), _unit_mean(emb).tobytes(), now, now)).lastrowid
         else:
             sid = row[0]
+            blobs = [r[0] for r in db.execute("SELECT embedding FROM utterances WHERE speaker_id = ?", (sid,))]
+            old = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
+            db.execute("UPDATE speakers SET utterances = ?, mean = ?, updated = ? WHERE id = ?",
+                       (len(old) + len(emb), _unit_mean(np.concatenate([old, emb])).tobytes(), now, sid))
         db.executemany("INSERT INTO utterances (speaker_id, source, embedding, added) VALUES (?, ?, ?, ?)",
                        [(sid, s, e.tobytes(), now) for s, e in zip(sources, emb)])
-        blobs = [r[0] for r in db.execute("SELECT embedding FROM utterances WHERE speaker_id = ?", (sid,))]
-        allemb = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), -1)
-        db.execute("UPDATE speakers SET utterances = ?, mean = ?, updated = ? WHERE id = ?",
-                   (len(blobs), _unit_mean(allemb).tobytes(), now, sid))
 
     def remove(self, name: str) -> int:
         """Remove a speaker and all their utterances; returns how many utterances were removed."""
@@ -423,7 +428,9 @@ class Gallery:
         """The ``top`` enrolled speakers closest to a recording, best first, each with a decision.
 
         Decisions use the model's calibration (see :class:`~ghostvlad.scoring.calibration.DecisionRule`);
-        when the best match is not accepted the query is an unknown speaker (open set).
+        when the best match is not accepted the query is an unknown speaker (open set). Calibrations are fitted
+        on one-recording-per-side trials, and an unknown query gets one chance per enrolled speaker to pass:
+        its false-accept rate is about ``1 - (1 - far) ** len(gallery)``, so large galleries need stricter points.
         """
         model = self._require_model("identify")
         self._nonempty()  # fail before embedding

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +57,22 @@ class Embedder(ABC):
     @abstractmethod
     def embed_waveforms(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Embed validated 16 kHz mono waveforms as one padded batch: ``(N, embed_dim)`` float32."""
+
+    @abstractmethod
+    def _hash_weights(self, digest: "hashlib._Hash") -> None:
+        """Feed the weights into ``digest`` (for :meth:`cache_key`)."""
+
+    def cache_key(self) -> str:
+        """sha256 of everything that fixes an embedding: encoder and front-end config, precision and weights.
+
+        The decision threshold, calibration and free-form info are left out, so storing them keeps caches valid.
+        """
+        digest = hashlib.sha256()
+        config = {"encoder": self.config.to_dict(), "frontend": self.frontend_config.to_dict(),
+                  "precision": self.precision}
+        digest.update(json.dumps(config, sort_keys=True).encode())
+        self._hash_weights(digest)
+        return digest.hexdigest()
 
     def _load(self, item: AudioInput, sample_rate: int | None) -> np.ndarray:
         if isinstance(item, np.ndarray):
@@ -122,6 +140,15 @@ class Embedder(ABC):
         """One embedding ``(embed_dim,)``, float32, unit norm. Raises :class:`AudioError` on bad input."""
         return self.embed_waveforms([self._load(item, sample_rate)])[0]
 
+    def embed_windows(
+        self, item: AudioInput, window: float = 2.0, hop: float = 0.5, sample_rate: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(starts, ends, embeddings)``: one embedding per ``window``-s window every ``hop`` s (:mod:`.windows`)."""
+        from .windows import embed_windows
+
+        w = embed_windows(self, self._load(item, sample_rate), window, hop)
+        return w.starts, w.ends, w.embeddings
+
     def embed_batch(self, items: Iterable[AudioInput], sample_rate: int | None = None) -> np.ndarray:
         """Embeddings ``(N, embed_dim)`` in input order; the first bad item raises its :class:`AudioError`."""
         items = list(items)
@@ -184,6 +211,12 @@ class SpeakerModel(Embedder):
     def frontend_config(self) -> FrontEndConfig:
         return self.frontend.config
 
+    def _hash_weights(self, digest: "hashlib._Hash") -> None:
+        for name, tensor in sorted(self.encoder.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy())
+
     def to_config(self) -> dict:
         return {
             "encoder": self.config.to_dict(),
@@ -216,15 +249,6 @@ class SpeakerModel(Embedder):
         with self._autocast():
             emb = self.network.embed(feats, frames)
         return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
-
-    def embed_windows(
-        self, item: AudioInput, window: float = 2.0, hop: float = 0.5, sample_rate: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(starts, ends, embeddings)``: one embedding per ``window``-s window every ``hop`` s (see :mod:`.windows`)."""
-        from .windows import embed_windows
-
-        w = embed_windows(self, self._load(item, sample_rate), window, hop)
-        return w.starts, w.ends, w.embeddings
 
 
 def load_model(

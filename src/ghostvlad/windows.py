@@ -21,7 +21,7 @@ from .audio import AudioError, load_audio
 from .features import FrontEndConfig
 
 if TYPE_CHECKING:
-    from .inference import SpeakerModel
+    from .inference import Embedder
 
 
 @dataclass
@@ -56,12 +56,12 @@ def window_bounds(num_samples: int, window: int, hop: int, shortest: int = 1) ->
     return starts[keep], ends[keep]
 
 
-def embed_slices(model: SpeakerModel, wave: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+def embed_slices(model: Embedder, wave: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Embed ``wave[starts[i]:ends[i]]`` for every i, several slices per forward pass: ``(N, D)`` float32.
 
     Slices are grouped by length so that a batch stays under ``model.batch_frames`` padded frames.
     """
-    config = model.frontend.config
+    config = model.frontend_config
     lengths = np.asarray(ends) - np.asarray(starts)
     out: np.ndarray | None = None
     batch: list[int] = []
@@ -85,30 +85,30 @@ def embed_slices(model: SpeakerModel, wave: np.ndarray, starts: np.ndarray, ends
     return out
 
 
-def check_windows(model: SpeakerModel, window: float, hop: float) -> tuple[int, int]:
+def check_windows(model: Embedder, window: float, hop: float) -> tuple[int, int]:
     """Window and hop in samples; ValueError (one line) if they are not usable with the model's front-end."""
     for name, value in (("window", window), ("hop", hop)):
         if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-    rate = model.frontend.config.sample_rate
-    shortest = min_samples(model.frontend.config)
+    rate = model.frontend_config.sample_rate
+    shortest = min_samples(model.frontend_config)
     if round(window * rate) < shortest:
         raise ValueError(f"window {window} s is too short: the front-end needs at least {shortest} samples")
     return round(window * rate), max(1, round(hop * rate))
 
 
-def embed_windows(model: SpeakerModel, wave: np.ndarray, window: float = 2.0, hop: float = 0.5) -> Windows:
+def embed_windows(model: Embedder, wave: np.ndarray, window: float = 2.0, hop: float = 0.5) -> Windows:
     """One embedding per ``window``-second window every ``hop`` seconds of a validated mono waveform.
 
     ``wave`` is at the model's sample rate (16 kHz); times in the result are in seconds.
     """
     win, step = check_windows(model, window, hop)
-    shortest = min_samples(model.frontend.config)
+    shortest = min_samples(model.frontend_config)
     if len(wave) < shortest:
         raise ValueError(f"clip too short for windows: {len(wave)} samples, needs at least {shortest}")
     starts, ends = window_bounds(len(wave), win, step, shortest)
     embeddings = embed_slices(model, np.asarray(wave, dtype=np.float32), starts, ends)
-    rate = model.frontend.config.sample_rate
+    rate = model.frontend_config.sample_rate
     return Windows(starts / rate, ends / rate, embeddings)
 
 
@@ -123,7 +123,7 @@ class WindowsResult:
 
 
 def iter_windows(
-    model: SpeakerModel, paths: Sequence[str | os.PathLike], window: float = 2.0, hop: float = 0.5, *, workers: int = 2
+    model: Embedder, paths: Sequence[str | os.PathLike], window: float = 2.0, hop: float = 0.5, *, workers: int = 2
 ) -> Iterator[WindowsResult]:
     """Window embeddings of many files, in input order; the next files are decoded while the model runs.
 
@@ -144,7 +144,7 @@ def iter_windows(
             if index + workers < len(paths):
                 pending.append(pool.submit(load, paths[index + workers]))
             source = str(path)
-            if isinstance(wave, np.ndarray) and len(wave) < min_samples(model.frontend.config):
+            if isinstance(wave, np.ndarray) and len(wave) < min_samples(model.frontend_config):
                 wave = AudioError(source, f"too short for windows: {len(wave)} samples")
             if isinstance(wave, AudioError):
                 yield WindowsResult(index, source, error=wave)

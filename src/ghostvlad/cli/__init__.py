@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import data, demo, diarize, eval, export, model, train  # noqa: F401  (each registers its commands)
+from . import calibrate, data, demo, diarize, eval, export, gallery, model, train  # noqa: F401  (each registers its commands)
 from .common import GLIBC_TUNABLES, app
 
 __all__ = ["GLIBC_TUNABLES", "app", "main"]

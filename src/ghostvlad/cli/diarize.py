@@ -13,7 +13,8 @@ from .common import DeviceOpt, ModelOpt, PrecisionOpt, app, err, fail, open_mode
 def diarize(
     audio: Path = typer.Argument(..., help="Recording to diarize (wav, flac, m4a, mp3, ...)."),
     model_path: Path = ModelOpt,
-    speakers: Optional[int] = typer.Option(None, "--speakers", "-n", min=1, help="Number of speakers (default: estimated)."),
+    speakers: Optional[int] = typer.Option(None, "--speakers", "-n", min=1,
+                                           help="Number of speakers (default: estimated)."),
     max_speakers: int = typer.Option(8, min=1, help="Upper bound when the number of speakers is estimated."),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="RTTM file to write (default: print to stdout)."),
     window: float = typer.Option(2.0, help="Embedding window (seconds)."),

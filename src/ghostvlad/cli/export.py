@@ -18,8 +18,8 @@ class ExportFormat(str, Enum):
 @app.command()
 def export(
     model_path: Path = ModelOpt,
-    fmt: ExportFormat = typer.Option(..., "--format", "-f", help="onnx (for onnxruntime) or torchscript (torch.jit.load)."),
-    out_path: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx for ONNX; .pt is usual for TorchScript)."),
+    fmt: ExportFormat = typer.Option(..., "--format", "-f", help="onnx or torchscript."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="Output file (.onnx; .pt for TorchScript)."),
     mirror: Optional[bool] = MirrorOpt,
 ) -> None:
     """Export a model with its front-end: waveform (B, N) float32 16 kHz + lengths (B,) int64 -> embedding (B, D).

@@ -60,7 +60,7 @@ def embed(
     min_duration: float = MinDurOpt,
     mirror: Optional[bool] = MirrorOpt,
     batch_frames: int = typer.Option(3200, help="Cap on padded frames per batch (measured fastest on CPU: ~3200)."),
-    window: Optional[float] = typer.Option(None, help="Embed every window of this many seconds instead of whole files."),
+    window: Optional[float] = typer.Option(None, help="Embed every window of this many seconds, not whole files."),
     hop: Optional[float] = typer.Option(None, help="Seconds between window starts, with --window (default 0.5)."),
 ) -> None:
     """Embed audio files into unit-norm speaker embeddings (batched by length; bad files reported and skipped).
@@ -152,10 +152,12 @@ def verify(
 
 
 @app.command()
-def info(model_path: Path = typer.Argument(..., help="Model directory or .safetensors file.")) -> None:
+def info(model_path: Path = typer.Argument(..., help="Model directory, .safetensors, .onnx file or run folder.")) -> None:
     """Print a model's configuration and parameter count."""
     import json
 
     model = open_model(model_path)
-    params = sum(p.numel() for p in model.encoder.parameters())
-    out.print_json(json.dumps({**model.to_config(), "parameters": params}))
+    summary = model.to_config()
+    if hasattr(model, "encoder"):  # ONNX models carry no parameter tensors we can count
+        summary["parameters"] = sum(p.numel() for p in model.encoder.parameters())
+    out.print_json(json.dumps(summary))

@@ -159,7 +159,9 @@ class ThinResNet(nn.Module):
         if self.spec.stem_stride > 1:
             (fb, fa), (tb, ta) = (_same_pad(s, 7, self.spec.stem_stride) for s in x.shape[-2:])
             x = self.stem(F.pad(x, (tb, ta, fb, fa)))
-        else:
+        elif self.training:
+            x = self.stem(x)
+        else:  # inference only: oneDNN's backward of this form crashes for some channel counts
             x = self.stem.bn(_unrolled_stem(x, self.stem.conv))
         x = F.relu(F.max_pool2d(x, 2), inplace=True)  # = pool(relu(x)), on 4x fewer values
         n = None if lengths is None else -(-lengths // self.spec.stem_stride) // 2

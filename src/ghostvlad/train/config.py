@@ -56,6 +56,7 @@ class RunConfig:
     checkpoint_every: int = 500  # steps (plus every epoch end)
     log_every: int = 20  # steps
     channels_last: bool = True
+    bn_momentum: float = 0.01  # PyTorch convention; 0.01 = Keras' 0.99. Short runs need more (e.g. 0.1)
 
 
 @dataclass

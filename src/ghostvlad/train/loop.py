@@ -130,10 +130,14 @@ class Trainer:
         encoder = SpeakerEncoder(config.model)
         if init is not None:
             self._init_from(encoder, init)
+        for module in encoder.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = config.train.bn_momentum
         head_kwargs = {k: v for k, v in (("margin", config.head.margin), ("scale", config.head.scale)) if v is not None}
         head = HEADS.build(config.head.name, embed_dim=config.model.embed_dim, classes=len(self.speakers), **head_kwargs)
         self.net = Classifier(encoder, head).to(self.dist.device)
-        if config.train.channels_last:
+        if config.train.channels_last and min(m.out_channels for m in self.net.modules() if isinstance(m, nn.Conv2d)) >= 8:
+            # (oneDNN's channels-last conv backward crashes on CPU with very thin layers, e.g. width 0.125)
             self.net = self.net.to(memory_format=torch.channels_last)
         self.ddp = DistributedDataParallel(self.net) if self.dist.world > 1 else self.net
         self.frontend = Spectrogram(FrontEndConfig()).to(self.dist.device)

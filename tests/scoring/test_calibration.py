@@ -1,0 +1,226 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from scipy.stats import norm
+from typer.testing import CliRunner
+
+import ghostvlad.cli.calibrate  # noqa: F401  (registers calibrate)
+from ghostvlad.cli import app
+from ghostvlad.features import FrontEndConfig, Spectrogram
+from ghostvlad.inference import SpeakerModel, load_model
+from ghostvlad.models import EncoderConfig, SpeakerEncoder
+from ghostvlad.scoring import eer
+from ghostvlad.scoring.calibration import (
+    Calibration, CalibrationError, DecisionRule, cllr, far_threshold, fit_calibration)
+
+MU_T, MU_N, SIGMA = 0.5, 0.2, 0.1  # target / non-target cosine scores ~ N(mu, sigma^2)
+
+
+def true_llr(s):
+    """log N(s; mu_t, sigma) / N(s; mu_n, sigma): linear for equal variances."""
+    return ((MU_T - MU_N) * s - (MU_T ** 2 - MU_N ** 2) / 2) / SIGMA ** 2
+
+
+def gaussian_scores(n_target, n_non, seed=0):
+    rng = np.random.default_rng(seed)
+    scores = np.r_[rng.normal(MU_T, SIGMA, n_target), rng.normal(MU_N, SIGMA, n_non)]
+    return scores, np.r_[np.ones(n_target, int), np.zeros(n_non, int)]
+
+
+@pytest.mark.parametrize("n_target, n_non, prior", [(20000, 20000, 0.5), (3000, 30000, 0.5), (3000, 30000, 0.1)])
+def test_fitted_llr_is_close_to_the_true_llr(n_target, n_non, prior):
+    scores, labels = gaussian_scores(n_target, n_non)
+    cal = fit_calibration(scores, labels, prior=prior)
+    grid = np.linspace(MU_N - 2 * SIGMA, MU_T + 2 * SIGMA, 50)  # LLR from -12 to +12
+    assert np.abs(cal.llr(grid) - true_llr(grid)).max() < 0.5
+    assert cal.a == pytest.approx((MU_T - MU_N) / SIGMA ** 2, rel=0.03)
+    assert abs(-cal.b / cal.a - (MU_T + MU_N) / 2) < 0.005  # where LLR = 0
+    # the posterior at any prior follows Bayes' rule with the true densities
+    s = np.array([0.3, 0.35, 0.4])
+    for p in (0.5, 0.01):
+        bayes = p * norm.pdf(s, MU_T, SIGMA) / (p * norm.pdf(s, MU_T, SIGMA) + (1 - p) * norm.pdf(s, MU_N, SIGMA))
+        np.testing.assert_allclose(cal.posterior(s, p), bayes, atol=0.03)
+    assert cal.prior == prior
+    assert cllr(cal.llr(scores), labels) < cllr(np.zeros_like(scores), labels) == pytest.approx(1.0)
+
+
+def _far(scores, labels, t):
+    return np.mean(scores[labels == 0] >= t)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_thresholds_are_right_on_the_data(seed):
+    scores, labels = gaussian_scores(300, 1000, seed)
+    scores = np.round(scores, 2)  # ties
+    cal = fit_calibration(scores, labels, fars=(0.01, 0.05, 0.29))
+    assert cal.thresholds["eer"] == eer(scores, labels)[1]
+    for far in (0.01, 0.05, 0.29):
+        t = cal.thresholds[f"far@{far:g}"]
+        assert _far(scores, labels, t) <= far
+        lower = scores[scores < t].max()  # the next lower threshold accepts too many non-targets
+        assert _far(scores, labels, lower) > far
+        assert t == far_threshold(scores, labels, far)
+
+
+def test_far_threshold_hand_case():
+    # non-targets .9 .5 .4 .3 .1 .0 .0 .0 .0 .0 (10): 10% FAR allows one false accept (.9), so .5 must be rejected;
+    # the next higher score is the target .6: threshold (.5 + .6) / 2
+    scores = [0.9, 0.5, 0.4, 0.3, 0.1, 0, 0, 0, 0, 0, 0.6, 0.45]
+    labels = [0] * 10 + [1, 1]
+    assert far_threshold(scores, labels, 0.1) == pytest.approx(0.55)
+    assert far_threshold(scores, labels, 0.05) == np.nextafter(0.9, 1)  # nothing higher: just above .9
+    with pytest.raises(CalibrationError, match="false-accept rate must be in"):
+        far_threshold(scores, labels, 1.0)
+
+
+def test_fit_errors():
+    with pytest.raises(CalibrationError, match="separate targets from non-targets perfectly"):
+        fit_calibration([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0])
+    with pytest.raises(CalibrationError, match="prior must be in"):
+        fit_calibration([0.9, 0.1, 0.2], [1, 0, 1], prior=1.0)
+    with pytest.raises(CalibrationError, match="do not rise"):
+        fit_calibration([0.1, 0.2, 0.9, 0.8, 0.15], [1, 1, 0, 0, 0])
+    with pytest.raises(ValueError, match="need both target"):
+        fit_calibration([0.1, 0.2], [1, 1])
+
+
+def test_decision_rules():
+    cal = Calibration(20.0, -10.0, 0.5, {"eer": 0.45, "far@0.01": 0.6})
+
+    class Model:
+        calibration = cal.to_dict()
+        threshold = 0.3
+
+    d = DecisionRule.for_model(Model)(0.5)  # default: the eer point, with LLR and posterior
+    assert (d.accept, d.point.name, d.llr) == (True, "eer", 0.0) and d.p_same == pytest.approx(0.5)
+    assert d.explain() == "operating point eer, threshold 0.4500; LLR 0.00, P(same)=0.500 at prior 0.5"
+    d = DecisionRule.for_model(Model, "far@0.01", prior=0.2)(0.5)
+    assert d.accept is False and d.p_same == pytest.approx(0.2)
+    bayes = DecisionRule.for_model(Model, "bayes", prior=0.2)
+    assert bayes.point.threshold == pytest.approx((np.log(4) + 10) / 20)  # LLR = -logit(0.2)
+    for s in np.linspace(0.4, 0.7, 31):
+        d = bayes(s)
+        assert d.accept == (d.p_same >= 0.5 - 1e-12)
+    given = DecisionRule.for_model(Model, threshold=0.7)(0.65)
+    assert (given.accept, given.explain()) == (False, "threshold 0.7000; LLR 3.00, P(same)=0.953 at prior 0.5")
+    with pytest.raises(CalibrationError, match=r"unknown operating point 'far@0.5'; this model has: eer, far@0.01, bayes"):
+        DecisionRule.for_model(Model, "far@0.5")
+    with pytest.raises(CalibrationError, match="not both"):
+        DecisionRule.for_model(Model, "eer", threshold=0.5)
+
+    class Plain:
+        calibration = None
+        threshold = 0.3
+
+    assert DecisionRule.for_model(Plain)(0.4).explain() == "threshold 0.3000"
+    with pytest.raises(CalibrationError, match="needs a calibrated model"):
+        DecisionRule.for_model(Plain, "eer")
+    none = DecisionRule.for_model(None)(0.4)
+    assert (none.accept, none.explain()) == (None, "")
+
+
+def test_invalid_stored_calibration():
+    with pytest.raises(CalibrationError, match="invalid calibration in the model \\(KeyError"):
+        Calibration.from_dict({"b": 1.0})
+    with pytest.raises(CalibrationError, match="invalid calibration in the model"):
+        Calibration.from_dict({"a": -1.0, "b": 0.0})
+    cal = Calibration(12.5, -3.25, 0.1, {"eer": 0.3, "far@0.001": 0.5})
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+
+
+# -- stored with the model, used by the CLI --------------------------------------------------------------
+
+def tiny_model() -> SpeakerModel:
+    """Random tiny model with batch-norm statistics set on a few tones, so that embeddings differ."""
+    torch.manual_seed(0)
+    encoder = SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2))
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    rng = np.random.default_rng(0)
+    with torch.no_grad():
+        encoder.train()(Spectrogram()(torch.from_numpy(np.stack([_tone(rng, 150 + 200 * k) for k in range(6)])))[0])
+    return SpeakerModel(encoder.eval(), FrontEndConfig())
+
+
+def _tone(rng, freq, seconds=0.8):
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * freq * t) + rng.normal(0, 0.05, t.size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["model", "model.safetensors"])
+def test_calibration_is_stored_and_loaded_with_the_model(tmp_path, name):
+    model = tiny_model()
+    model.calibration = Calibration(12.5, -3.25, 0.1, {"eer": 0.3}).to_dict()
+    loaded = load_model(model.save(tmp_path / name))
+    assert loaded.calibration == model.calibration and loaded.to_config()["calibration"] == model.calibration
+    model.calibration = None
+    assert load_model(model.save(tmp_path / name)).calibration is None
+
+
+def _output(result) -> str:
+    return " ".join(result.output.split())
+
+
+def test_cli_calibrate_then_verify_reports_the_operating_point(tmp_path):
+    model = tiny_model()
+    model_dir = model.save(tmp_path / "model")
+    rng = np.random.default_rng(1)
+    files = []
+    for k in range(8):
+        files.append(f"{k}.wav")
+        sf.write(tmp_path / files[-1], _tone(rng, 150 + 90 * k, 1.0), 16000)
+    pairs = [(a, b) for i, a in enumerate(files) for b in files[i + 1:]]
+    emb = {f: model.embed(tmp_path / f) for f in files}
+    order = np.argsort([-float(emb[a] @ emb[b]) for a, b in pairs])
+    labels = np.zeros(len(pairs), int)
+    labels[order[[0, 1, 2, 3, 5, 6, 8, 11, 15]]] = 1  # mostly the highest scores: overlapping, not separable
+    trials = tmp_path / "trials.txt"
+    trials.write_text("".join(f"{y} {a} {b}\n" for y, (a, b) in zip(labels, pairs)))
+    runner = CliRunner()
+    res = runner.invoke(app, ["calibrate", "--model", str(model_dir), "--trials", str(trials), "--wav-root",
+                              str(tmp_path), "--far", "0.05", "--far", "0.1", "--cache", str(tmp_path / "cache")])
+    assert res.exit_code == 0, res.output
+    assert f"fitted on {len(pairs)} trials at prior 0.5" in _output(res) and f"stored the calibration in {model_dir}" in _output(res)
+    stored = json.loads((model_dir / "config.json").read_text())["calibration"]
+    scores = np.array([float(emb[a] @ emb[b]) for a, b in pairs])
+    expected = fit_calibration(scores, labels, fars=(0.05, 0.1))
+    assert stored["a"] == pytest.approx(expected.a, rel=1e-4) and stored["b"] == pytest.approx(expected.b, rel=1e-4)
+    assert stored["thresholds"] == pytest.approx(expected.thresholds, rel=1e-5)
+    assert set(stored["thresholds"]) == {"eer", "far@0.05", "far@0.1"}
+
+    a, b = pairs[int(order[0])]
+    score = float(emb[a] @ emb[b])
+    llr = stored["a"] * score + stored["b"]
+    verify = ["verify", str(tmp_path / a), str(tmp_path / b), "--model", str(model_dir)]
+    res = runner.invoke(app, [*verify, "--operating-point", "far@0.1", "--prior", "0.2"])
+    assert res.exit_code == 0, res.output
+    t = stored["thresholds"]["far@0.1"]
+    p = 1 / (1 + np.exp(-(llr + np.log(0.2 / 0.8))))
+    verdict = "same speaker" if score >= t else "different speakers"
+    assert _output(res) == (f"score {score:.4f} {verdict} (operating point far@0.1, threshold {t:.4f}; "
+                            f"LLR {llr:.2f}, P(same)={p:.3f} at prior 0.2)")
+    res = runner.invoke(app, verify)
+    assert f"(operating point eer, threshold {stored['thresholds']['eer']:.4f}; LLR {llr:.2f}" in _output(res)
+    res = runner.invoke(app, [*verify, "--operating-point", "far@0.5"])
+    assert res.exit_code == 1
+    assert _output(res) == (f"error: {model_dir}: unknown operating point 'far@0.5'; this model has: eer, far@0.05, "
+                            "far@0.1, bayes")
+
+
+def test_cli_calibrate_errors(tmp_path):
+    model = tiny_model()
+    model_dir = model.save(tmp_path / "model")
+    rng = np.random.default_rng(1)
+    for k in range(3):
+        sf.write(tmp_path / f"{k}.wav", _tone(rng, 150 + 400 * k, 1.0), 16000)
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 0.wav 0.wav\n0 0.wav 1.wav\n0 1.wav 2.wav\n")  # a self-trial scores 1: separable
+    res = CliRunner().invoke(app, ["calibrate", "--model", str(model_dir), "--trials", str(trials), "--wav-root",
+                                   str(tmp_path), "--cache", str(tmp_path / "cache")])
+    assert res.exit_code == 1 and _output(res).startswith(f"error: {trials}: the 3 scores separate targets")
+    assert json.loads((model_dir / "config.json").read_text())["calibration"] is None  # nothing stored

@@ -1,0 +1,422 @@
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+import ghostvlad.cli.gallery  # noqa: F401  (registers enroll, identify, gallery)
+from ghostvlad import gallery as gallery_module
+from ghostvlad.cli import app
+from ghostvlad.evaluate import model_key
+from ghostvlad.features import FrontEndConfig, Spectrogram
+from ghostvlad.gallery import APPLICATION_ID, Gallery, GalleryError, top_matches
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.models import EncoderConfig, SpeakerEncoder
+
+SPEAKERS = {"alice": 200.0, "bob": 800.0, "carol": 2500.0, "dave": 6000.0}  # one tone per "speaker"
+
+
+def _tone(rng, freq, seconds=1.0, noise=0.002):
+    t = np.arange(int(seconds * 16000)) / 16000
+    return (0.3 * np.sin(2 * np.pi * freq * t) + rng.normal(0, noise, t.size)).astype(np.float32)
+
+
+def tiny_model(seed: int = 0) -> SpeakerModel:
+    """Random tiny model with batch-norm statistics set on the speakers' tones, so that embeddings differ."""
+    torch.manual_seed(seed)
+    encoder = SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2))
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average
+    rng = np.random.default_rng(seed)
+    waves = np.stack([_tone(rng, f, 0.5, noise=0.05) for f in SPEAKERS.values()])
+    with torch.no_grad():
+        encoder.train()(Spectrogram()(torch.from_numpy(waves))[0])
+    return SpeakerModel(encoder.eval(), FrontEndConfig())
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture()
+def clips(tmp_path):
+    """Three clips per speaker (same tone, independent noise) and a silent and a too-short one."""
+    rng = np.random.default_rng(1)
+    out = {}
+    for name, freq in SPEAKERS.items():
+        out[name] = []
+        for k in range(3):
+            path = tmp_path / "wav" / f"{name}{k}.wav"
+            path.parent.mkdir(exist_ok=True)
+            sf.write(path, _tone(rng, freq), 16000, subtype="FLOAT")
+            out[name].append(path)
+    sf.write(tmp_path / "wav" / "silent.wav", np.zeros(16000, np.float32), 16000)
+    sf.write(tmp_path / "wav" / "short.wav", _tone(rng, 300.0, 0.2), 16000)
+    (tmp_path / "wav" / "bad.wav").write_bytes(b"RIFF not really audio" * 10)
+    return out
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _state(path):
+    """Everything a reader could see: both tables, through a plain SQLite connection."""
+    db = sqlite3.connect(path)
+    try:
+        speakers = db.execute("SELECT id, name, utterances, mean, created, updated FROM speakers ORDER BY id").fetchall()
+        utterances = db.execute("SELECT * FROM utterances ORDER BY id").fetchall()
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return speakers, utterances
+    finally:
+        db.close()
+
+
+def _output(result) -> str:
+    return " ".join(result.output.split())
+
+
+def test_enroll_identify_round_trip(model, clips, tmp_path):
+    db = tmp_path / "speakers.db"
+    with Gallery(db, model) as gallery:
+        for name, paths in clips.items():
+            assert gallery.enroll(name, paths[:2]) == 2
+        assert len(gallery) == 4
+        assert [(s.name, s.utterances) for s in gallery.speakers()] == [(n, 2) for n in sorted(clips)]
+        means = {n: _unit(model.embed_batch(p[:2]).mean(axis=0)) for n, p in clips.items()}
+        for name, paths in clips.items():
+            matches = gallery.identify(paths[2], top=3)
+            query = model.embed(paths[2])
+            expected = sorted(((float(means[n] @ query), n) for n in means), reverse=True)[:3]
+            assert [m.name for m in matches] == [n for _, n in expected]
+            assert matches[0].name == name and matches[0].utterances == 2
+            np.testing.assert_allclose([m.score for m in matches], [s for s, _ in expected], atol=1e-5)
+            assert all(m.accepted is None for m in matches)  # uncalibrated model without a threshold
+    with Gallery(db) as reopened:  # persisted; searchable without a model
+        assert reopened.model_key == model_key(model) and reopened.dim == 16
+        assert reopened.identify_embedding(model.embed(clips["carol"][2]), top=1)[0].name == "carol"
+
+
+def test_reenrolling_adds_and_the_mean_is_renormalised(model, clips, tmp_path):
+    with Gallery(tmp_path / "g.db", model) as gallery:
+        gallery.enroll("alice", clips["alice"][:1])
+        gallery.enroll("bob", clips["bob"][:1])
+        first = gallery.speaker("alice")
+        time.sleep(0.01)
+        assert gallery.enroll("alice", clips["alice"][1:]) == 2
+        info = gallery.speaker("alice")
+        assert info.utterances == 3 and info.created == first.created and info.updated > first.updated
+        emb = model.embed_batch(clips["alice"])
+        mean = _unit(emb.mean(axis=0))
+        probe = _unit(np.random.default_rng(0).normal(size=16))
+        match = {m.name: m.score for m in gallery.identify_embedding(probe, top=2)}
+        assert match["alice"] == pytest.approx(float(mean @ probe), abs=1e-5)
+        assert gallery.speaker("nobody") is None and len(gallery) == 2
+
+
+def test_remove_and_list(model, clips, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery(db, model) as gallery:
+        gallery.enroll("alice", clips["alice"][:2])
+        gallery.enroll("bob", clips["bob"][:1])
+        assert gallery.remove("alice") == 2
+        assert [s.name for s in gallery.speakers()] == ["bob"]
+        assert [m.name for m in gallery.identify(clips["alice"][2], top=5)] == ["bob"]
+        with pytest.raises(GalleryError, match="no speaker named 'alice'"):
+            gallery.remove("alice")
+        gallery.remove("bob")
+        with pytest.raises(GalleryError, match="the gallery is empty; enrol speakers first"):
+            gallery.identify(clips["bob"][0])
+    assert _state(db) == ([], [])
+
+
+def test_missing_and_empty_gallery_and_bad_queries(model, clips, tmp_path):
+    db = tmp_path / "new.db"
+    with pytest.raises(GalleryError, match="new.db: no such gallery$"):
+        Gallery(db)
+    with Gallery(db, model) as gallery:  # nothing is created until the first enrolment
+        assert gallery.speakers() == [] and len(gallery) == 0
+        with pytest.raises(GalleryError, match="new.db: no such gallery; enrol speakers first"):
+            gallery.identify(clips["alice"][0])
+        assert not db.exists()
+        for bad in ("", " alice", "a\nb"):
+            with pytest.raises(GalleryError, match="invalid speaker name"):
+                gallery.enroll(bad, clips["alice"][:1])
+        gallery.enroll("alice", clips["alice"][:1])
+        wav = clips["alice"][0].parent
+        with pytest.raises(ValueError, match=r"silent.wav: silent"):
+            gallery.identify(wav / "silent.wav")
+        with pytest.raises(ValueError, match=r"short.wav: too short: 0.200 s"):
+            gallery.identify(wav / "short.wav")
+        with pytest.raises(GalleryError, match="query embedding must be .* 16 values, got shape \\(3,\\)"):
+            gallery.identify_embedding(np.ones(3))
+        with pytest.raises(GalleryError, match="4-d embeddings, the gallery holds 16-d"):
+            gallery.add_embeddings({"x": np.ones((1, 4))})
+        with pytest.raises(GalleryError, match="x: 1 embeddings but 2 sources"):
+            gallery.add_embeddings({"x": np.ones((1, 16))}, {"x": ["a", "b"]})
+
+
+def test_other_model_is_refused_and_nothing_changes(model, clips, tmp_path):
+    db = tmp_path / "g.db"
+    with Gallery(db, model) as gallery:
+        gallery.enroll("alice", clips["alice"][:2])
+    before = (db.read_bytes(), os.stat(db).st_mtime_ns)
+    other = tiny_model(seed=1)
+    with pytest.raises(GalleryError) as info:
+        Gallery(db, other)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{db}: gallery was enrolled with model ")
+    assert model_key(model)[:12] in message and model_key(other)[:12] in message
+    other.save(tmp_path / "other")
+    res = CliRunner().invoke(app, ["enroll", "bob", str(clips["bob"][0]), "--model", str(tmp_path / "other"),
+                                   "--db", str(db)])
+    assert res.exit_code == 1 and "gallery was enrolled with model" in _output(res)
+    assert (db.read_bytes(), os.stat(db).st_mtime_ns) == before
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "text", "newer"])
+def test_foreign_files_are_refused_unchanged(model, clips, tmp_path, kind):
+    path = tmp_path / "foreign.db"
+    if kind == "text":
+        path.write_text("name,score\nalice,1\n" * 50)
+        reason = "not an SQLite database"
+    else:
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.execute("INSERT INTO notes VALUES ('keep me')")
+        if kind == "newer":
+            db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            db.execute("PRAGMA user_version = 99")
+        db.commit()
+        db.close()
+        reason = "an SQLite database of another application" if kind == "sqlite" else "gallery schema 99 is newer"
+    before = (path.read_bytes(), os.stat(path).st_mtime_ns)
+    for open_it in (lambda: Gallery(path), lambda: Gallery(path, model)):
+        with pytest.raises(GalleryError, match=reason) as info:
+            open_it()
+        assert "\n" not in str(info.value) and str(info.value).startswith(f"{path}: ")
+    runner = CliRunner()
+    for args in (["gallery", "list", "--db", str(path)],
+                 ["enroll", "alice", str(clips["alice"][0]), "--model", str(model.save(tmp_path / "m")), "--db", str(path)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 1 and _output(res) == f"error: {path}: not a ghostvlad gallery ({reason})" or (
+            kind == "newer" and _output(res) == f"error: {path}: {reason} than this ghostvlad supports")
+    assert (path.read_bytes(), os.stat(path).st_mtime_ns) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign.db", "m", "wav"]  # no -wal / -shm left
+
+
+def test_bad_file_refuses_the_whole_enrolment(model, clips, tmp_path):
+    db = tmp_path / "g.db"
+    bad = clips["alice"][0].parent / "bad.wav"
+    with Gallery(db, model) as gallery:
+        gallery.enroll("alice", clips["alice"][:1])
+        before = _state(db)
+        with pytest.raises(GalleryError, match=rf"{bad}: .*; nothing enrolled \(--skip-bad enrols the rest\)"):
+            gallery.enroll("alice", [clips["alice"][1], bad])
+        with pytest.raises(GalleryError, match="and 1 more bad files"):
+            gallery.enroll("bob", [bad, clips["bob"][0], bad.parent / "silent.wav"])
+        assert _state(db) == before
+        assert gallery.enroll("alice", [clips["alice"][1], bad], skip_bad=True) == 1
+        assert gallery.speaker("alice").utterances == 2
+        with pytest.raises(GalleryError, match="none of the 1 recordings could be embedded"):
+            gallery.enroll("bob", [bad], skip_bad=True)
+
+
+def test_failure_inside_the_transaction_rolls_back(model, clips, tmp_path, monkeypatch):
+    db = tmp_path / "g.db"
+    with Gallery(db, model) as gallery:
+        gallery.enroll("alice", clips["alice"][:1])
+        before = _state(db)
+        calls = []
+
+        def failing(emb):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return original(emb)
+
+        original = gallery_module._unit_mean
+        monkeypatch.setattr(gallery_module, "_unit_mean", failing)
+        with pytest.raises(KeyboardInterrupt):
+            gallery.add_embeddings({"bob": np.ones((2, 16)), "carol": np.ones((1, 16)), "alice": np.ones((1, 16))})
+        assert _state(db) == before and len(calls) == 2
+        monkeypatch.undo()
+        gallery.enroll("bob", clips["bob"][:1])  # still usable
+        assert [s.name for s in gallery.speakers()] == ["alice", "bob"]
+
+
+def test_killed_writer_leaves_the_gallery_as_it_was(tmp_path):
+    db = tmp_path / "g.db"
+    rng = np.random.default_rng(0)
+    with Gallery(db, tiny_model()) as gallery:
+        gallery.add_embeddings({"alice": rng.normal(size=(2, 16))})
+    before = _state(db)
+    flag = tmp_path / "in-transaction"
+    script = f"""
+import time, numpy as np
+from ghostvlad import gallery as g
+original, calls = g._unit_mean, []
+def slow(emb):
+    calls.append(1)
+    if len(calls) == 50:
+        open({str(flag)!r}, "w").close()
+        time.sleep(60)
+    return original(emb)
+g._unit_mean = slow
+with g.Gallery({str(db)!r}) as gal:
+    gal.add_embeddings({{f"s{{i}}": np.ones((2, 16)) for i in range(100)}})
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while not flag.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert flag.exists(), "the writer never reached its transaction"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert _state(db) == before
+    with Gallery(db) as gallery:
+        assert [s.name for s in gallery.speakers()] == ["alice"]
+        gallery.add_embeddings({"bob": np.ones((1, 16))})  # the lock was released with the process
+        assert len(gallery) == 2
+
+
+def test_concurrent_reader_sees_consistent_snapshots(tmp_path):
+    db = tmp_path / "g.db"
+    rng = np.random.default_rng(0)
+    embeddings = _unit(rng.normal(size=(150, 16)).astype(np.float32))
+    with Gallery(db, tiny_model()) as gallery:
+        gallery.add_embeddings({"s0": np.stack([embeddings[0]] * 3)})
+    done, started = threading.Event(), threading.Event()
+    problems: list[str] = []
+    reads = []
+
+    def reader():
+        raw = sqlite3.connect(db, timeout=30)
+        try:
+            with Gallery(db) as view:
+                while not done.is_set():
+                    raw.execute("BEGIN")
+                    total = raw.execute("SELECT sum(utterances) FROM speakers").fetchone()[0]
+                    rows = raw.execute("SELECT count(*) FROM utterances").fetchone()[0]
+                    raw.execute("COMMIT")
+                    counts = {s.utterances for s in view.speakers()}
+                    k = len(view) - 1
+                    top = view.identify_embedding(embeddings[k], top=1)[0]
+                    if total != rows or counts != {3} or top.score < 0.999:
+                        problems.append(f"{total} vs {rows} utterances, counts {counts}, top {top}")
+                    reads.append(k)
+                    started.set()
+        except Exception as exc:  # reported below
+            problems.append(repr(exc))
+        finally:
+            raw.close()
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    started.wait(30)
+    try:
+        with Gallery(db) as writer:
+            for i in range(1, len(embeddings)):
+                writer.add_embeddings({f"s{i}": np.stack([embeddings[i]] * 3)})
+    finally:
+        done.set()
+        thread.join()
+    assert problems == [] and len(set(reads)) > 5  # the reader saw many states of the gallery
+    with Gallery(db) as gallery:
+        assert len(gallery) == 150 and {s.utterances for s in gallery.speakers()} == {3}
+
+
+def test_search_of_100k_by_512_matches_brute_force():
+    rng = np.random.default_rng(0)
+    matrix = _unit(rng.standard_normal((100_000, 512), dtype=np.float32))
+    for q in _unit(rng.standard_normal((3, 512), dtype=np.float32)):
+        idx, scores = top_matches(matrix, q, 5)
+        brute = np.argsort(-(matrix @ q), kind="stable")[:5]  # full sort instead of a partition
+        np.testing.assert_array_equal(idx, brute)
+        np.testing.assert_allclose(scores, matrix[brute] @ q, rtol=1e-6)
+    idx, _ = top_matches(matrix[:3], q, 5)  # fewer rows than asked for
+    assert sorted(idx) == [0, 1, 2]
+
+
+def test_gallery_search_matches_brute_force(tmp_path):
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((2000, 2, 16)).astype(np.float32)
+    with Gallery(tmp_path / "g.db", tiny_model()) as gallery:
+        gallery.add_embeddings({f"spk{i:04d}": e for i, e in enumerate(emb)})
+        means = _unit(_unit(emb).mean(axis=1))
+        for q in rng.standard_normal((5, 16)).astype(np.float32):
+            brute = np.argsort(-(means @ _unit(q)))[:5]
+            assert [m.name for m in gallery.identify_embedding(q, top=5)] == [f"spk{i:04d}" for i in brute]
+
+
+def test_cli_enroll_identify_list_remove(model, clips, tmp_path):
+    model_dir = model.save(tmp_path / "model")
+    db = tmp_path / "speakers.db"
+    runner = CliRunner()
+    base = ["--model", str(model_dir), "--db", str(db)]
+    for name, paths in clips.items():
+        res = runner.invoke(app, ["enroll", name, *map(str, paths[:2]), *base])
+        assert res.exit_code == 0, res.output
+    assert "enrolled 2 recordings for dave (2 in all); " in _output(res) and "holds 4 speakers" in _output(res)
+    bad = clips["bob"][0].parent / "bad.wav"
+    res = runner.invoke(app, ["enroll", "bob", str(bad), str(clips["bob"][2]), *base])
+    assert res.exit_code == 1 and f"{bad}: " in _output(res) and "nothing enrolled" in _output(res)
+    res = runner.invoke(app, ["enroll", "bob", str(bad), str(clips["bob"][2]), *base, "--skip-bad"])
+    assert res.exit_code == 0 and f"skipped {bad}: " in _output(res) and "enrolled 1 recording for bob (3 in all)" in _output(res)
+
+    res = runner.invoke(app, ["identify", str(clips["carol"][2]), *base, "--top", "2"])
+    assert res.exit_code == 0, res.output
+    assert "best match carol" in _output(res) and "no threshold known" in _output(res)
+    res = runner.invoke(app, ["identify", str(clips["carol"][2]), *base, "--threshold", "0.5"])
+    assert "identified: carol (threshold 0.5000)" in _output(res)
+    res = runner.invoke(app, ["identify", str(clips["carol"][2]), *base, "--threshold", "1.01"])
+    assert "unknown speaker: best match carol does not pass (threshold 1.0100)" in _output(res)
+    res = runner.invoke(app, ["identify", str(clips["carol"][2]), *base, "--operating-point", "eer"])
+    assert res.exit_code == 1 and "needs a calibrated model" in _output(res)
+    res = runner.invoke(app, ["identify", str(clips["carol"][0].parent / "silent.wav"), *base])
+    assert res.exit_code == 1 and "silent.wav: silent" in _output(res)
+
+    res = runner.invoke(app, ["gallery", "list", "--db", str(db)])
+    assert res.exit_code == 0
+    lines = res.output.strip().splitlines()
+    assert [ln.split()[:2] for ln in lines[1:5]] == [["alice", "2"], ["bob", "3"], ["carol", "2"], ["dave", "2"]]
+    assert lines[-1].startswith(f"4 speakers, 9 recordings; model {model_key(model)[:12]} (resnet34s gvlad, 16-d, fp32)")
+    res = runner.invoke(app, ["gallery", "remove", "bob", "--db", str(db)])
+    assert res.exit_code == 0 and f"removed bob (3 recordings) from {db}" in _output(res)
+    res = runner.invoke(app, ["gallery", "remove", "bob", "--db", str(db)])
+    assert res.exit_code == 1 and "no speaker named 'bob'" in _output(res)
+    res = runner.invoke(app, ["identify", str(clips["alice"][2]), "--model", str(model_dir), "--db", str(tmp_path / "x.db")])
+    assert res.exit_code == 1 and "x.db: no such gallery" in _output(res) and not (tmp_path / "x.db").exists()
+
+
+def test_cli_identify_reports_the_calibrated_decision(model, clips, tmp_path):
+    calibrated = SpeakerModel(model.encoder, FrontEndConfig(),
+                              calibration={"a": 20.0, "b": -18.0, "prior": 0.5, "thresholds": {"eer": 0.9, "far@0.01": 0.95}})
+    model_dir = calibrated.save(tmp_path / "model")
+    db = tmp_path / "speakers.db"
+    runner = CliRunner()
+    for name, paths in clips.items():
+        assert runner.invoke(app, ["enroll", name, *map(str, paths[:2]), "--model", str(model_dir), "--db", str(db)]).exit_code == 0
+    with Gallery(db, model) as gallery:  # same weights: same model key, so the gallery accepts it
+        score = gallery.identify(clips["alice"][2], top=1)[0].score
+    llr = 20 * score - 18
+    res = runner.invoke(app, ["identify", str(clips["alice"][2]), "--model", str(model_dir), "--db", str(db),
+                              "--operating-point", "far@0.01", "--prior", "0.1"])
+    assert res.exit_code == 0, res.output
+    p = 1 / (1 + np.exp(-(llr + np.log(0.1 / 0.9))))
+    verdict = "identified: alice" if score >= 0.95 else "unknown speaker: best match alice does not pass"
+    assert (f"{verdict} (operating point far@0.01, threshold 0.9500; LLR {llr:.2f}, P(same)={p:.3f} at prior 0.1)"
+            in _output(res))
