@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from .features import FrontEndConfig, _source_index
 from .fileio import atomic_write
-from .inference import Embedder, SpeakerModel
+from .inference import Embedder, SpeakerModel, pad_batch
 from .modelfile import FORMAT, METADATA_KEY, VERSION, ModelFileError
 from .models import EncoderConfig
 from .models.backbones import ThinResNet, _same_pad, _time_mask, _unrolled_stem
@@ -231,13 +231,10 @@ class OnnxSpeakerModel(Embedder):
 
     def embed_waveforms(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Embed validated 16 kHz mono waveforms as one padded batch: ``(N, embed_dim)`` float32."""
-        lengths = np.array([len(w) for w in waves], dtype=np.int64)
+        batch, lengths = pad_batch(waves)
         needed = self.frontend_config.n_fft // 2 // (2 if self.frontend_config.mirror else 1)
         if lengths.min() <= needed:
             raise ValueError(f"clip too short for the front-end: {lengths.min()} samples (needs > {needed})")
-        batch = np.zeros((len(waves), lengths.max()), dtype=np.float32)
-        for i, w in enumerate(waves):
-            batch[i, : len(w)] = w
         return self.session.run([OUTPUT], dict(zip(INPUTS, (batch, lengths))))[0]
 
 

@@ -33,6 +33,15 @@ class EmbedResult:
     error: AudioError | None = None
 
 
+def pad_batch(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-padded ``(N, longest)`` float32 batch and the int64 lengths of ``waves``."""
+    lengths = np.array([len(w) for w in waves], dtype=np.int64)
+    batch = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
+    for i, w in enumerate(waves):
+        batch[i, : len(w)] = w
+    return batch, lengths
+
+
 def _source_name(item: AudioInput) -> str:
     return "<array>" if isinstance(item, np.ndarray) else str(item)
 
@@ -238,11 +247,7 @@ class SpeakerModel(Embedder):
     @torch.inference_mode()
     def embed_waveforms(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Embed validated 16 kHz mono waveforms as one padded batch: ``(N, embed_dim)`` float32."""
-        lengths = torch.tensor([len(w) for w in waves], dtype=torch.long)
-        batch = torch.zeros(len(waves), int(lengths.max()))
-        for i, w in enumerate(waves):
-            batch[i, : len(w)] = torch.from_numpy(np.asarray(w, dtype=np.float32))
-        batch, lengths = batch.to(self.device), lengths.to(self.device)
+        batch, lengths = (torch.from_numpy(a).to(self.device) for a in pad_batch(waves))
         feats, frames = self.frontend(batch, lengths)
         if bool((frames == frames[0]).all()):
             frames = None  # equal lengths: no masking needed

@@ -120,3 +120,17 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert load_checkpoint(run / CHECKPOINT_NAME)["progress"]["global_step"] == 4
+
+
+def test_augmentation_folders_reach_the_dataset(corpus, tmp_path):
+    manifest, config = corpus
+    noise = tmp_path / "musan" / "noise"
+    noise.mkdir(parents=True)
+    sf.write(noise / "n.wav", np.random.default_rng(0).normal(0, 0.1, 32000).astype(np.float32), 16000)
+    trainer = Trainer(load_config(config, [f"data.musan={tmp_path / 'musan'}", "data.augment_prob=1.0"]), manifest,
+                      tmp_path / "run", progress=False)
+    clean = Trainer(load_config(config), manifest, tmp_path / "clean", progress=False)
+    noisy_crop, _ = trainer.dataset[0]
+    clean_crop, _ = clean.dataset[0]
+    assert trainer.dataset.augment is not None and clean.dataset.augment is None
+    assert not np.allclose(noisy_crop, clean_crop)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +29,7 @@ from .shards import ShardIndex, iter_shard_samples, read_index
 HOP_LENGTH = 160
 REVERSE_PROB = 0.3
 PARTIAL_READ_SUFFIXES = frozenset({".wav", ".flac"})  # libsndfile seeks these sample-exactly and cheaply
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 _DURATION_TOLERANCE = 16  # samples (1 ms) between the manifest's duration and the file's
 
 
@@ -179,6 +180,7 @@ class CropDataset(Dataset):
         self.paths = np.array([os.fsencode(p) for p in manifest.paths], dtype=np.bytes_)
         self.durations = np.asarray(manifest.durations, dtype=np.float32)
         self.seed, self.frames = seed, frames
+        self.augment: Augment | None = None  # e.g. data.augment.Augmenter; its rng is seeded like the crop's
         self._epoch = _SharedEpoch()
 
     def __len__(self) -> int:
@@ -195,6 +197,8 @@ class CropDataset(Dataset):
         i = int(i)
         rng = np.random.default_rng([self.seed, self.epoch, i])
         crop = read_crop(os.fsdecode(self.paths[i]), rng, float(self.durations[i]), self.frames)
+        if self.augment is not None:
+            crop = self.augment(crop, np.random.default_rng([self.seed, self.epoch, i, 1]))
         return crop, int(self.labels[i])
 
 
@@ -219,6 +223,7 @@ class ShardCropDataset(IterableDataset):
         if unknown:
             raise ValueError(f"{len(unknown)} shard speaker(s) not in speaker_ids, e.g. {unknown[0]!r}")
         self.seed, self.frames, self.shuffle_buffer = seed, frames, shuffle_buffer
+        self.augment: Augment | None = None
         self.rank, self.world = _rank_world(rank, world)
         if len(self.index.shards) < self.world:
             raise ValueError(f"{len(self.index.shards)} shard(s) cannot feed {self.world} ranks; write smaller shards")
@@ -250,6 +255,8 @@ class ShardCropDataset(IterableDataset):
         for sample in iter_shard_samples(self.index, shards, self.shuffle_buffer, shuffle):
             rng = np.random.default_rng([self.seed, epoch, sample.index])
             crop = crop_soundfile(io.BytesIO(sample.audio), rng, sample.duration, self.frames, sample.source)
+            if self.augment is not None:
+                crop = self.augment(crop, np.random.default_rng([self.seed, epoch, sample.index, 1]))
             yield crop, self._labels[sample.speaker]
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..data.augment import Augmenter
 from ..data.dataset import CropDataset, ShardCropDataset
 from ..data.manifest import read_manifest
 from ..data.shards import INDEX_NAME
@@ -125,6 +126,7 @@ class Trainer:
         self.dist = distributed.setup(device)
         torch.manual_seed(config.train.seed)
         self.dataset, self.speakers, size = self._dataset(Path(data))
+        self.dataset.augment = Augmenter.from_dirs(config.data.musan, config.data.rir, config.data.augment_prob)
         self.batches = EpochBatches(size, config.train.batch_size, self.dist.rank, self.dist.world,
                                     config.train.seed, config.train.steps_per_epoch)
         encoder = SpeakerEncoder(config.model)
