@@ -134,3 +134,12 @@ def test_augmentation_folders_reach_the_dataset(corpus, tmp_path):
     clean_crop, _ = clean.dataset[0]
     assert trainer.dataset.augment is not None and clean.dataset.augment is None
     assert not np.allclose(noisy_crop, clean_crop)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(corpus, tmp_path):
+    manifest, config = corpus
+    run = tmp_path / "run"
+    Trainer(load_config(config), manifest, run, progress=False).run(max_steps=1)
+    (run / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="checkpoint.pt: unreadable checkpoint"):
+        Trainer(load_config(config), manifest, run, progress=False).run()

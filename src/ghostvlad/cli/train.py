@@ -23,6 +23,7 @@ def train(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..audio import AudioError
+    from ..train.checkpoint import CheckpointError
     from ..train.config import load_config
     from ..train.loop import Trainer, TrainError
 
@@ -47,7 +48,7 @@ def train(
     try:
         with bar:
             state = trainer.run(max_steps=max_steps, on_log=on_log)
-    except (TrainError, AudioError) as exc:
+    except (TrainError, AudioError, CheckpointError) as exc:
         fail(str(exc))
     if main:
         best = "" if state.best == float("inf") else f", best {'EER' if cfg.valid.trials else 'loss'} {state.best:.4f}"

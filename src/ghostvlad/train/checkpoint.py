@@ -13,7 +13,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 class CheckpointError(ValueError):
-    pass
+    """A missing, corrupt or unsafe checkpoint file."""
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -42,7 +42,7 @@ METRIC_FIELDS = ["time", "epoch", "step", "global_step", "loss", "acc", "lr", "c
 
 
 class TrainError(ValueError):
-    pass
+    """A training setup problem, reported as one line."""
 
 
 class Classifier(nn.Module):
