@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Speaker recognition with Thin-ResNet34 + GhostVLAD.")
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)  # one message, one line: never wrap
+out = Console(soft_wrap=True)
 
 # glibc returns big activation buffers to the OS after every layer; these tunables keep them (measured:
 # batched inference ~1.5x faster on CPU). Set before the process starts, hence the re-exec in main().

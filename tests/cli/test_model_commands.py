@@ -1,0 +1,86 @@
+"""The model commands through the CLI: embed (bad files, exit status), convert-keras, info, verify."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from ghostvlad.cli import app
+from ghostvlad.features import FrontEndConfig
+from ghostvlad.inference import SpeakerModel, load_model
+from ghostvlad.models import EncoderConfig, SpeakerEncoder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))
+from keras_fixture import write_keras_h5  # noqa: E402
+
+runner = CliRunner()
+
+
+def model_dir(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    enc = SpeakerEncoder(EncoderConfig(width=0.125, clusters=4, ghost_clusters=2, descriptor_dim=16, embed_dim=12))
+    return SpeakerModel(enc, FrontEndConfig()).save(tmp_path / "model")
+
+
+def clips(tmp_path: Path, n: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        paths.append(str(tmp_path / f"c{i}.wav"))
+        sf.write(paths[-1], rng.normal(0, 0.1, 12000 + 3000 * i).astype(np.float32), 16000)
+    return paths
+
+
+def test_embed_reports_bad_files_and_keeps_the_rest(tmp_path):
+    good = clips(tmp_path, 2)
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    missing = str(tmp_path / "missing.wav")
+    out = tmp_path / "emb.npz"
+    res = runner.invoke(app, ["embed", good[0], missing, str(corrupt), good[1], "-m", str(model_dir(tmp_path)),
+                              "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "missing.wav" in res.output and "corrupt.wav" in res.output
+    assert "2 of 4 files failed" in res.output
+    data = np.load(out)
+    assert list(data["paths"]) == good and data["embeddings"].shape == (2, 12)
+    np.testing.assert_allclose(data["embeddings"][1], load_model(tmp_path / "model").embed(good[1]), atol=1e-5)
+
+
+def test_embed_fails_when_nothing_could_be_embedded(tmp_path):
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"{tmp_path / 'a.wav'}\n{tmp_path / 'b.wav'}\n")
+    res = runner.invoke(app, ["embed", "--list", str(listing), "-m", str(model_dir(tmp_path)), "-o",
+                              str(tmp_path / "e.npz")])
+    assert res.exit_code != 0
+    assert "none of the 2 files could be embedded" in res.output
+    assert not (tmp_path / "e.npz").exists()
+
+
+def test_convert_keras_then_info_and_verify(tmp_path):
+    h5 = tmp_path / "weights.h5"
+    write_keras_h5(h5, backbone="resnet34s", width=0.125, pooling="gvlad", clusters=3, ghost_clusters=1,
+                   descriptor_dim=8, embed_dim=8)
+    out = tmp_path / "converted"
+    res = runner.invoke(app, ["convert-keras", str(h5), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    model = load_model(out)
+    assert (model.config.pooling, model.config.clusters, model.config.ghost_clusters) == ("gvlad", 3, 1)
+    assert model.frontend_config.mirror  # the original's test-time extension is on for converted models
+    info = runner.invoke(app, ["info", str(out)])
+    assert info.exit_code == 0 and '"clusters": 3' in info.output
+    a, b = clips(tmp_path, 2)
+    res = runner.invoke(app, ["verify", a, b, "--model", str(out)])
+    assert res.exit_code == 0 and res.output.startswith("score ")
+
+
+def test_convert_keras_mismatch_names_the_layer(tmp_path):
+    h5 = tmp_path / "weights.h5"
+    write_keras_h5(h5, backbone="resnet34s", width=0.125, pooling="gvlad", clusters=3, ghost_clusters=1,
+                   descriptor_dim=8, embed_dim=8)
+    res = runner.invoke(app, ["convert-keras", str(h5), "--out", str(tmp_path / "m"), "--clusters", "8"])
+    assert res.exit_code != 0
+    assert "gvlad_center_assignment" in res.output
+    assert not (tmp_path / "m").exists()
