@@ -213,6 +213,8 @@ class Trainer:
                                  "use a new --out or the same settings to resume")
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            for stale in [*self.out.glob(".*.tmp"), *(self.out / RUN_MODEL_DIR).glob(".*.tmp")]:
+                stale.unlink()  # half-written files of a killed run (atomic_write's temporaries)
             atomic_write_text(config_path, text)
             atomic_write_text(self.out / SPEAKERS_NAME, "\n".join(self.speakers) + "\n")
 
