@@ -167,7 +167,10 @@ class Trainer:
         return CropDataset(manifest, seed=cfg.train.seed, frames=cfg.data.frames), manifest.speaker_ids(), len(manifest)
 
     def _init_from(self, encoder: SpeakerEncoder, init: str | os.PathLike) -> None:
-        source = load_model(init).encoder
+        model = load_model(init)
+        if not isinstance(model, SpeakerModel):
+            raise TrainError(f"{init}: --init needs a PyTorch model (directory, .safetensors or run folder)")
+        source = model.encoder
         if source.config != encoder.config:
             raise TrainError(f"{init}: its network ({source.config}) differs from the config's ({encoder.config})")
         encoder.load_state_dict(source.state_dict())
