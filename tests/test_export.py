@@ -201,3 +201,19 @@ def test_cli_export_then_embed_and_verify(tmp_path):
     assert res.exit_code == 1 and "export needs a ghostvlad model directory" in " ".join(res.output.split())
     res = runner.invoke(app, ["export", "-m", str(model_dir), "-f", "tflite", "-o", str(tmp_path / "m.tfl")])
     assert res.exit_code == 2 and "tflite" in res.output
+
+
+def test_evaluate_and_its_cache_work_with_onnx_models(mirrored, tmp_path):
+    from ghostvlad.evaluate import evaluate
+
+    torch_model, onnx_model = mirrored
+    for i in range(4):
+        sf.write(tmp_path / f"{i}.wav", clip(12000 + 2000 * i, i), 16000)
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 0.wav 1.wav\n0 0.wav 2.wav\n1 2.wav 3.wav\n0 1.wav 3.wav\n")
+    first = evaluate(onnx_model, trials, tmp_path, cache_dir=tmp_path / "cache")
+    again = evaluate(onnx_model, trials, tmp_path, cache_dir=tmp_path / "cache")
+    reference = evaluate(torch_model, trials, tmp_path, cache_dir=tmp_path / "cache")
+    assert (first.computed, again.computed, again.cached) == (4, 0, 4)
+    assert onnx_model.cache_key() != torch_model.cache_key() and reference.computed == 4
+    np.testing.assert_allclose(first.scores, reference.scores, atol=1e-4)
