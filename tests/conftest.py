@@ -6,3 +6,26 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by subprocesses (CLI,
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+def calibrated_tiny_model(waves, seed: int = 0, mirror: bool = False, **model_kwargs):
+    """A random tiny model whose BatchNorm statistics are set on ``waves`` (N equal-length float32 clips).
+
+    An untrained model with default statistics embeds everything almost identically; with statistics taken
+    from the test signals, their embeddings differ. ``model_kwargs`` go to :class:`SpeakerModel`.
+    """
+    import numpy as np
+
+    from ghostvlad.features import FrontEndConfig, Spectrogram
+    from ghostvlad.inference import SpeakerModel
+    from ghostvlad.models import EncoderConfig, SpeakerEncoder
+
+    torch.manual_seed(seed)
+    encoder = SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2))
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average
+    with torch.no_grad():
+        encoder.train()(Spectrogram()(torch.from_numpy(np.stack(waves)))[0])
+    return SpeakerModel(encoder.eval(), FrontEndConfig(mirror=mirror), **model_kwargs)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.signal as sps
 import soundfile as sf
-import torch
+from conftest import calibrated_tiny_model
 from pyannote.core import Annotation, Timeline
 from pyannote.core import Segment as Turn
 from pyannote.database.util import load_rttm
@@ -14,11 +14,16 @@ from typer.testing import CliRunner
 
 from ghostvlad.cli import app
 from ghostvlad.diarize import (
-    Segment, VadConfig, _frame_labels, cluster, diarize, rttm_lines, speech_regions, write_rttm,
+    Segment,
+    VadConfig,
+    _frame_labels,
+    cluster,
+    diarize,
+    rttm_lines,
+    speech_regions,
+    write_rttm,
 )
-from ghostvlad.features import FrontEndConfig, Spectrogram
 from ghostvlad.inference import SpeakerModel
-from ghostvlad.models import EncoderConfig, SpeakerEncoder
 
 RATE = 16000
 KINDS = ("low", "mid", "high")  # "speakers" that the untrained tiny model below tells apart
@@ -46,17 +51,8 @@ def pause(seconds: float, rng: np.random.Generator) -> np.ndarray:
 @pytest.fixture(scope="module")
 def model() -> SpeakerModel:
     """Random tiny model; batch-norm statistics set on the three signal kinds so that their embeddings differ."""
-    torch.manual_seed(0)
-    encoder = SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2))
-    for module in encoder.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
     rng = np.random.default_rng(0)
-    feats, _ = Spectrogram()(torch.from_numpy(np.stack([voice(k, 1.0, rng) for k in KINDS])))
-    with torch.no_grad():
-        encoder.train()(feats)
-    return SpeakerModel(encoder.eval(), FrontEndConfig())
+    return calibrated_tiny_model([voice(k, 1.0, rng) for k in KINDS])
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
+from conftest import calibrated_tiny_model
 from typer.testing import CliRunner
 
 from ghostvlad import evaluate as ev
@@ -12,9 +12,8 @@ from ghostvlad import metrics
 from ghostvlad.cli import app
 from ghostvlad.data.trials import read_trials
 from ghostvlad.evaluate import EvalError, evaluate, read_cohort, write_outputs
-from ghostvlad.features import FrontEndConfig, Spectrogram
+from ghostvlad.features import FrontEndConfig
 from ghostvlad.inference import SpeakerModel
-from ghostvlad.models import EncoderConfig, SpeakerEncoder
 from ghostvlad.scoring import as_norm, eer, min_dcf
 from ghostvlad.scoring.asnorm import cohort_scores
 
@@ -24,17 +23,8 @@ SPEAKERS = {"a": 220.0, "b": 330.0, "c": 500.0}
 
 def tiny_model(seed: int = 0) -> SpeakerModel:
     """Random tiny model; batch-norm statistics set on a few tones so that embeddings differ (cosines ~0.5-0.95)."""
-    torch.manual_seed(seed)
-    encoder = SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2))
-    for module in encoder.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average
     rng = np.random.default_rng(seed)
-    feats, _ = Spectrogram()(torch.from_numpy(np.stack([_clip(rng, 100.0 + 90 * k, 0.5) for k in range(6)])))
-    with torch.no_grad():
-        encoder.train()(feats)
-    return SpeakerModel(encoder.eval(), FrontEndConfig())
+    return calibrated_tiny_model([_clip(rng, 100.0 + 90 * k, 0.5) for k in range(6)], seed)
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,16 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
+from conftest import calibrated_tiny_model
 from typer.testing import CliRunner
 
 import ghostvlad.cli.gallery  # noqa: F401  (registers enroll, identify, gallery)
 from ghostvlad import gallery as gallery_module
 from ghostvlad.cli import app
 from ghostvlad.evaluate import model_key
-from ghostvlad.features import FrontEndConfig, Spectrogram
+from ghostvlad.features import FrontEndConfig
 from ghostvlad.gallery import APPLICATION_ID, Gallery, GalleryError, top_matches
 from ghostvlad.inference import SpeakerModel
-from ghostvlad.models import EncoderConfig, SpeakerEncoder
 
 SPEAKERS = {"alice": 200.0, "bob": 800.0, "carol": 2500.0, "dave": 6000.0}  # one tone per "speaker"
 
@@ -31,17 +30,8 @@ def _tone(rng, freq, seconds=1.0, noise=0.002):
 
 def tiny_model(seed: int = 0) -> SpeakerModel:
     """Random tiny model with batch-norm statistics set on the speakers' tones, so that embeddings differ."""
-    torch.manual_seed(seed)
-    encoder = SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2))
-    for module in encoder.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average
     rng = np.random.default_rng(seed)
-    waves = np.stack([_tone(rng, f, 0.5, noise=0.05) for f in SPEAKERS.values()])
-    with torch.no_grad():
-        encoder.train()(Spectrogram()(torch.from_numpy(waves))[0])
-    return SpeakerModel(encoder.eval(), FrontEndConfig())
+    return calibrated_tiny_model([_tone(rng, f, 0.5, noise=0.05) for f in SPEAKERS.values()], seed)
 
 
 @pytest.fixture(scope="module")

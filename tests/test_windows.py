@@ -1,13 +1,11 @@
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
+from conftest import calibrated_tiny_model
 from typer.testing import CliRunner
 
 from ghostvlad.cli import app
-from ghostvlad.features import FrontEndConfig, Spectrogram
 from ghostvlad.inference import SpeakerModel
-from ghostvlad.models import EncoderConfig, SpeakerEncoder
 from ghostvlad.windows import embed_windows, iter_windows, window_bounds
 
 RATE = 16000
@@ -21,16 +19,7 @@ def clip(seconds: float, seed: int = 0) -> np.ndarray:
 
 def tiny_model(mirror: bool = False, batch_frames: int = 3200) -> SpeakerModel:
     """Random tiny model with batch-norm statistics set on a few clips, so that embeddings differ."""
-    torch.manual_seed(0)
-    encoder = SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2))
-    for module in encoder.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
-    feats, _ = Spectrogram()(torch.from_numpy(np.stack([clip(0.5, k) for k in range(4)])))
-    with torch.no_grad():
-        encoder.train()(feats)
-    return SpeakerModel(encoder.eval(), FrontEndConfig(mirror=mirror), batch_frames=batch_frames)
+    return calibrated_tiny_model([clip(0.5, k) for k in range(4)], mirror=mirror, batch_frames=batch_frames)
 
 
 @pytest.fixture(scope="module")

@@ -3,18 +3,22 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
+from conftest import calibrated_tiny_model
 from scipy.stats import norm
 from typer.testing import CliRunner
 
 import ghostvlad.cli.calibrate  # noqa: F401  (registers calibrate)
 from ghostvlad.cli import app
-from ghostvlad.features import FrontEndConfig, Spectrogram
 from ghostvlad.inference import SpeakerModel, load_model
-from ghostvlad.models import EncoderConfig, SpeakerEncoder
 from ghostvlad.scoring import eer
 from ghostvlad.scoring.calibration import (
-    Calibration, CalibrationError, DecisionRule, cllr, far_threshold, fit_calibration)
+    Calibration,
+    CalibrationError,
+    DecisionRule,
+    cllr,
+    far_threshold,
+    fit_calibration,
+)
 
 MU_T, MU_N, SIGMA = 0.5, 0.2, 0.1  # target / non-target cosine scores ~ N(mu, sigma^2)
 
@@ -135,16 +139,8 @@ def test_invalid_stored_calibration():
 
 def tiny_model() -> SpeakerModel:
     """Random tiny model with batch-norm statistics set on a few tones, so that embeddings differ."""
-    torch.manual_seed(0)
-    encoder = SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2))
-    for module in encoder.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.reset_running_stats()
-            module.momentum = None
     rng = np.random.default_rng(0)
-    with torch.no_grad():
-        encoder.train()(Spectrogram()(torch.from_numpy(np.stack([_tone(rng, 150 + 200 * k) for k in range(6)])))[0])
-    return SpeakerModel(encoder.eval(), FrontEndConfig())
+    return calibrated_tiny_model([_tone(rng, 150 + 200 * k) for k in range(6)])
 
 
 def _tone(rng, freq, seconds=0.8):
