@@ -143,3 +143,17 @@ def test_corrupt_checkpoint_is_a_clear_error(corpus, tmp_path):
     (run / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="checkpoint.pt: unreadable checkpoint"):
         Trainer(load_config(config), manifest, run, progress=False).run()
+
+
+def test_validation_picks_the_model_and_stores_its_threshold(corpus, tmp_path):
+    manifest, config = corpus
+    root = manifest.parent
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 id00000/vid/00000.wav id00000/vid/00001.wav\n0 id00000/vid/00000.wav id00001/vid/00000.wav\n"
+                      "1 id00002/vid/00002.wav id00002/vid/00003.wav\n0 id00002/vid/00002.wav id00003/vid/00001.wav\n"
+                      "0 id00000/vid/00000.wav missing/vid/00000.wav\n")
+    cfg = load_config(config, ["train.epochs=1", f"valid.trials={trials}", f"valid.wav_root={root}"])
+    Trainer(cfg, manifest, tmp_path / "run", progress=False).run()
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert rows[-1].split(",")[-1] != ""  # the epoch row carries the validation EER
+    assert load_model(tmp_path / "run").threshold is not None

@@ -6,6 +6,7 @@ import csv
 import itertools
 import math
 import os
+import tempfile
 import time
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -22,13 +23,12 @@ from ..data.augment import Augmenter
 from ..data.dataset import CropDataset, ShardCropDataset
 from ..data.manifest import read_manifest
 from ..data.shards import INDEX_NAME
-from ..data.trials import read_trials
+from ..evaluate import evaluate
 from ..features import FrontEndConfig, Spectrogram
 from ..fileio import atomic_write_text
 from ..inference import SpeakerModel, load_model
-from ..models import HEADS, SpeakerEncoder
 from ..modelfile import RUN_MODEL_DIR
-from ..scoring.metrics import eer as compute_eer
+from ..models import HEADS, SpeakerEncoder
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_config, load_config
@@ -101,20 +101,15 @@ def _head_margin(head: nn.Module, margin: float | None) -> None:
 
 
 def _validate(encoder: SpeakerEncoder, config: TrainConfig, device: torch.device) -> tuple[float, float]:
-    """EER and its threshold on the validation trials (whole utterances, exact batching)."""
-    trials = read_trials(config.valid.trials)
+    """EER and its threshold on the validation trials (whole utterances, exact batching), via :func:`evaluate`."""
     root = Path(config.valid.wav_root or Path(config.valid.trials).parent)
     model = SpeakerModel(copy.deepcopy(encoder).float(), FrontEndConfig(), device=device)
-    files = trials.files()
-    emb = {}
-    for r in model.iter_embeddings([str(root / f) for f in files]):
-        if r.embedding is not None:
-            emb[files[r.index]] = r.embedding
-    keep = [i for i, (a, b) in enumerate(zip(trials.enroll, trials.test)) if a in emb and b in emb]
-    if not keep:
-        raise TrainError(f"{config.valid.trials}: no trial could be scored (check valid.wav_root)")
-    scores = np.array([float(emb[trials.enroll[i]] @ emb[trials.test[i]]) for i in keep])
-    return compute_eer(scores, trials.labels[keep])
+    with tempfile.TemporaryDirectory() as cache:  # the weights change every epoch: nothing worth keeping
+        try:
+            summary = evaluate(model, config.valid.trials, root, cache_dir=cache).summary
+        except ValueError as exc:
+            raise TrainError(f"validation: {exc}") from None
+    return summary["eer"], summary["threshold"]
 
 
 class Trainer:
