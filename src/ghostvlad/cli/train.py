@@ -25,12 +25,14 @@ def train(
     from ..audio import AudioError
     from ..train.checkpoint import CheckpointError
     from ..train.config import load_config
+    from ..train.distributed import teardown
     from ..train.loop import Trainer, TrainError
 
     try:
         cfg = load_config(config, overrides or [])
         trainer = Trainer(cfg, data, out_dir, init=init, device=device)
     except (TrainError, ValueError) as exc:
+        teardown()
         fail(str(exc))
     main = trainer.dist.main
     bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -50,6 +52,8 @@ def train(
             state = trainer.run(max_steps=max_steps, on_log=on_log)
     except (TrainError, AudioError, CheckpointError) as exc:
         fail(str(exc))
+    finally:
+        teardown()
     if main:
         best = "" if state.best == float("inf") else f", best {'EER' if cfg.valid.trials else 'loss'} {state.best:.4f}"
         out.print(f"{out_dir}: epoch {state.epoch}/{trainer.total_epochs}, step {state.global_step}{best}; "

@@ -306,6 +306,7 @@ class Trainer:
                     self.save()
                 if max_steps is not None and self.state.global_step >= max_steps:
                     self.save()
+                    distributed.barrier(self.dist)
                     return self.state
                 fetch = time.perf_counter()
             self._end_epoch(epoch, float(np.mean(losses)) if losses else math.inf)
