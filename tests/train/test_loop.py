@@ -113,7 +113,7 @@ def test_changed_config_on_an_existing_run_is_refused(corpus, tmp_path):
 def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     manifest, config = corpus
     run = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29731",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "ghostvlad", "train", "--config", str(config), "--data", str(manifest), "--out", str(run),
            "--max-steps", "4", "train.epochs=1", "train.steps_per_epoch=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
