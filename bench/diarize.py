@@ -8,7 +8,8 @@ turn order and concatenated with 0.2-0.8 s pauses of faint noise, so the true tu
   clustering) on ``--minutes`` of that conversation (repeated as needed), with the released configuration
   (``EncoderConfig()``, random weights) or ``--model``;
 * the diarization error rate (``pyannote.metrics``; no collar and a 0.25 s collar) of the conversation, with the
-  number of speakers given and estimated, next to putting all speech on one speaker. With random weights the
+  number of speakers given and estimated (from the model's threshold when it has one, and from the eigengap), next
+  to putting all speech on one speaker; ``--seed`` changes the pauses between turns. With random weights the
   DER is meaningless (only the speech detection is measured): pass a trained model (``--model demo/run``).
 
     python bench/diarize.py [--model DIR] [--corpus DIR] [--speakers 4] [--minutes 3] [--threads 2]
@@ -128,10 +129,15 @@ def main() -> None:
     single = Annotation(uri="conversation")
     for region in reference.get_timeline().support():
         single[region] = "one"
+    threshold = model.threshold
     runs = {"all speech one speaker (true turns)": single}
     t0 = time.perf_counter()
     runs["speakers given"] = hypothesis(diarize(model, wave, len(reference.labels())))
-    runs["speakers estimated"] = hypothesis(diarize(model, wave))
+    if threshold is not None:
+        runs[f"estimated, model threshold {threshold:.3f}"] = hypothesis(diarize(model, wave))
+    model.threshold = None  # the eigengap estimate, as for a model without a threshold
+    runs["estimated, eigengap"] = hypothesis(diarize(model, wave))
+    model.threshold = threshold
     t_der = time.perf_counter() - t0
     print(f"{'DER on the conversation':<40} {'collar 0':>8} {'0.25 s':>8} {'speakers':>8}")
     for name, hyp in runs.items():
@@ -147,7 +153,7 @@ def main() -> None:
     total = components["total"]
     print(f"speech detection alone: missed {components['missed detection'] / total:.3f}, "
           f"false alarm {components['false alarm'] / total:.3f} (of {total:.1f} s speech); "
-          f"two diarizations took {t_der:.1f} s")
+          f"{len(runs) - 1} diarizations took {t_der:.1f} s")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from ghostvlad.diarize import (
     VadConfig,
     _frame_labels,
     cluster,
+    count_speakers,
     diarize,
     rttm_lines,
     speech_regions,
@@ -119,6 +120,47 @@ def test_clustering_of_given_embeddings():
         cluster(x, speakers=0)
 
 
+def _count_by_brute_force(x: np.ndarray, threshold: float, min_share: float) -> int:
+    """Reference for count_speakers: recompute every cluster mean and every pair at each merge."""
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    groups = [[i] for i in range(len(x))]
+    while len(groups) > 1:
+        means = np.stack([x[g].sum(axis=0) for g in groups])
+        means /= np.linalg.norm(means, axis=1, keepdims=True)
+        sim = means @ means.T
+        np.fill_diagonal(sim, -np.inf)
+        i, j = np.unravel_index(np.argmax(sim), sim.shape)
+        if sim[i, j] < threshold:
+            break
+        groups[i] += groups.pop(j)
+    return max(1, sum(len(g) >= min_share * len(x) for g in groups))
+
+
+def test_speaker_count_from_a_threshold_on_cluster_means():
+    rng = np.random.default_rng(0)
+    centres = np.eye(16)[:3] * 3
+    sizes = (20, 7, 30)
+    x = np.concatenate([c + 0.3 * rng.normal(size=(n, 16)) for c, n in zip(centres, sizes)])
+    stray = np.eye(16)[[5]]  # one window unlike all the others: 1/58 of them, under the default 5 %
+    both = np.concatenate([x, stray])
+    assert count_speakers(both, 0.5) == 3
+    assert count_speakers(both, 0.5, min_share=0.0) == 4
+    assert count_speakers(both, -1.0) == 1  # everything is one speaker
+    assert count_speakers(both, 1.01) == 1 and count_speakers(both, 1.01, min_share=0.0) == 58  # nothing merges
+    assert count_speakers(x[:0], 0.5) == 1
+    # hand-checked: 0 and 30 degrees merge first (cos 30 = 0.866); their mean, at 15, is 45 from 60 (cos 0.707)
+    angles = np.radians([0.0, 30.0, 60.0])
+    arc = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    assert count_speakers(arc, 0.85, min_share=0.0) == 2 and count_speakers(arc, 0.7, min_share=0.0) == 1
+    noisy = rng.normal(size=(60, 8)) + rng.normal(size=(4, 8))[rng.integers(0, 4, 60)]
+    for threshold in (0.2, 0.4, 0.6, 0.8):
+        for share in (0.0, 0.05):
+            assert count_speakers(noisy, threshold, share) == _count_by_brute_force(noisy, threshold, share)
+    with pytest.raises(ValueError, match="min_share must be in"):
+        count_speakers(x, 0.5, min_share=1.0)
+    assert len(set(cluster(both, threshold=0.5))) == 3 and len(set(cluster(both, max_speakers=2, threshold=0.5))) == 2
+
+
 def test_overlapping_windows_resolve_by_majority_then_nearest_centre():
     rng = np.random.default_rng(0)
     starts = np.arange(12) * 0.5
@@ -152,6 +194,17 @@ def test_diarize_conversation_of_distinct_signals(model, conversation):
     assert len({s.speaker for s in diarize(model, wave, speakers=2)}) == 2
 
 
+def test_diarize_counts_speakers_with_the_models_threshold(model, conversation, monkeypatch):
+    wave, reference = conversation
+    duration = len(wave) / RATE
+    monkeypatch.setattr(model, "threshold", 0.9)  # between the three kinds' window similarities (0.74-0.84 vs 0.98)
+    stored = diarize(model, wave)
+    assert len({s.speaker for s in stored}) == 3 and der(reference, annotation(stored), duration) < 0.05
+    assert len({s.speaker for s in diarize(model, wave, threshold=0.5)}) == 1  # an explicit threshold wins
+    monkeypatch.setattr(model, "threshold", 0.5)
+    assert len({s.speaker for s in diarize(model, wave)}) == 1
+
+
 def test_rttm_format_and_atomic_write(tmp_path):
     segments = [Segment(0.0, 1.25, "SPEAKER_00"), Segment(1.5, 3.0, "SPEAKER_01"), Segment(3.2, 4.0, "SPEAKER_00")]
     path = tmp_path / "out" / "conv.rttm"
@@ -178,10 +231,14 @@ def test_cli_diarize_end_to_end(model, conversation, tmp_path):
     rttm = tmp_path / "conv.rttm"
     result = runner.invoke(app, ["diarize", str(audio), "-m", str(tmp_path / "model"), "--out", str(rttm)])
     assert result.exit_code == 0, result.output
-    assert "3 speaker(s)" in " ".join(result.output.split())
+    assert "3 speaker(s) (estimated with the eigengap)" in " ".join(result.output.split())
     hypothesis = load_rttm(rttm)["conv"]
     assert der(reference, hypothesis, len(wave) / RATE) < 0.05
     printed = runner.invoke(app, ["diarize", str(audio), "-m", str(tmp_path / "model"), "--speakers", "3"])
     assert printed.exit_code == 0 and printed.output.splitlines()[0].startswith("SPEAKER conv 1 0.000 ")
+    lenient = runner.invoke(app, ["diarize", str(audio), "-m", str(tmp_path / "model"), "--out", str(rttm),
+                                  "--threshold", "0.5"])
+    assert lenient.exit_code == 0
+    assert "1 speaker(s) (estimated with threshold 0.500)" in " ".join(lenient.output.split())
     missing = runner.invoke(app, ["diarize", str(tmp_path / "nope.wav"), "-m", str(tmp_path / "model")])
     assert missing.exit_code == 1 and "nope.wav: file not found" in " ".join(missing.output.split())

@@ -9,10 +9,14 @@
    (:mod:`ghostvlad.windows`); a window never spans a pause. All windows have the same length (the last one of a
    region ends at the region's end), except for a region shorter than a window, which is one window.
 3. **Clustering** (:func:`cluster`): spectral clustering (scikit-learn) of a graph that links each window to its
-   ``p >= 2`` most cosine-similar windows. The number of speakers, when not given, is the position of the largest
-   eigengap of the graph Laplacian (at most ``max_speakers``), and ``p`` is the one that makes that gap most
-   pronounced relative to the spectrum: the normalised maximum eigengap (NME) of Park et al., "Auto-tuning
-   spectral clustering for speaker diarization using normalized maximum eigengap", IEEE SPL 2019.
+   ``p >= 2`` most cosine-similar windows, ``p`` chosen as the one that makes the eigengap of the graph Laplacian
+   most pronounced relative to the spectrum (the normalised maximum eigengap, NME, of Park et al., "Auto-tuning
+   spectral clustering for speaker diarization using normalized maximum eigengap", IEEE SPL 2019). The number of
+   speakers, when not given, comes from the model's same-speaker ``threshold`` when there is one
+   (:func:`count_speakers`: clusters whose mean embeddings score above it are merged, as identification scores a
+   query against enrolled speaker means; clusters holding under ``min_share`` of the windows are not counted), and
+   otherwise from the position of the largest NME eigengap. On the demo corpus, whose speakers change channel
+   between recording sessions, the eigengap tends to count sessions rather than speakers (README, diarization).
 4. **Segments**: each speech frame takes the cluster of most of the windows covering it (a tie goes to the
    window whose centre is nearest); runs of one cluster become segments, speakers named in order of appearance.
 
@@ -42,7 +46,9 @@ from .windows import check_windows, embed_slices, min_samples, window_bounds
 if TYPE_CHECKING:
     from .inference import Embedder
 
-__all__ = ["Segment", "VadConfig", "cluster", "diarize", "speech_frames", "speech_regions", "write_rttm"]
+__all__ = [
+    "Segment", "VadConfig", "cluster", "count_speakers", "diarize", "speech_frames", "speech_regions", "write_rttm",
+]
 
 
 @dataclass(frozen=True)
@@ -165,11 +171,47 @@ def _eigengaps(affinity: np.ndarray) -> tuple[np.ndarray, float]:
     return np.diff(eig), float(eig[-1])
 
 
+def count_speakers(embeddings: np.ndarray, threshold: float, min_share: float = 0.05) -> int:
+    """Number of speakers among embeddings, from a same-speaker cosine ``threshold`` (at least 1).
+
+    Greedy agglomeration on cluster means: the two clusters whose unit-normalised mean embeddings are most similar
+    merge while that similarity is at least ``threshold``; clusters left with under ``min_share`` of the embeddings
+    (stray windows: overlaps, noises, turn changes) are not counted. ``O(N**2)`` memory and about ``N**3`` time.
+    """
+    if not 0 <= min_share < 1:
+        raise ValueError(f"min_share must be in [0, 1), got {min_share}")
+    n = len(embeddings)
+    if n == 0:
+        return 1
+    sums = (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float64)
+    unit, sizes, alive = sums.copy(), np.ones(n), np.ones(n, dtype=bool)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    while True:
+        i, j = divmod(int(np.argmax(similarity)), n)
+        if similarity[i, j] < threshold:
+            break
+        sums[i] += sums[j]
+        sizes[i] += sizes[j]
+        alive[j] = False
+        similarity[j, :] = similarity[:, j] = -np.inf
+        unit[i] = sums[i] / np.linalg.norm(sums[i])
+        row = np.where(alive, unit @ unit[i], -np.inf)
+        row[i] = -np.inf
+        similarity[i, :] = similarity[:, i] = row
+    return max(1, int(np.sum(sizes[alive] >= min_share * n)))
+
+
 def cluster(
-    embeddings: np.ndarray, speakers: int | None = None, max_speakers: int = 8, max_points: int = 1500
+    embeddings: np.ndarray,
+    speakers: int | None = None,
+    max_speakers: int = 8,
+    max_points: int = 1500,
+    threshold: float | None = None,
 ) -> np.ndarray:
     """Cluster labels ``(N,)`` (0..k-1) of embeddings; ``k`` is ``speakers`` or estimated (module docstring).
 
+    ``threshold``: same-speaker cosine threshold for estimating ``k`` with :func:`count_speakers` (none: eigengap).
     The cost grows as ``N**3``: above ``max_points`` embeddings, an evenly spaced subset of that many is clustered
     and every embedding goes to the cluster with the most similar mean.
     """
@@ -178,10 +220,12 @@ def cluster(
     if max_speakers < 1:
         raise ValueError(f"max_speakers must be at least 1, got {max_speakers}")
     x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-    if len(x) <= max_points:
-        return _spectral(x, speakers, max_speakers)
-    subset = x[np.round(np.linspace(0, len(x) - 1, max_points)).astype(int)]
+    subset = x if len(x) <= max_points else x[np.round(np.linspace(0, len(x) - 1, max_points)).astype(int)]
+    if speakers is None and threshold is not None:
+        speakers = min(count_speakers(subset, threshold), max_speakers)
     labels = _spectral(subset, speakers, max_speakers)
+    if len(x) <= max_points:
+        return labels
     centres = np.stack([subset[labels == c].mean(axis=0) for c in range(int(labels.max()) + 1)])
     return np.argmax(x @ centres.T, axis=1)
 
@@ -261,10 +305,12 @@ def diarize(
     window: float = 2.0,
     hop: float = 0.5,
     vad: VadConfig = VadConfig(),
+    threshold: float | None = None,
 ) -> list[Segment]:
     """Speaker turns of one recording (path or waveform; ``sample_rate`` for arrays not at 16 kHz), in time order.
 
-    ``speakers`` fixes the number of speakers; otherwise it is estimated (up to ``max_speakers``). Raises
+    ``speakers`` fixes the number of speakers; otherwise it is estimated (up to ``max_speakers``) from ``threshold``
+    (default: the model's stored threshold), or from the eigengap when there is none (module docstring). Raises
     :class:`~ghostvlad.audio.AudioError` on unreadable audio and ValueError on bad settings.
     """
     win, stride = check_windows(model, window, hop)
@@ -283,7 +329,8 @@ def diarize(
     if not bounds:
         return []
     starts, ends = (np.concatenate(b) for b in zip(*bounds))
-    labels = cluster(embed_slices(model, wave, starts, ends), speakers, max_speakers)
+    threshold = model.threshold if threshold is None else threshold
+    labels = cluster(embed_slices(model, wave, starts, ends), speakers, max_speakers, threshold=threshold)
     frame_labels = _frame_labels(starts / rate, ends / rate, labels, len(mask), vad.hop)
     return _segments(np.where(mask, frame_labels, -1), vad.hop, len(wave) / rate)
 

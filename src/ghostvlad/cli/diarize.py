@@ -16,6 +16,9 @@ def diarize(
     speakers: Optional[int] = typer.Option(None, "--speakers", "-n", min=1,
                                            help="Number of speakers (default: estimated)."),
     max_speakers: int = typer.Option(8, min=1, help="Upper bound when the number of speakers is estimated."),
+    threshold: Optional[float] = typer.Option(
+        None, help="Same-speaker cosine threshold for estimating the number of speakers "
+                   "(default: the model's stored threshold; without one, the spectral eigengap)."),
     out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="RTTM file to write (default: print to stdout)."),
     window: float = typer.Option(2.0, help="Embedding window (seconds)."),
     hop: float = typer.Option(0.5, help="Hop between windows (seconds)."),
@@ -35,7 +38,8 @@ def diarize(
         fail(f"{audio}: {exc} (use --file-id)")
     model = open_model(model_path, precision, device)
     try:
-        segments = run_diarization(model, audio, speakers, max_speakers=max_speakers, window=window, hop=hop)
+        segments = run_diarization(model, audio, speakers, max_speakers=max_speakers, window=window, hop=hop,
+                                   threshold=threshold)
     except AudioError as exc:
         fail(str(exc))
     except ValueError as exc:
@@ -48,4 +52,8 @@ def diarize(
         return
     write_rttm(segments, out_path, file_id)
     found = len({s.speaker for s in segments})
-    err.print(f"wrote {len(segments)} segments of {found} speaker(s) to {out_path}", highlight=False, markup=False)
+    threshold = model.threshold if threshold is None else threshold
+    how = ("given" if speakers is not None else "estimated with the eigengap" if threshold is None
+           else f"estimated with threshold {threshold:.3f}")
+    err.print(f"wrote {len(segments)} segments of {found} speaker(s) ({how}) to {out_path}", highlight=False,
+              markup=False)
