@@ -5,6 +5,7 @@ import soundfile as sf
 from torch.utils.data import DataLoader
 
 from ghostvlad.audio import AudioError, load_audio
+from ghostvlad.data import dataset
 from ghostvlad.data.dataset import CropDataset, crop_plan, crop_samples, read_crop
 from ghostvlad.data.manifest import Manifest
 from ghostvlad.features import train_crop
@@ -103,22 +104,66 @@ def test_straddling_crop_reads_both_ends(tmp_path):
     assert straddling > 10
 
 
+def write_aac(path, samples: np.ndarray, rate: int = 16000) -> None:
+    """AAC in MP4 (as VoxCeleb2's m4a) from int16 ``(n, channels)`` samples."""
+    layout = "mono" if samples.shape[1] == 1 else "stereo"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = layout
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+
+
+def test_m4a_crops_are_decoded_from_seek_points_and_equal_the_whole_decode(tmp_path, monkeypatch):
+    waves = {}
+    for k, n in enumerate([4000, 19919, 20081, 39841, 47000, 80000, 128000, 160003]):
+        for channels in (1, 2):
+            path = tmp_path / f"c{n}_{channels}.m4a"
+            write_aac(path, pcm(n, channels, k))
+            waves[path] = load_audio(path, min_duration=0.0)
+    seen = {"reversed": 0, "straddles": 0, "near the start": 0}
+
+    def whole_decode(*args, **kwargs):
+        raise AssertionError("decoded the whole file")
+
+    monkeypatch.setattr(dataset, "load_audio", whole_decode)
+    for path, wave in waves.items():
+        n = len(wave)
+        for seed in range(30):
+            got = read_crop(path, np.random.default_rng(seed), duration=n / 16000)
+            assert np.array_equal(got, train_crop(wave, np.random.default_rng(seed))), (path.name, seed)
+            reverse, start, length = crop_plan(n, np.random.default_rng(seed))
+            begin = 2 * n - start - length if reverse else start
+            seen["reversed"] += reverse
+            seen["straddles"] += begin < n < begin + length
+            seen["near the start"] += begin % n < 2048 or begin + length > n  # decoded from the first frame
+    assert min(seen.values()) > 30, seen
+
+
 def test_other_rates_and_formats_fall_back_to_full_decode(tmp_path):
     path8k = tmp_path / "a.wav"
     sf.write(path8k, pcm(30000, seed=1), 8000, subtype="PCM_16")
-    m4a = tmp_path / "b.m4a"
-    with av.open(str(m4a), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(pcm(50000, seed=2).T, format="s16", layout="mono")
-        frame.sample_rate = 16000
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-    for path in (path8k, m4a):
+    m4a8k = tmp_path / "b.m4a"
+    write_aac(m4a8k, pcm(30000, seed=2), rate=8000)
+    ogg = tmp_path / "c.ogg"
+    sf.write(ogg, pcm(50000, seed=3), 16000, format="OGG", subtype="VORBIS")
+    for path in (path8k, m4a8k, ogg):
         wave = load_audio(path)
         for seed in range(5):
             got = read_crop(path, np.random.default_rng(seed), duration=len(wave) / 16000)
             assert np.array_equal(got, train_crop(wave, np.random.default_rng(seed)))
+    m4a = tmp_path / "d.m4a"
+    write_aac(m4a, pcm(50000, seed=4))
+    wave = load_audio(m4a)
+    got = read_crop(m4a, np.random.default_rng(0))  # no manifest duration: decoded whole
+    assert np.array_equal(got, train_crop(wave, np.random.default_rng(0)))
+    with pytest.raises(AudioError, match=f"^{m4a}: has .* s of audio but the manifest says 2.0000 s"):
+        read_crop(m4a, np.random.default_rng(0), duration=2.0)  # the container disagrees: checked by a whole decode
+    m4a.write_bytes(m4a.read_bytes()[:-3000])  # truncated after the manifest was made
+    with pytest.raises(AudioError, match=f"^{m4a}: cannot decode audio"):
+        read_crop(m4a, np.random.default_rng(0), duration=len(wave) / 16000)
 
 
 def test_bad_files_raise_audio_error_naming_them(tmp_path):

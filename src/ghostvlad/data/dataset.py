@@ -4,18 +4,24 @@ The crop is :func:`ghostvlad.features.train_crop` — the clip doubled (``concat
 probability 0.3, a random window of ``(frames - 1) * 160`` samples cut at a frame boundary, short clips zero-padded.
 For WAV and FLAC at 16 kHz, :func:`read_crop` works out which samples of the original clip the window covers (at most
 two segments: the window may straddle the join, and reversal mirrors positions) and reads only those; the result is
-bit-identical to ``train_crop(load_audio(path), rng)`` for the same generator. Other formats and sample rates are
-decoded whole. Randomness comes only from ``np.random.default_rng([seed, epoch, index])``, so a crop does not depend
-on the worker process, the number of workers or the rank, and an epoch can be replayed exactly on resume.
+bit-identical to ``train_crop(load_audio(path), rng)`` for the same generator. AAC in MP4 (``.m4a``, VoxCeleb2's
+format) at 16 kHz is decoded from a seek point two frames before each segment (the frames before it only prime the
+decoder's overlap), which gives the same samples as a whole-file decode; that needs the manifest's duration and a
+container whose declared duration agrees with it, and falls back to a whole-file decode otherwise. Other formats and
+sample rates are decoded whole. Randomness comes only from ``np.random.default_rng([seed, epoch, index])``, so a
+crop does not depend on the worker process, the number of workers or the rank, and an epoch can be replayed exactly
+on resume.
 """
 from __future__ import annotations
 
 import io
 import os
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
 
+import av
 import numpy as np
 import soundfile as sf
 import torch
@@ -29,6 +35,8 @@ from .shards import ShardIndex, iter_shard_samples, read_index
 HOP_LENGTH = 160
 REVERSE_PROB = 0.3
 PARTIAL_READ_SUFFIXES = frozenset({".wav", ".flac"})  # libsndfile seeks these sample-exactly and cheaply
+SEEK_DECODE_SUFFIXES = frozenset({".m4a", ".mp4"})  # AAC in MP4: an index of frames, each 1024 samples
+_PREROLL_FRAMES = 2  # AAC frames decoded and dropped before a segment: the MDCT overlap spans one
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 _DURATION_TOLERANCE = 16  # samples (1 ms) between the manifest's duration and the file's
 
@@ -81,13 +89,100 @@ def read_crop(path: str | os.PathLike, rng: np.random.Generator, duration: float
     was made raises :class:`AudioError`, as does any file that can no longer be read.
     """
     source = os.fsdecode(path)
-    if Path(source).suffix.lower() not in PARTIAL_READ_SUFFIXES:
+    suffix = Path(source).suffix.lower()
+    if suffix in PARTIAL_READ_SUFFIXES | SEEK_DECODE_SUFFIXES and not os.path.isfile(source):
+        raise AudioError(source, "file not found")
+    if suffix in PARTIAL_READ_SUFFIXES:
+        return crop_soundfile(source, rng, duration, frames, source)
+    if suffix in SEEK_DECODE_SUFFIXES and duration is not None:
+        crop = _crop_seek_decode(source, rng, duration, frames)
+        if crop is not None:
+            return crop
+    wave = load_audio(source, min_duration=0.0)
+    _check_duration(len(wave), duration, source)
+    return train_crop(wave, rng, frames)
+
+
+def _crop_seek_decode(source: str, rng: np.random.Generator, duration: float, frames: int) -> np.ndarray | None:
+    """:func:`read_crop` for AAC in MP4 by seeking; None (``rng`` untouched) where the container does not allow it.
+
+    Where decoding fails after the draws (a damaged file, frames not where their timestamps say), the same cut is
+    taken from a whole-file decode, which reports a damaged file as :func:`load_audio` does.
+    """
+    n = round(duration * SAMPLE_RATE)
+    try:
+        container = av.open(source, format="mp4")  # naming the demuxer skips format probing
+    except (av.FFmpegError, OSError):
+        return None
+    with container:
+        stream = _exact_aac_stream(container, n)
+        if stream is None:
+            return None
+        reverse, start, length = crop_plan(n, rng, frames)
+        segments = _segments(n, reverse, start, length)
+        pieces = _decode_segments(container, stream, segments)
+    if pieces is None:
         wave = load_audio(source, min_duration=0.0)
         _check_duration(len(wave), duration, source)
-        return train_crop(wave, rng, frames)
-    if not os.path.isfile(source):
-        raise AudioError(source, "file not found")
-    return crop_soundfile(source, rng, duration, frames, source)
+        pieces = [wave[first:stop] for first, stop in segments]
+    return _assemble(pieces, n, reverse, start, length, crop_samples(frames))
+
+
+def _decode_segments(container: av.container.InputContainer, stream: av.audio.stream.AudioStream,
+                     segments: list[tuple[int, int]]) -> list[np.ndarray] | None:
+    """The segments' samples, decoded in file order (a crop over the join: the clip's start, then a seek forward
+    to its end; a decoder sought back to the start after reaching the end gave a different first frame)."""
+    decoded = {}
+    try:
+        for first, stop in sorted(segments):
+            piece = _decode_range(container, stream, first, stop)
+            if piece is None:
+                return None
+            decoded[first, stop] = piece
+    except av.FFmpegError:
+        return None
+    return [decoded[segment] for segment in segments]
+
+
+def _exact_aac_stream(container: av.container.InputContainer, n: int) -> av.audio.stream.AudioStream | None:
+    """The AAC stream when its timestamps count 16 kHz samples and its declared duration fits the manifest's ``n``.
+
+    A whole-file decode gives whole frames: the declared samples plus at most one frame of the encoder's padding.
+    """
+    if not container.streams.audio:
+        return None
+    stream = container.streams.audio[0]
+    frame_size = stream.codec_context.frame_size or 1024
+    exact = (stream.codec_context.name == "aac" and stream.rate == SAMPLE_RATE
+             and stream.time_base == Fraction(1, SAMPLE_RATE) and stream.duration is not None
+             and 0 <= n - stream.duration < frame_size)
+    return stream if exact else None
+
+
+def _decode_range(container: av.container.InputContainer, stream: av.audio.stream.AudioStream, first: int,
+                  stop: int) -> np.ndarray | None:
+    """Samples ``[first, stop)`` of the whole-file decode (channels averaged), or None if the frames leave a gap."""
+    origin = stream.start_time or 0
+    target = first - _PREROLL_FRAMES * (stream.codec_context.frame_size or 1024)
+    if target > 0:
+        container.seek(origin + target, stream=stream, backward=True)
+    out, filled = np.empty(stop - first, dtype=np.float32), 0
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            return None
+        position = frame.pts - origin
+        if position + frame.samples <= first:
+            continue
+        if frame.format.name != "fltp" or (position != first + filled and not (filled == 0 and position < first)):
+            return None  # not what load_audio decodes to (AAC decodes to planar float), or a gap
+        planes = [np.frombuffer(plane, np.float32, frame.samples) for plane in frame.planes]
+        data = planes[0] if len(planes) == 1 else np.stack(planes).mean(axis=0)
+        piece = data[first + filled - position : stop - position]
+        out[filled : filled + len(piece)] = piece
+        filled += len(piece)
+        if filled == len(out):
+            return out
+    return None
 
 
 def crop_soundfile(file: str | BinaryIO, rng: np.random.Generator, duration: float | None, frames: int,
