@@ -1,4 +1,5 @@
 """Training runs end to end on a tiny model: resume after SIGKILL is exact, DDP runs on CPU (gloo)."""
+import copy
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from ghostvlad import load_model
 from ghostvlad.data.manifest import build_manifest
 from ghostvlad.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ghostvlad.train.config import load_config
-from ghostvlad.train.loop import Trainer
+from ghostvlad.train.loop import KMEANS_CROPS, Trainer, TrainError
 
 TINY = {
     "model": {"backbone": "resnet34s", "width": 0.0625, "pooling": "gvlad", "clusters": 2, "ghost_clusters": 1,
@@ -108,6 +109,33 @@ def test_changed_config_on_an_existing_run_is_refused(corpus, tmp_path):
     Trainer(load_config(config), manifest, tmp_path / "run", progress=False).run(max_steps=1)
     with pytest.raises(ValueError, match="different config \\(optim.lr\\)"):
         Trainer(load_config(config, ["optim.lr=0.1"]), manifest, tmp_path / "run", progress=False).run()
+
+
+def test_kmeans_vlad_init_puts_each_center_at_the_mean_of_its_descriptors(corpus, tmp_path):
+    manifest, config = corpus
+    plain = Trainer(load_config(config), manifest, tmp_path / "plain", progress=False)
+    trainer = Trainer(load_config(config, ["train.vlad_init=kmeans"]), manifest, tmp_path / "kmeans", progress=False)
+    encoder = trainer.net.encoder
+    before, after = plain.net.encoder.state_dict(), encoder.state_dict()
+    for name in before:  # same seed: only the centers differ (BatchNorm statistics put back too)
+        assert torch.equal(before[name], after[name]) == (name != "pooling.centers"), name
+    probe = copy.deepcopy(encoder).train()
+    seen = []
+    probe.pooling.register_forward_hook(lambda module, args, out: seen.append(args[1]))
+    with torch.no_grad():
+        probe(trainer.frontend(trainer._first_crops(KMEANS_CROPS))[0])
+    frames = seen[0].transpose(1, 2).reshape(-1, seen[0].shape[1]).double()
+    centers = encoder.pooling.centers.detach().double()
+    nearest = torch.cdist(frames, centers).argmin(dim=1)
+    assert len(set(nearest.tolist())) == len(centers)
+    for k, center in enumerate(centers):  # k-means' fixed point
+        torch.testing.assert_close(center, frames[nearest == k].mean(dim=0), rtol=0, atol=1e-4)
+    assert trainer.run(max_steps=2).global_step == 2
+    with pytest.raises(TrainError, match="train.vlad_init=kmeans needs vlad or gvlad pooling, not tap"):
+        Trainer(load_config(config, ["train.vlad_init=kmeans", "model.pooling=tap", "model.clusters=0",
+                                     "model.ghost_clusters=0"]), manifest, tmp_path / "tap", progress=False)
+    with pytest.raises(TrainError, match="unknown train.vlad_init 'random'; choose orthogonal or kmeans"):
+        Trainer(load_config(config, ["train.vlad_init=random"]), manifest, tmp_path / "bad", progress=False)
 
 
 def test_ddp_two_processes_on_cpu(corpus, tmp_path):

@@ -57,6 +57,8 @@ class RunConfig:
     log_every: int = 20  # steps
     channels_last: bool = True
     bn_momentum: float = 0.01  # PyTorch convention; 0.01 = Keras' 0.99. Short runs need more (e.g. 0.1)
+    # VLAD centers of a run from scratch: orthogonal (the original) | kmeans (of the first crops' frame descriptors)
+    vlad_init: str = "orthogonal"
 
 
 @dataclass

@@ -29,6 +29,7 @@ from ..fileio import atomic_write_text
 from ..inference import SpeakerModel, load_model
 from ..modelfile import RUN_MODEL_DIR
 from ..models import HEADS, SpeakerEncoder
+from ..models.pooling import NetVLAD
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_config, load_config
@@ -39,6 +40,8 @@ CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.csv"
 SPEAKERS_NAME = "speakers.txt"
 METRIC_FIELDS = ["time", "epoch", "step", "global_step", "loss", "acc", "lr", "crops_per_s", "data_wait", "valid_eer"]
+VLAD_INITS = ("orthogonal", "kmeans")
+KMEANS_CROPS = 128  # training crops whose frame descriptors the k-means init clusters
 
 
 class TrainError(ValueError):
@@ -112,6 +115,42 @@ def _validate(encoder: SpeakerEncoder, config: TrainConfig, device: torch.device
     return summary["eer"], summary["threshold"]
 
 
+def kmeans_init_centers(encoder: SpeakerEncoder, frontend: Spectrogram, waves: torch.Tensor, seed: int = 0,
+                        chunk: int = 32) -> None:
+    """Set the VLAD centers to a k-means clustering of the frame descriptors of ``waves`` (training crops).
+
+    The initialisation of the NetVLAD paper. With the original's unit-norm orthogonal centers, descriptors (ReLU
+    outputs, norm about 7 at the start here) dwarf them, every cluster's residual sum points the same way and the
+    pooling starts as a copy of one average. Descriptors come from training-mode forward passes (batch statistics);
+    the BatchNorm running statistics those passes update are put back.
+    """
+    from sklearn.cluster import KMeans
+
+    pooling = encoder.pooling
+    if not isinstance(pooling, NetVLAD):
+        raise TrainError(f"train.vlad_init=kmeans needs vlad or gvlad pooling, not {encoder.config.pooling}")
+    descriptors: list[torch.Tensor] = []
+    hook = pooling.register_forward_hook(lambda module, args, out: descriptors.append(args[1].detach()))
+    saved = copy.deepcopy(encoder.state_dict())
+    training = encoder.training
+    try:
+        encoder.train()
+        with torch.no_grad():
+            for part in waves.split(chunk):
+                encoder(frontend(part)[0])
+    finally:
+        hook.remove()
+        encoder.load_state_dict(saved)
+        encoder.train(training)
+    frames = torch.cat([d.float().transpose(1, 2).reshape(-1, d.shape[1]) for d in descriptors]).cpu().numpy()
+    clusters = pooling.centers.shape[0]
+    if len(frames) < clusters:
+        raise TrainError(f"train.vlad_init=kmeans: {len(frames)} descriptors for {clusters} clusters")
+    centers = KMeans(clusters, n_init=3, random_state=seed).fit(frames.astype(np.float64)).cluster_centers_
+    with torch.no_grad():
+        pooling.centers.copy_(torch.from_numpy(centers))
+
+
 class Trainer:
     """Builds everything from a :class:`TrainConfig` and a data path; ``run()`` trains (resuming when possible)."""
 
@@ -133,11 +172,17 @@ class Trainer:
         head_kwargs = {k: v for k, v in (("margin", config.head.margin), ("scale", config.head.scale)) if v is not None}
         head = HEADS.build(config.head.name, embed_dim=config.model.embed_dim, classes=len(self.speakers), **head_kwargs)
         self.net = Classifier(encoder, head).to(self.dist.device)
+        self.frontend = Spectrogram(FrontEndConfig()).to(self.dist.device)
+        if config.train.vlad_init not in VLAD_INITS:
+            raise TrainError(f"unknown train.vlad_init {config.train.vlad_init!r}; choose {' or '.join(VLAD_INITS)}")
+        if config.train.vlad_init == "kmeans" and init is None and not (self.out / CHECKPOINT_NAME).exists():
+            # a fresh run from scratch: --init and resumed runs bring their own centers
+            kmeans_init_centers(encoder, self.frontend, self._first_crops(KMEANS_CROPS), config.train.seed)
         if config.train.channels_last and min(m.out_channels for m in self.net.modules() if isinstance(m, nn.Conv2d)) >= 8:
             # (oneDNN's channels-last conv backward crashes on CPU with very thin layers, e.g. width 0.125)
             self.net = self.net.to(memory_format=torch.channels_last)
+        # DDP starts every rank from rank 0's weights (k-means centers included)
         self.ddp = DistributedDataParallel(self.net) if self.dist.world > 1 else self.net
-        self.frontend = Spectrogram(FrontEndConfig()).to(self.dist.device)
         self.optimizer = _optimizer(self.net, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config, self.batches.steps))
         precision = config.train.precision
@@ -160,6 +205,14 @@ class Trainer:
             raise TrainError(f"{data}: training data not found (give a manifest CSV or shards from `ghostvlad prepare`)")
         manifest = read_manifest(data)
         return CropDataset(manifest, seed=cfg.train.seed, frames=cfg.data.frames), manifest.speaker_ids(), len(manifest)
+
+    def _first_crops(self, count: int) -> torch.Tensor:
+        """Up to ``count`` training crops of epoch 0, in data order (the same on every rank for a manifest)."""
+        if isinstance(self.dataset, ShardCropDataset):
+            crops = [wave for wave, _ in itertools.islice(iter(self.dataset), count)]
+        else:
+            crops = [self.dataset[i][0] for i in range(min(count, len(self.dataset)))]
+        return torch.from_numpy(np.stack(crops)).to(self.dist.device)
 
     def _init_from(self, encoder: SpeakerEncoder, init: str | os.PathLike) -> None:
         model = load_model(init)
