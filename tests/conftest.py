@@ -29,3 +29,18 @@ def calibrated_tiny_model(waves, seed: int = 0, mirror: bool = False, **model_kw
     with torch.no_grad():
         encoder.train()(Spectrogram()(torch.from_numpy(np.stack(waves)))[0])
     return SpeakerModel(encoder.eval(), FrontEndConfig(mirror=mirror), **model_kwargs)
+
+
+def write_aac(path, samples, rate: int = 16000) -> None:
+    """AAC in MP4 (as VoxCeleb2's m4a) from int16 samples ``(n,)`` or ``(n, channels)``, with FFmpeg's encoder."""
+    import av
+
+    samples = samples.reshape(len(samples), -1)
+    layout = "mono" if samples.shape[1] == 1 else "stereo"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = layout
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout=layout)
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)

@@ -1,7 +1,7 @@
-import av
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import write_aac
 from torch.utils.data import DataLoader
 
 from ghostvlad.audio import AudioError, load_audio
@@ -102,18 +102,6 @@ def test_straddling_crop_reads_both_ends(tmp_path):
         got = read_crop(path, np.random.default_rng(seed), duration=n / 16000)
         assert np.array_equal(got, train_crop(wave, np.random.default_rng(seed)))
     assert straddling > 10
-
-
-def write_aac(path, samples: np.ndarray, rate: int = 16000) -> None:
-    """AAC in MP4 (as VoxCeleb2's m4a) from int16 ``(n, channels)`` samples."""
-    layout = "mono" if samples.shape[1] == 1 else "stereo"
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=rate)
-        stream.layout = layout
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout=layout)
-        frame.sample_rate = rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
 
 
 def test_m4a_crops_are_decoded_from_seek_points_and_equal_the_whole_decode(tmp_path, monkeypatch):

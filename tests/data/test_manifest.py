@@ -2,10 +2,10 @@ import csv
 import re
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import write_aac
 from typer.testing import CliRunner
 
 import ghostvlad.cli.data  # noqa: F401  (registers the data commands)
@@ -32,16 +32,6 @@ GOOD = [
 ]
 
 
-def write_m4a(path: Path, pcm: np.ndarray) -> None:
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("aac", rate=16000)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(pcm[None, :], format="s16", layout="mono")
-        frame.sample_rate = 16000
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-
-
 def make_tree(root: Path) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     for speaker, video, name, n in GOOD:
@@ -49,7 +39,7 @@ def make_tree(root: Path) -> dict[str, Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         pcm = (rng.normal(0, 0.1, n) * 32767).clip(-32768, 32767).astype(np.int16)
         if name.endswith(".m4a"):
-            write_m4a(path, pcm)
+            write_aac(path, pcm)
         else:
             sf.write(path, pcm, 16000, subtype="PCM_16")
     bad = {

@@ -4,11 +4,11 @@ import re
 import tarfile
 from collections import Counter
 
-import av
 import numpy as np
 import pytest
 import soundfile as sf
 import webdataset as wds
+from conftest import write_aac
 from torch.utils.data import DataLoader
 
 from ghostvlad.audio import AudioError, load_audio
@@ -35,13 +35,7 @@ def manifest(tmp_path_factory):
         path.parent.mkdir(parents=True, exist_ok=True)
         x = pcm(16000 + 1000 * k, k)
         if ext == "m4a":
-            with av.open(str(path), "w", format="mp4") as container:
-                stream = container.add_stream("aac", rate=16000)
-                stream.layout = "mono"
-                frame = av.AudioFrame.from_ndarray(x[None, :], format="s16", layout="mono")
-                frame.sample_rate = 16000
-                for packet in [*stream.encode(frame), *stream.encode(None)]:
-                    container.mux(packet)
+            write_aac(path, x)
         else:
             sf.write(path, x, 16000, subtype="PCM_16")
         paths.append(str(path))
