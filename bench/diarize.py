@@ -19,8 +19,6 @@ Runs under the same glibc malloc tunables as the CLI (``--no-tunables`` to compa
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 import warnings
@@ -29,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from _runtime import add_runtime_options, apply_runtime_options
 from pyannote.core import Annotation, Segment, Timeline
 from pyannote.metrics.diarization import DiarizationErrorRate
 
-from ghostvlad.cli import GLIBC_TUNABLES
 from ghostvlad.data.synth import SynthConfig, synthesize_corpus
 from ghostvlad.diarize import diarize, speech_frames
 from ghostvlad.features import FrontEndConfig
@@ -82,13 +80,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=3.0, help="Audio for the real-time factor.")
     parser.add_argument("--window", type=float, default=2.0)
     parser.add_argument("--hop", type=float, default=0.5)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-tunables", action="store_true")
+    add_runtime_options(parser)
     args = parser.parse_args()
-    if not args.no_tunables and "GLIBC_TUNABLES" not in os.environ:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES})
-    torch.set_num_threads(args.threads)
+    apply_runtime_options(args)
     warnings.filterwarnings("ignore", message="'uem' was approximated")
     if args.model:
         model = load_model(args.model)

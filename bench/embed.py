@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 import torch
+from _runtime import add_runtime_options, apply_runtime_options
 from torch.utils.flop_counter import FlopCounterMode
 
-from ghostvlad.cli import GLIBC_TUNABLES
 from ghostvlad.features import FrontEndConfig
 from ghostvlad.inference import SpeakerModel
 from ghostvlad.models import EncoderConfig, SpeakerEncoder
@@ -44,15 +43,12 @@ def timed(fn, repeat: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, nargs="+", default=[4.0, 8.0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--no-tunables", action="store_true")
+    add_runtime_options(parser)
     args = parser.parse_args()
-    if not args.no_tunables and "GLIBC_TUNABLES" not in os.environ:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES})
-    torch.set_num_threads(args.threads)
+    apply_runtime_options(args)
     torch.manual_seed(0)
     encoder = SpeakerEncoder(EncoderConfig())
     rng = np.random.default_rng(0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from _runtime import add_runtime_options, apply_runtime_options
 
-from ghostvlad.cli import GLIBC_TUNABLES
 from ghostvlad.evaluate import evaluate
 from ghostvlad.features import FrontEndConfig
 from ghostvlad.inference import SpeakerModel
@@ -43,13 +42,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--seconds", type=float, nargs="+", default=[4.0, 6.0, 8.0])
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-mirror", action="store_true", help="Without the 'wav + reversed wav' extension.")
-    parser.add_argument("--no-tunables", action="store_true")
+    add_runtime_options(parser)
     args = parser.parse_args()
-    if not args.no_tunables and "GLIBC_TUNABLES" not in os.environ:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES})
-    torch.set_num_threads(args.threads)
+    apply_runtime_options(args)
     torch.manual_seed(0)
     encoder = SpeakerEncoder(EncoderConfig())
     print(f"torch {torch.__version__}, {args.threads} threads, GLIBC_TUNABLES="

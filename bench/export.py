@@ -11,8 +11,6 @@ Runs under the same glibc malloc tunables as the CLI (``--no-tunables`` to compa
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
+from _runtime import add_runtime_options, apply_runtime_options
 
-from ghostvlad.cli import GLIBC_TUNABLES
 from ghostvlad.export import OnnxSpeakerModel, export_onnx
 from ghostvlad.features import FrontEndConfig
 from ghostvlad.inference import SpeakerModel
@@ -42,14 +40,11 @@ def best_times(fns: list, repeat: int) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--no-tunables", action="store_true")
+    add_runtime_options(parser)
     args = parser.parse_args()
-    if not args.no_tunables and "GLIBC_TUNABLES" not in os.environ:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES})
-    torch.set_num_threads(args.threads)
+    apply_runtime_options(args)
     torch.manual_seed(0)
     encoder = SpeakerEncoder(EncoderConfig())
     wave = np.random.default_rng(0).normal(0, 0.1, int(args.seconds * 16000)).astype(np.float32)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from _runtime import add_runtime_options, apply_runtime_options
 
-from ghostvlad.cli import GLIBC_TUNABLES
 from ghostvlad.features import FrontEndConfig
 from ghostvlad.gallery import Gallery
 from ghostvlad.inference import SpeakerModel
@@ -53,12 +52,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
     parser.add_argument("--queries", type=int, default=50)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-tunables", action="store_true")
+    add_runtime_options(parser)
     args = parser.parse_args()
-    if not args.no_tunables and "GLIBC_TUNABLES" not in os.environ:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES})
-    torch.set_num_threads(args.threads)
+    apply_runtime_options(args)
     torch.manual_seed(0)
     model = SpeakerModel(SpeakerEncoder(EncoderConfig()), FrontEndConfig())
     dim = model.embed_dim

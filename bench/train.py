@@ -8,14 +8,13 @@ compute side only; `bench/data.py` measures the input pipeline alone. On a GPU i
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from ghostvlad.cli import GLIBC_TUNABLES
+from ghostvlad.cli import reexec_with_tunables
 from ghostvlad.features import FrontEndConfig, Spectrogram
 from ghostvlad.models import HEADS, SpeakerEncoder
 from ghostvlad.train.config import load_config
@@ -31,8 +30,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     args = parser.parse_args()
-    if "GLIBC_TUNABLES" not in os.environ:
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES})
+    reexec_with_tunables(sys.argv)
     cfg = load_config(args.config)
     device = torch.device(args.device)
     samples = (cfg.data.frames - 1) * 160

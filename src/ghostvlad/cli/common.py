@@ -4,6 +4,8 @@ Each topic module (``cli/model.py``, ``cli/data.py``, ...) registers its command
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -18,6 +20,14 @@ out = Console(soft_wrap=True)
 # glibc returns big activation buffers to the OS after every layer; these tunables keep them (measured:
 # batched inference ~1.5x faster on CPU). Set before the process starts, hence the re-exec in main().
 GLIBC_TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
+
+
+def reexec_with_tunables(argv: list[str]) -> None:
+    """Restart this process as ``python *argv`` with :data:`GLIBC_TUNABLES` set (Linux; once; not when
+    ``GHOSTVLAD_NO_REEXEC`` is set)."""
+    done = "GLIBC_TUNABLES" in os.environ or os.environ.get("GHOSTVLAD_NO_REEXEC")
+    if sys.platform.startswith("linux") and not done:
+        os.execve(sys.executable, [sys.executable, *argv], {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES})
 
 
 def fail(message: str, code: int = 1) -> None:
