@@ -37,6 +37,7 @@ def diarize(
     except ValueError as exc:
         fail(f"{audio}: {exc} (use --file-id)")
     model = open_model(model_path, precision, device)
+    threshold = model.threshold if threshold is None else threshold
     try:
         segments = run_diarization(model, audio, speakers, max_speakers=max_speakers, window=window, hop=hop,
                                    threshold=threshold)
@@ -52,7 +53,6 @@ def diarize(
         return
     write_rttm(segments, out_path, file_id)
     found = len({s.speaker for s in segments})
-    threshold = model.threshold if threshold is None else threshold
     how = ("given" if speakers is not None else "estimated with the eigengap" if threshold is None
            else f"estimated with threshold {threshold:.3f}")
     err.print(f"wrote {len(segments)} segments of {found} speaker(s) ({how}) to {out_path}", highlight=False,

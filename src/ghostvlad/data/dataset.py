@@ -98,9 +98,14 @@ def read_crop(path: str | os.PathLike, rng: np.random.Generator, duration: float
         crop = _crop_seek_decode(source, rng, duration, frames)
         if crop is not None:
             return crop
+    return train_crop(_load_whole(source, duration), rng, frames)
+
+
+def _load_whole(source: str, duration: float | None) -> np.ndarray:
+    """The whole clip decoded, checked against the manifest's ``duration``."""
     wave = load_audio(source, min_duration=0.0)
     _check_duration(len(wave), duration, source)
-    return train_crop(wave, rng, frames)
+    return wave
 
 
 def _crop_seek_decode(source: str, rng: np.random.Generator, duration: float, frames: int) -> np.ndarray | None:
@@ -122,8 +127,7 @@ def _crop_seek_decode(source: str, rng: np.random.Generator, duration: float, fr
         segments = _segments(n, reverse, start, length)
         pieces = _decode_segments(container, stream, segments)
     if pieces is None:
-        wave = load_audio(source, min_duration=0.0)
-        _check_duration(len(wave), duration, source)
+        wave = _load_whole(source, duration)
         pieces = [wave[first:stop] for first, stop in segments]
     return _assemble(pieces, n, reverse, start, length, crop_samples(frames))
 

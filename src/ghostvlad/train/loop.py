@@ -175,13 +175,12 @@ class Trainer:
         self.frontend = Spectrogram(FrontEndConfig()).to(self.dist.device)
         if config.train.vlad_init not in VLAD_INITS:
             raise TrainError(f"unknown train.vlad_init {config.train.vlad_init!r}; choose {' or '.join(VLAD_INITS)}")
-        if config.train.vlad_init == "kmeans" and init is None and not (self.out / CHECKPOINT_NAME).exists():
-            # a fresh run from scratch: --init and resumed runs bring their own centers
+        fresh = init is None and not (self.out / CHECKPOINT_NAME).exists()  # --init and resumed runs have centers
+        if config.train.vlad_init == "kmeans" and fresh and self.dist.main:  # DDP below copies rank 0's to the others
             kmeans_init_centers(encoder, self.frontend, self._first_crops(KMEANS_CROPS), config.train.seed)
         if config.train.channels_last and min(m.out_channels for m in self.net.modules() if isinstance(m, nn.Conv2d)) >= 8:
             # (oneDNN's channels-last conv backward crashes on CPU with very thin layers, e.g. width 0.125)
             self.net = self.net.to(memory_format=torch.channels_last)
-        # DDP starts every rank from rank 0's weights (k-means centers included)
         self.ddp = DistributedDataParallel(self.net) if self.dist.world > 1 else self.net
         self.optimizer = _optimizer(self.net, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config, self.batches.steps))
@@ -207,7 +206,7 @@ class Trainer:
         return CropDataset(manifest, seed=cfg.train.seed, frames=cfg.data.frames), manifest.speaker_ids(), len(manifest)
 
     def _first_crops(self, count: int) -> torch.Tensor:
-        """Up to ``count`` training crops of epoch 0, in data order (the same on every rank for a manifest)."""
+        """Up to ``count`` training crops of epoch 0, in data order."""
         if isinstance(self.dataset, ShardCropDataset):
             crops = [wave for wave, _ in itertools.islice(iter(self.dataset), count)]
         else:
