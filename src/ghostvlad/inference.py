@@ -1,9 +1,9 @@
 """High-level use of a trained model: audio files or arrays in, unit-norm embeddings and scores out."""
 from __future__ import annotations
 
-import os
 import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +40,21 @@ def pad_batch(waves: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     for i, w in enumerate(waves):
         batch[i, : len(w)] = w
     return batch, lengths
+
+
+def length_batches(sizes: Sequence[int], frontend: FrontEndConfig, batch_frames: int) -> list[list[int]]:
+    """Indices of clips of ``sizes`` samples grouped by similar length, each batch under ``batch_frames`` padded
+    frames (a clip longer than that is a batch of its own)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in sorted(range(len(sizes)), key=lambda i: sizes[i]):
+        if current and frontend.num_frames(sizes[i]) * (len(current) + 1) > batch_frames:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _source_name(item: AudioInput) -> str:
@@ -88,21 +103,6 @@ class Embedder(ABC):
             return prepare_waveform(item, sample_rate or SAMPLE_RATE, min_duration=self.min_duration)
         return load_audio(item, min_duration=self.min_duration)
 
-    def _batches(self, sizes: Sequence[int]) -> list[list[int]]:
-        """Indices grouped by similar length, each batch under ``batch_frames`` padded frames."""
-        order = sorted(range(len(sizes)), key=lambda i: sizes[i])
-        batches: list[list[int]] = []
-        current: list[int] = []
-        for i in order:
-            frames = self.frontend_config.num_frames(sizes[i])
-            if current and frames * (len(current) + 1) > self.batch_frames:
-                batches.append(current)
-                current = []
-            current.append(i)
-        if current:
-            batches.append(current)
-        return batches
-
     def iter_embeddings(
         self, items: Sequence[AudioInput], sample_rate: int | None = None, *, workers: int = 2
     ) -> Iterator[EmbedResult]:
@@ -122,7 +122,8 @@ class Embedder(ABC):
                 sizes.append(-1)
                 yield EmbedResult(i, _source_name(item), error=err)
         good = [i for i, s in enumerate(sizes) if s >= 0]
-        batches = [[good[j] for j in b] for b in self._batches([sizes[i] for i in good])]
+        batches = [[good[j] for j in b]
+                   for b in length_batches([sizes[i] for i in good], self.frontend_config, self.batch_frames)]
 
         def load(index: int) -> np.ndarray | AudioError:
             try:

@@ -19,6 +19,7 @@ import numpy as np
 
 from .audio import AudioError, load_audio
 from .features import FrontEndConfig
+from .inference import length_batches
 
 if TYPE_CHECKING:
     from .inference import Embedder
@@ -61,27 +62,15 @@ def embed_slices(model: Embedder, wave: np.ndarray, starts: np.ndarray, ends: np
 
     Slices are grouped by length so that a batch stays under ``model.batch_frames`` padded frames.
     """
-    config = model.frontend_config
-    lengths = np.asarray(ends) - np.asarray(starts)
+    batches = length_batches(np.asarray(ends) - np.asarray(starts), model.frontend_config, model.batch_frames)
+    if not batches:
+        raise ValueError("no slices to embed")
     out: np.ndarray | None = None
-    batch: list[int] = []
-
-    def flush() -> None:
-        nonlocal out
+    for batch in batches:
         emb = model.embed_waveforms([wave[starts[i] : ends[i]] for i in batch])
         if out is None:
-            out = np.empty((len(lengths), emb.shape[1]), dtype=np.float32)
+            out = np.empty((len(starts), emb.shape[1]), dtype=np.float32)
         out[batch] = emb
-        batch.clear()
-
-    for i in np.argsort(-lengths, kind="stable"):  # longest first: the first slice of a batch sets its padding
-        if batch and config.num_frames(int(lengths[batch[0]])) * (len(batch) + 1) > model.batch_frames:
-            flush()
-        batch.append(int(i))
-    if batch:
-        flush()
-    if out is None:
-        raise ValueError("no slices to embed")
     return out
 
 
