@@ -24,6 +24,8 @@ CASES = {
     for pooling, backbone, mirror in [
         *((p, "resnet34s", m) for p in ("tap", "vlad", "gvlad") for m in (False, True)),
         ("gvlad", "resnet34l", False),
+        ("tstp", "resnet34s", False),
+        ("astp", "resnet34s", True),
     ]
 }
 

@@ -42,7 +42,7 @@ def tiny(backbone: str, pooling: str) -> SpeakerEncoder:
 
 
 @pytest.mark.parametrize("backbone", ["resnet34s", "resnet34l"])
-@pytest.mark.parametrize("pooling", ["tap", "vlad", "gvlad"])
+@pytest.mark.parametrize("pooling", ["tap", "tstp", "astp", "vlad", "gvlad"])
 def test_padded_batch_equals_each_clip_alone(backbone, pooling):
     enc = tiny(backbone, pooling)
     lengths = torch.tensor([97, 130, 64, 131, 40])

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from .backbones import BACKBONES, ConvBN
 from .pooling import POOLINGS
 
+CLUSTERED_POOLINGS = frozenset({"vlad", "gvlad"})  # the poolings that take ``clusters``
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -27,11 +29,11 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         BACKBONES.get(self.backbone)
         POOLINGS.get(self.pooling)
-        if self.pooling == "tap":
+        if self.pooling not in CLUSTERED_POOLINGS:
             object.__setattr__(self, "clusters", 0)
         if self.pooling != "gvlad":
             object.__setattr__(self, "ghost_clusters", 0)
-        if self.pooling != "tap" and self.clusters < 1:
+        if self.pooling in CLUSTERED_POOLINGS and self.clusters < 1:
             raise ValueError(f"{self.pooling} needs clusters >= 1, got {self.clusters}")
         if min(self.descriptor_dim, self.embed_dim) < 1 or self.width <= 0:
             raise ValueError("descriptor_dim, embed_dim and width must be positive")
