@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -262,3 +264,53 @@ def test_same_batches_for_any_number_of_workers(manifest):
 
 def test_crop_samples():
     assert crop_samples() == SIZE and crop_samples(300) == 299 * 160
+
+
+# ---------------------------------------------------------------------------------------------- speed perturbation
+
+
+def test_speed_perturbation_makes_classes_and_plays_faster(tmp_path):
+    t = np.arange(3 * 16000) / 16000
+    path = tmp_path / "id00000" / "tone.wav"
+    path.parent.mkdir()
+    sf.write(path, (0.3 * np.sin(2 * np.pi * 1000 * t)).astype(np.float32), 16000)
+    tone = Manifest([str(path), str(path)], ["id00000", "id00001"], np.array([3.0, 3.0], np.float32))
+    plain = CropDataset(tone, seed=0, frames=100)
+    ds = CropDataset(tone, seed=0, frames=100, speeds=[0.9, 1.0, 1.1])
+    assert ds.classes == 6 and plain.classes == 2
+    seen = {}
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        for i in range(2):
+            crop, label = ds[i]
+            assert crop.shape == (crop_samples(100),) and label // 3 == i
+            speed = ds.speeds[label % 3]
+            spectrum = np.abs(np.fft.rfft(crop * np.hanning(len(crop))))
+            peak = np.argmax(spectrum) * 16000 / len(crop)
+            assert abs(peak - 1000 * speed) < 5  # played `speed` times faster: pitch scales too
+            if speed == 1.0:  # the unperturbed speed is the plain crop, sample for sample
+                np.testing.assert_array_equal(crop, plain[i][0])
+            seen[label % 3] = True
+            ds.set_epoch(epoch)
+    assert len(seen) == 3
+    again = CropDataset(tone, seed=0, frames=100, speeds=[0.9, 1.0, 1.1])
+    again.set_epoch(11)
+    np.testing.assert_array_equal(again[1][0], ds[1][0])
+
+
+def test_bad_speeds_are_refused(manifest):
+    for speeds in ([], [0.9, 0.9], [3.0]):
+        with pytest.raises(ValueError, match="speeds"):
+            CropDataset(manifest, speeds=speeds)
+
+
+def test_sessions_and_donors(manifest):
+    ds = CropDataset(manifest, seed=0, frames=60)
+    sessions = ds.sessions()
+    folders = [str(Path(p).parent) for p in manifest.paths]
+    assert len(set(sessions.tolist())) == len(set(folders))
+    assert all((sessions[i] == sessions[j]) == (folders[i] == folders[j]) for i in range(12) for j in range(12))
+    a, b = ds.donor(np.random.default_rng(1)), ds.donor(np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (crop_samples(60),)

@@ -1,6 +1,8 @@
 import pytest
 
-from ghostvlad.train.sampler import EpochBatches
+import numpy as np
+
+from ghostvlad.train.sampler import EpochBatches, SessionBatches
 
 
 def test_one_pass_per_epoch_deterministic_and_resumable():
@@ -32,3 +34,41 @@ def test_errors():
         EpochBatches(10, 4, world=3)
     with pytest.raises(ValueError, match="no training data"):
         EpochBatches(0, 4)
+
+
+def session_corpus():
+    """6 speakers; speaker s has s + 1 sessions of 3 utterances (speaker 0 a single session)."""
+    speakers, sessions = [], []
+    for s in range(6):
+        for v in range(s + 1):
+            speakers += [s] * 3
+            sessions += [10 * s + v] * 3
+    return np.array(speakers), np.array(sessions)
+
+
+def test_session_batches_group_speakers_across_sessions():
+    speakers, sessions = session_corpus()
+    sampler = SessionBatches(speakers, sessions, batch_size=6, per_speaker=2, seed=1)
+    assert sampler.steps == len(speakers) // 6
+    epoch = sampler.batches(0)
+    for batch in epoch:
+        assert len(batch) == 6
+        groups = [batch[k : k + 2] for k in range(0, 6, 2)]
+        assert len({int(speakers[g[0]]) for g in groups}) == 3  # three different speakers
+        for g in groups:
+            assert speakers[g[0]] == speakers[g[1]]
+            if speakers[g[0]] > 0:  # a speaker with two or more sessions: two of them
+                assert sessions[g[0]] != sessions[g[1]]
+    assert epoch == SessionBatches(speakers, sessions, 6, 2, seed=1).batches(0)
+    assert epoch != sampler.batches(1)
+    assert sampler.batches(0, start=2) == epoch[2:]
+    ranks = [SessionBatches(speakers, sessions, 6, 2, rank=r, world=2, seed=1).batches(0) for r in range(2)]
+    assert [a + b for a, b in zip(*ranks)] == epoch
+
+
+def test_session_batches_refuse_impossible_settings():
+    speakers, sessions = session_corpus()
+    with pytest.raises(ValueError, match="not a multiple of per_speaker"):
+        SessionBatches(speakers, sessions, batch_size=6, per_speaker=4)
+    with pytest.raises(ValueError, match="6 speakers cannot fill a batch of 8 speakers"):
+        SessionBatches(speakers, sessions, batch_size=16, per_speaker=2)

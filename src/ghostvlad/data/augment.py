@@ -1,19 +1,33 @@
-"""Training-crop augmentation with MUSAN noise / music / babble and room impulse responses.
+"""Training-crop augmentation: recording channels simulated without any corpus, and MUSAN / RIR folders when given.
 
-Deterministic from the generator it is given (the datasets pass one seeded by ``(seed, epoch, utterance)``),
-so augmented batches, like the crops, do not depend on worker processes and replay exactly on resume.
+:class:`ChannelAugment` is a chain of stages (simulated rooms, coloured noise, babble of other training utterances,
+music-like tones, equalisation, band limits, telephone channels, lossy codecs, gain and clipping), each applied
+with its own probability, so that a speaker's crops are heard through many channels and the channel stops
+telling speakers apart. :class:`Augmenter` mixes MUSAN noise / music / speech or convolves with room impulse
+responses read from folders.
+
+Both are deterministic from the generator they are given (the datasets pass one seeded by
+``(seed, epoch, utterance)``), so augmented batches, like the crops, do not depend on worker processes and
+replay exactly on resume.
 """
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import av
 import numpy as np
+import scipy.signal as sps
 import soundfile as sf
+import soxr
 from scipy.signal import fftconvolve
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio
+from ..registry import Registry
+from .dsp import biquads, colored_noise, mix_at_snr
 
 # SNR ranges (dB) per MUSAN category, as used by the VoxCeleb recipes of Kaldi and its successors
 SNR_DB = {"noise": (0.0, 15.0), "music": (5.0, 15.0), "speech": (13.0, 20.0)}
@@ -84,3 +98,253 @@ class Augmenter:
         speech_power = np.mean(crop**2) + 1e-12
         noise_power = np.mean(noise**2) + 1e-12
         return (crop + noise * np.sqrt(speech_power / (noise_power * 10 ** (snr / 10)))).astype(np.float32)
+
+
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+@dataclass
+class Chain:
+    """Augmentations applied one after another with the same generator."""
+
+    steps: list[Augment]
+
+    def __call__(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        for step in self.steps:
+            crop = step(crop, rng)
+        return crop
+
+
+def chain(*augments: Augment | None) -> Augment | None:
+    """The given augmentations (``None`` entries skipped) as one; ``None`` when there are none."""
+    steps = [a for a in augments if a is not None]
+    return None if not steps else steps[0] if len(steps) == 1 else Chain(steps)
+
+
+# ------------------------------------------------------------------------------------------ channel simulation
+
+Donor = Callable[[np.random.Generator], np.ndarray]  # a crop of another training utterance, for babble
+
+
+@dataclass
+class StageContext:
+    """What stages may use besides the crop: simulated rooms and a source of other utterances."""
+
+    rooms: list[np.ndarray] = field(default_factory=list)
+    donor: Donor | None = None
+
+
+Stage = Callable[[np.ndarray, np.random.Generator, StageContext], np.ndarray]
+STAGES: Registry[Stage] = Registry("augmentation")
+ROOM_MAX_ORDER = 40  # image-source reflection order (about 30 ms per room); beyond it the tail is cut short
+RIR_SECONDS = 1.0
+
+
+def simulate_rooms(count: int, seed: int) -> list[np.ndarray]:
+    """``count`` room impulse responses of shoebox rooms (pyroomacoustics' image-source method).
+
+    Rooms of 3 x 3 x 2.5 to 12 x 10 x 4.5 m with an RT60 of 0.15-1.0 s, source and microphone at random places at
+    least 0.5 m from the walls. Each response starts at its direct path and has unit energy.
+    """
+    import pyroomacoustics as pra
+
+    rng = np.random.default_rng([seed, 7])
+    rooms = []
+    for _ in range(count):
+        dim = rng.uniform([3.0, 3.0, 2.5], [12.0, 10.0, 4.5])
+        absorption, order = pra.inverse_sabine(float(rng.uniform(0.15, 1.0)), dim)
+        room = pra.ShoeBox(dim, fs=SAMPLE_RATE, materials=pra.Material(absorption),
+                           max_order=min(order, ROOM_MAX_ORDER))
+        room.add_source(rng.uniform(0.5, dim - 0.5))
+        room.add_microphone(rng.uniform(0.5, dim - 0.5))
+        room.compute_rir()
+        rir = np.asarray(room.rir[0][0], dtype=np.float64)
+        rir = rir[int(np.argmax(np.abs(rir))):][: int(RIR_SECONDS * SAMPLE_RATE)]
+        rooms.append((rir / np.sqrt(np.sum(rir**2))).astype(np.float32))
+    return rooms
+
+
+def _fit(x: np.ndarray, n: int) -> np.ndarray:
+    """``x`` cut or zero-padded to ``n`` samples."""
+    return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
+
+
+@STAGES.register("reverb")
+def reverb(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
+    """Convolution with a simulated room, kept aligned with the dry signal."""
+    if not ctx.rooms:
+        return x
+    rir = ctx.rooms[int(rng.integers(len(ctx.rooms)))]
+    return sps.oaconvolve(x, rir)[: len(x)]
+
+
+@STAGES.register("noise")
+def noise(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
+    """Coloured noise (white to brown, slowly modulated in level) at 0-20 dB SNR."""
+    n = len(x)
+    bed = colored_noise(rng, n, float(rng.uniform(0.0, 2.0)))
+    bed *= 1 + float(rng.uniform(0, 0.8)) * np.sin(2 * np.pi * rng.uniform(0.1, 2.0) * np.arange(n) / SAMPLE_RATE
+                                                   + rng.uniform(0, 2 * np.pi))
+    return mix_at_snr(x, bed, float(rng.uniform(0.0, 20.0)))
+
+
+@STAGES.register("babble")
+def babble(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
+    """3-6 other training utterances at random levels, mixed at 5-20 dB SNR."""
+    if ctx.donor is None:
+        return x
+    bed = np.zeros(len(x))
+    for _ in range(int(rng.integers(3, 7))):
+        talker = _fit(np.asarray(ctx.donor(rng), dtype=np.float64), len(x))
+        bed += talker * 10 ** (rng.uniform(-6, 0) / 20) / (np.sqrt(np.mean(talker**2)) + 1e-9)
+    return mix_at_snr(x, bed, float(rng.uniform(5.0, 20.0)))
+
+
+@STAGES.register("music")
+def music(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
+    """Music-like tones: 2-4 voices of notes (a sine driven into saturation, rich in harmonics) with decaying
+    envelopes, at 5-15 dB SNR."""
+    n = len(x)
+    bed = np.zeros(n)
+    for _ in range(int(rng.integers(2, 5))):
+        notes = int(rng.integers(2, 9))
+        onsets = np.sort(rng.integers(0, n, notes))
+        onsets[0] = 0
+        index = np.searchsorted(onsets, np.arange(n), side="right") - 1  # the note sounding at each sample
+        f0 = 440 * 2 ** ((rng.integers(36, 84, notes) - 69) / 12)
+        phase = 2 * np.pi * np.cumsum(f0[index]) / SAMPLE_RATE
+        since = (np.arange(n) - onsets[index]) / SAMPLE_RATE
+        envelope = np.exp(-since * rng.uniform(0.5, 6.0, notes)[index])
+        bed += envelope * np.tanh(rng.uniform(0.5, 5.0) * np.sin(phase))
+    return mix_at_snr(x, bed, float(rng.uniform(5.0, 15.0)))
+
+
+@STAGES.register("eq")
+def eq(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
+    """Random equalisation: 2-5 peaking filters of +-10 dB and two shelves (a microphone's and a room's colour)."""
+    count = int(rng.integers(2, 6))
+    freqs = np.exp(rng.uniform(np.log(100), np.log(6000), count))
+    bands = [("peak", float(f), float(g), float(q))
+             for f, g, q in zip(freqs, rng.uniform(-10, 10, count), rng.uniform(0.5, 4, count))]
+    bands += [("lowshelf", float(rng.uniform(80, 400)), float(rng.uniform(-10, 8)), 0.707),
+              ("highshelf", float(rng.uniform(2000, 6000)), float(rng.uniform(-12, 8)), 0.707)]
+    return sps.sosfilt(biquads(bands), x)
+
+
+@STAGES.register("bandlimit")
+def bandlimit(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
+    """A high-pass at 50-400 Hz and a low-pass at 2.5-7.5 kHz of random orders."""
+    sos = np.vstack([
+        sps.butter(int(rng.integers(1, 5)), float(np.exp(rng.uniform(np.log(50), np.log(400)))), "highpass",
+                   fs=SAMPLE_RATE, output="sos"),
+        sps.butter(int(rng.integers(2, 11)), float(rng.uniform(2500, 7500)), "lowpass", fs=SAMPLE_RATE, output="sos"),
+    ])
+    return sps.sosfilt(sos, x)
+
+
+def _g711(x: np.ndarray, law: str) -> np.ndarray:
+    """8-bit mu-law or A-law companding and expansion (G.711's quantisation) of a signal in [-1, 1]."""
+    y = np.clip(x, -1.0, 1.0)
+    mag = np.abs(y)
+    if law == "mu":
+        mu = 255.0
+        code = np.round(np.sign(y) * np.log1p(mu * mag) / np.log1p(mu) * 127) / 127
+        return np.sign(code) * np.expm1(np.abs(code) * np.log1p(mu)) / mu
+    a = 87.6
+    small = mag < 1 / a
+    compressed = np.where(small, a * mag, 1 + np.log(np.maximum(a * mag, 1.0))) / (1 + np.log(a))
+    code = np.round(compressed * 127) / 127
+    expanded = np.where(code < 1 / (1 + np.log(a)), code * (1 + np.log(a)) / a,
+                        np.exp(code * (1 + np.log(a)) - 1) / a)
+    return np.sign(y) * expanded
+
+
+@STAGES.register("telephone")
+def telephone(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
+    """A narrow-band telephone line: 300-3400 Hz at 8 kHz, G.711 mu-law or A-law at a random line level."""
+    n = len(x)
+    narrow = soxr.resample(x, SAMPLE_RATE, 8000)
+    narrow = sps.sosfilt(sps.butter(4, [300, 3400], "bandpass", fs=8000, output="sos"), narrow)
+    level = 10 ** (rng.uniform(-30, -10) / 20) / (np.sqrt(np.mean(narrow**2)) + 1e-9)
+    coded = _g711(narrow * level, "mu" if rng.random() < 0.5 else "a") / level
+    return _fit(soxr.resample(coded, 8000, SAMPLE_RATE), n)
+
+
+CODECS = {  # name -> (PyAV encoder, container, sample rate, bit rates in bit/s)
+    "mp3": ("libmp3lame", "mp3", 16000, (8000, 16000, 24000, 32000)),
+    "aac": ("aac", "adts", 16000, (12000, 16000, 24000, 32000)),
+    "opus": ("libopus", "ogg", 16000, (6000, 8000, 12000, 16000)),
+}
+
+
+def codec_round_trip(x: np.ndarray, codec: str, bit_rate: int) -> np.ndarray:
+    """``x`` (16 kHz float) encoded with ``codec`` at ``bit_rate`` and decoded again, same length (PyAV/FFmpeg)."""
+    encoder, container, rate, _ = CODECS[codec]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        stream = out.add_stream(encoder, rate=rate, layout="mono")
+        stream.bit_rate = bit_rate
+        frame = av.AudioFrame.from_ndarray(np.clip(x, -1, 1).astype(np.float32)[None], format="flt", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        for packet in stream.encode(frame):
+            out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    buffer.seek(0)
+    with av.open(buffer, "r") as inp:
+        frames = list(inp.decode(audio=0))
+    if not frames:
+        return np.zeros_like(x)
+    y = np.concatenate([f.to_ndarray().mean(axis=0) if f.format.is_planar else f.to_ndarray().reshape(-1)
+                        for f in frames])
+    if frames[0].sample_rate != SAMPLE_RATE:  # Opus decoders always give 48 kHz
+        y = soxr.resample(y, frames[0].sample_rate, SAMPLE_RATE)
+    return _fit(y, len(x))
+
+
+@STAGES.register("codec")
+def codec(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
+    """A lossy codec round trip at a low bit rate: MP3 8-32 kbit/s, AAC 12-32 kbit/s or Opus 6-16 kbit/s."""
+    name = list(CODECS)[int(rng.integers(len(CODECS)))]
+    rates = CODECS[name][3]
+    peak = np.max(np.abs(x)) + 1e-9
+    scale = 0.5 / peak if peak > 0.5 else 1.0  # encoders clip at full scale
+    return codec_round_trip(x * scale, name, int(rates[int(rng.integers(len(rates)))])) / scale
+
+
+@STAGES.register("gain")
+def gain(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
+    """A level change of -20 to +20 dB, clipped at full scale (a clipping recorder when driven too hard)."""
+    return np.clip(x * 10 ** (rng.uniform(-20, 20) / 20), -1.0, 1.0)
+
+
+STAGE_ORDER = ("reverb", "noise", "babble", "music", "eq", "bandlimit", "telephone", "codec", "gain")  # as in a recording
+
+
+class ChannelAugment:
+    """A chain of :data:`STAGES`, each applied with its probability, in :data:`STAGE_ORDER`.
+
+    ``probs`` maps stage names to probabilities (stages not named are off). Rooms for ``reverb`` are simulated
+    once here (``rooms`` of them, from ``seed``), so worker processes share them. ``donor`` gives crops of other
+    training utterances for ``babble``.
+    """
+
+    def __init__(self, probs: Mapping[str, float], seed: int = 0, rooms: int = 128, donor: Donor | None = None) -> None:
+        unknown = sorted(set(probs) - set(STAGE_ORDER))
+        if unknown:
+            raise ValueError(f"unknown augmentation stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_ORDER)}")
+        bad = {k: v for k, v in probs.items() if not isinstance(v, (int, float)) or not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"augmentation probabilities must be numbers in [0, 1]: {bad}")
+        self.probs = {name: float(probs[name]) for name in STAGE_ORDER if probs.get(name, 0) > 0}
+        self.context = StageContext(simulate_rooms(rooms, seed) if "reverb" in self.probs else [], donor)
+
+    def __call__(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        x = crop.astype(np.float64)
+        for name, prob in self.probs.items():
+            if rng.random() < prob:
+                x = STAGES.get(name)(x, rng, self.context)
+        peak = np.max(np.abs(x))
+        if not np.isfinite(peak):
+            raise AudioError("augmentation", "a stage produced a non-finite signal")
+        return (x / peak if peak > 1 else x).astype(np.float32)

@@ -14,9 +14,11 @@ on resume.
 """
 from __future__ import annotations
 
+import collections
 import io
+import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
@@ -24,11 +26,13 @@ from typing import BinaryIO
 import av
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio, prepare_waveform
 from ..features import train_crop
+from .augment import Augment
 from .manifest import Manifest
 from .shards import ShardIndex, iter_shard_samples, read_index
 
@@ -37,7 +41,6 @@ REVERSE_PROB = 0.3
 PARTIAL_READ_SUFFIXES = frozenset({".wav", ".flac"})  # libsndfile seeks these sample-exactly and cheaply
 SEEK_DECODE_SUFFIXES = frozenset({".m4a", ".mp4"})  # AAC in MP4: an index of frames, each 1024 samples
 _PREROLL_FRAMES = 2  # AAC frames decoded and dropped before a segment: the MDCT overlap spans one
-Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 _DURATION_TOLERANCE = 16  # samples (1 ms) between the manifest's duration and the file's
 
 
@@ -260,16 +263,47 @@ def _label_map(speaker_ids: list[str]) -> dict[str, int]:
     return {s: k for k, s in enumerate(speaker_ids)}
 
 
+def check_speeds(speeds: Sequence[float]) -> tuple[float, ...]:
+    """The speed-perturbation factors, checked: a non-empty list of distinct numbers in [0.5, 2]."""
+    speeds = tuple(float(v) for v in speeds)
+    if not speeds or len(set(speeds)) != len(speeds) or not all(0.5 <= v <= 2 for v in speeds):
+        raise ValueError(f"speeds {list(speeds)}: give distinct factors in [0.5, 2], e.g. [0.9, 1.0, 1.1]")
+    return speeds
+
+
+def speed_draw(speeds: tuple[float, ...], seed: int, epoch: int, index: int) -> int:
+    """Which of ``speeds`` utterance ``index`` plays at in ``epoch`` (uniform, from ``(seed, epoch, index)``)."""
+    return 0 if len(speeds) == 1 else int(np.random.default_rng([seed, epoch, index, 2]).integers(len(speeds)))
+
+
+def speed_frames(frames: int, speed: float) -> int:
+    """Frames of source audio that make a ``frames``-frame crop once played at ``speed``."""
+    return frames if speed == 1 else math.ceil((frames - 1) * speed) + 2
+
+
+def play_at(crop: np.ndarray, speed: float, frames: int) -> np.ndarray:
+    """``crop`` played ``speed`` times faster (pitch and tempo together, as Kaldi's speed perturbation), cut to
+    the ``frames``-frame crop length."""
+    if speed == 1:
+        return crop
+    out = soxr.resample(crop, SAMPLE_RATE * speed, SAMPLE_RATE)
+    size = crop_samples(frames)
+    return (out[:size] if len(out) >= size else np.pad(out, (0, size - len(out)))).astype(np.float32)
+
+
 class CropDataset(Dataset):
     """Map-style: item ``i`` -> ``(crop float32 (39840,), label int)`` for utterance ``i`` of a manifest.
 
     The crop's randomness comes only from ``np.random.default_rng([seed, epoch, i])``. ``speaker_ids`` fixes the
     label numbering (default: the manifest's sorted speaker ids). Paths are kept in a numpy byte array, so
     forked workers do not copy them page by page through reference counting.
+
+    With several ``speeds`` (speed perturbation), each utterance plays at one of them per epoch, drawn from
+    ``(seed, epoch, i)``, and every speed of a speaker is a class of its own: label ``speaker * len(speeds) + k``.
     """
 
     def __init__(self, manifest: Manifest, seed: int = 0, frames: int = 250,
-                 speaker_ids: list[str] | None = None) -> None:
+                 speaker_ids: list[str] | None = None, speeds: Sequence[float] = (1.0,)) -> None:
         self.speaker_ids = list(speaker_ids) if speaker_ids is not None else manifest.speaker_ids()
         index = _label_map(self.speaker_ids)
         unknown = sorted(set(manifest.speakers) - index.keys())
@@ -278,12 +312,26 @@ class CropDataset(Dataset):
         self.labels = np.array([index[s] for s in manifest.speakers], dtype=np.int64)
         self.paths = np.array([os.fsencode(p) for p in manifest.paths], dtype=np.bytes_)
         self.durations = np.asarray(manifest.durations, dtype=np.float32)
-        self.seed, self.frames = seed, frames
-        self.augment: Augment | None = None  # e.g. data.augment.Augmenter; its rng is seeded like the crop's
+        self.seed, self.frames, self.speeds = seed, frames, check_speeds(speeds)
+        self.augment: Augment | None = None  # e.g. data.augment.ChannelAugment; its rng is seeded like the crop's
         self._epoch = _SharedEpoch()
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def classes(self) -> int:
+        return len(self.speaker_ids) * len(self.speeds)
+
+    def sessions(self) -> np.ndarray:
+        """A recording-session id per utterance: its folder (VoxCeleb layout ``speaker/session/utterance``)."""
+        folders = [os.path.dirname(os.fsdecode(p)) for p in self.paths]
+        return np.unique(folders, return_inverse=True)[1]
+
+    def donor(self, rng: np.random.Generator) -> np.ndarray:
+        """A crop of a random utterance, at normal speed and unaugmented (babble for the augmentation)."""
+        j = int(rng.integers(len(self.paths)))
+        return read_crop(os.fsdecode(self.paths[j]), rng, float(self.durations[j]), self.frames)
 
     @property
     def epoch(self) -> int:
@@ -295,10 +343,13 @@ class CropDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         i = int(i)
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        crop = read_crop(os.fsdecode(self.paths[i]), rng, float(self.durations[i]), self.frames)
+        k = speed_draw(self.speeds, self.seed, self.epoch, i)
+        speed = self.speeds[k]
+        crop = read_crop(os.fsdecode(self.paths[i]), rng, float(self.durations[i]), speed_frames(self.frames, speed))
+        crop = play_at(crop, speed, self.frames)
         if self.augment is not None:
             crop = self.augment(crop, np.random.default_rng([self.seed, self.epoch, i, 1]))
-        return crop, int(self.labels[i])
+        return crop, int(self.labels[i]) * len(self.speeds) + k
 
 
 class ShardCropDataset(IterableDataset):
@@ -308,13 +359,14 @@ class ShardCropDataset(IterableDataset):
     them and DataLoader worker ``w`` of ``W`` every ``W``-th of those, so each utterance is seen once per epoch
     across all ranks and workers. Samples pass through a shuffle buffer (``shuffle_buffer`` entries, seeded by
     seed, epoch, rank and worker). An utterance's crop is drawn from ``default_rng([seed, epoch, index])`` with its
-    manifest index, so it equals :class:`CropDataset`'s crop of the same utterance. ``rank``/``world`` default to
-    the torch.distributed process group, if any.
+    manifest index, so it equals :class:`CropDataset`'s crop of the same utterance (speed perturbation included).
+    ``rank``/``world`` default to the torch.distributed process group, if any. Babble donors are the worker's
+    most recent crops.
     """
 
     def __init__(self, index: str | os.PathLike | ShardIndex, seed: int = 0, frames: int = 250,
                  speaker_ids: list[str] | None = None, shuffle_buffer: int = 500, rank: int | None = None,
-                 world: int | None = None) -> None:
+                 world: int | None = None, speeds: Sequence[float] = (1.0,)) -> None:
         self.index = index if isinstance(index, ShardIndex) else read_index(index)
         self.speaker_ids = list(speaker_ids) if speaker_ids is not None else list(self.index.speakers)
         self._labels = _label_map(self.speaker_ids)
@@ -322,7 +374,9 @@ class ShardCropDataset(IterableDataset):
         if unknown:
             raise ValueError(f"{len(unknown)} shard speaker(s) not in speaker_ids, e.g. {unknown[0]!r}")
         self.seed, self.frames, self.shuffle_buffer = seed, frames, shuffle_buffer
+        self.speeds = check_speeds(speeds)
         self.augment: Augment | None = None
+        self._recent: collections.deque[np.ndarray] = collections.deque(maxlen=32)
         self.rank, self.world = _rank_world(rank, world)
         if len(self.index.shards) < self.world:
             raise ValueError(f"{len(self.index.shards)} shard(s) cannot feed {self.world} ranks; write smaller shards")
@@ -334,6 +388,16 @@ class ShardCropDataset(IterableDataset):
 
     def set_epoch(self, epoch: int) -> None:
         self._epoch.set(epoch)
+
+    @property
+    def classes(self) -> int:
+        return len(self.speaker_ids) * len(self.speeds)
+
+    def donor(self, rng: np.random.Generator) -> np.ndarray:
+        """One of this worker's recent crops (silence before the first), for babble."""
+        if not self._recent:
+            return np.zeros(crop_samples(self.frames), np.float32)
+        return self._recent[int(rng.integers(len(self._recent)))]
 
     def rank_shards(self, epoch: int | None = None) -> list[int]:
         """Indices of the shards this rank reads in ``epoch`` (default: the current one)."""
@@ -353,10 +417,14 @@ class ShardCropDataset(IterableDataset):
         shuffle = np.random.default_rng([self.seed, epoch, self.rank, worker, 1])
         for sample in iter_shard_samples(self.index, shards, self.shuffle_buffer, shuffle):
             rng = np.random.default_rng([self.seed, epoch, sample.index])
-            crop = crop_soundfile(io.BytesIO(sample.audio), rng, sample.duration, self.frames, sample.source)
+            k = speed_draw(self.speeds, self.seed, epoch, sample.index)
+            crop = crop_soundfile(io.BytesIO(sample.audio), rng, sample.duration,
+                                  speed_frames(self.frames, self.speeds[k]), sample.source)
+            crop = play_at(crop, self.speeds[k], self.frames)
+            self._recent.append(crop)
             if self.augment is not None:
                 crop = self.augment(crop, np.random.default_rng([self.seed, epoch, sample.index, 1]))
-            yield crop, self._labels[sample.speaker]
+            yield crop, self._labels[sample.speaker] * len(self.speeds) + k
 
 
 def _rank_world(rank: int | None, world: int | None) -> tuple[int, int]:

@@ -35,13 +35,13 @@ from typing import Any
 
 import espeakng_loader
 import numpy as np
-import scipy.fft
 import scipy.signal as sps
 import soundfile as sf
 import soxr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..fileio import atomic_write, atomic_write_text
+from .dsp import biquads, colored_noise, mix_at_snr
 
 SAMPLE_RATE = 16000
 ESPEAK_RATE = 22050  # espeak-ng's fixed output rate
@@ -352,31 +352,12 @@ def _plan(config: SynthConfig) -> list[_Session]:
 # --------------------------------------------------------------------------------------------------------- signals
 
 
-def _biquads(eq: tuple[tuple[str, float, float, float], ...]) -> np.ndarray:
-    """Second-order sections of RBJ-cookbook peaking and shelving filters."""
-    kind = np.array([e[0] for e in eq])
-    f, gain, q = (np.array([e[i] for e in eq], dtype=np.float64) for i in (1, 2, 3))
-    a = 10 ** (gain / 40)
-    w0 = 2 * np.pi * f / SAMPLE_RATE
-    cos, alpha = np.cos(w0), np.sin(w0) / (2 * q)
-    sq = 2 * np.sqrt(a) * alpha
-    peak = np.stack([1 + alpha * a, -2 * cos, 1 - alpha * a, 1 + alpha / a, -2 * cos, 1 - alpha / a], axis=1)
-    low = np.stack([a * ((a + 1) - (a - 1) * cos + sq), 2 * a * ((a - 1) - (a + 1) * cos),
-                    a * ((a + 1) - (a - 1) * cos - sq), (a + 1) + (a - 1) * cos + sq,
-                    -2 * ((a - 1) + (a + 1) * cos), (a + 1) + (a - 1) * cos - sq], axis=1)
-    high = np.stack([a * ((a + 1) + (a - 1) * cos + sq), -2 * a * ((a - 1) + (a + 1) * cos),
-                     a * ((a + 1) + (a - 1) * cos - sq), (a + 1) - (a - 1) * cos + sq,
-                     2 * ((a - 1) - (a + 1) * cos), (a + 1) - (a - 1) * cos - sq], axis=1)
-    sos = np.select([kind[:, None] == "peak", kind[:, None] == "lowshelf"], [peak, low], high)
-    return sos / sos[:, 3:4]
-
-
 def _channel_filter(channel: Channel) -> np.ndarray:
     band = np.vstack([
         sps.butter(2, channel.highpass, "highpass", fs=SAMPLE_RATE, output="sos"),
         sps.butter(channel.lowpass_order, channel.lowpass, "lowpass", fs=SAMPLE_RATE, output="sos"),
     ])
-    return np.vstack([_biquads(channel.eq), band])
+    return np.vstack([biquads(channel.eq), band])
 
 
 def _rir(channel: Channel, rng: np.random.Generator) -> np.ndarray:
@@ -389,13 +370,6 @@ def _rir(channel: Channel, rng: np.random.Generator) -> np.ndarray:
     tail *= 10 ** (-channel.drr_db / 20) / np.sqrt(np.sum(tail**2))
     tail[0] = 1.0
     return tail
-
-
-def _colored_noise(rng: np.random.Generator, n: int, exponent: float) -> np.ndarray:
-    """Gaussian noise with power spectrum proportional to 1/f**exponent (flat below 20 Hz)."""
-    m = scipy.fft.next_fast_len(n, real=True)
-    freqs = np.maximum(scipy.fft.rfftfreq(m, 1 / SAMPLE_RATE), 20.0)
-    return scipy.fft.irfft(scipy.fft.rfft(rng.standard_normal(m)) * freqs ** (-exponent / 2), m)[:n]
 
 
 def _babble(session: _Session, rng: np.random.Generator) -> np.ndarray:
@@ -428,11 +402,11 @@ def _utterance(session: _Session, u: int, rir: np.ndarray, sos: np.ndarray, babb
         speech = np.concatenate([speech, speak(voice, text, int(rng.integers(2**31)))])
     x = sps.fftconvolve(_fade(speech[:n].astype(np.float64)), rir)[:n]
     if babble is None:
-        noise = _colored_noise(rng, n, _NOISE_EXPONENT[session.channel.noise])
+        noise = colored_noise(rng, n, _NOISE_EXPONENT[session.channel.noise])
     else:
         start = int(rng.integers(len(babble) - n + 1))
         noise = babble[start : start + n]
-    x += noise * np.sqrt(np.mean(x**2) / (np.mean(noise**2) * 10 ** (session.channel.snr_db / 10)))
+    x = mix_at_snr(x, noise, session.channel.snr_db)
     x = sps.sosfilt(sos, x)
     x *= 10 ** ((session.channel.level_db + rng.normal(0, 1.0)) / 20) / np.sqrt(np.mean(x**2))
     x *= min(1.0, 0.99 / np.max(np.abs(x)))  # keep the peak in range rather than clip

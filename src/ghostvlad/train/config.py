@@ -43,7 +43,11 @@ class DataConfig:
     workers: int = 4  # DataLoader worker processes per rank
     musan: str | None = None  # MUSAN root (noise/ music/ speech/) for additive augmentation
     rir: str | None = None  # folder of room impulse responses
-    augment_prob: float = 0.6
+    augment_prob: float = 0.6  # of the MUSAN / RIR folder augmentation
+    # simulated channels, no corpus needed: stage -> probability (see data.augment.STAGE_ORDER); {} = off
+    augment: dict[str, float] = field(default_factory=dict)
+    rooms: int = 128  # simulated rooms for the `reverb` stage
+    speeds: list[float] = field(default_factory=lambda: [1.0])  # speed perturbation; each speed a new class
 
 
 @dataclass
@@ -59,6 +63,8 @@ class RunConfig:
     bn_momentum: float = 0.01  # PyTorch convention; 0.01 = Keras' 0.99. Short runs need more (e.g. 0.1)
     # VLAD centers of a run from scratch: orthogonal (the original) | kmeans (of the first crops' frame descriptors)
     vlad_init: str = "orthogonal"
+    sampler: str = "random"  # random (permutations) | sessions (per_speaker utterances a speaker, across sessions)
+    per_speaker: int = 2  # sessions sampler: utterances of each speaker in a batch
 
 
 @dataclass

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..data.augment import Augmenter
+from ..data.augment import Augmenter, ChannelAugment, chain
 from ..data.dataset import CropDataset, ShardCropDataset
 from ..data.manifest import read_manifest
 from ..data.shards import INDEX_NAME
@@ -33,7 +33,7 @@ from ..models.pooling import NetVLAD
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_config, load_config
-from .sampler import EpochBatches
+from .sampler import EpochBatches, SessionBatches
 from .schedules import SCHEDULES
 
 CONFIG_NAME = "config.yaml"
@@ -41,6 +41,7 @@ METRICS_NAME = "metrics.csv"
 SPEAKERS_NAME = "speakers.txt"
 METRIC_FIELDS = ["time", "epoch", "step", "global_step", "loss", "acc", "lr", "crops_per_s", "data_wait", "valid_eer"]
 VLAD_INITS = ("orthogonal", "kmeans")
+SAMPLERS = ("random", "sessions")
 KMEANS_CROPS = 128  # training crops whose frame descriptors the k-means init clusters
 
 
@@ -160,9 +161,11 @@ class Trainer:
         self.dist = distributed.setup(device)
         torch.manual_seed(config.train.seed)
         self.dataset, self.speakers, size = self._dataset(Path(data))
-        self.dataset.augment = Augmenter.from_dirs(config.data.musan, config.data.rir, config.data.augment_prob)
-        self.batches = EpochBatches(size, config.train.batch_size, self.dist.rank, self.dist.world,
-                                    config.train.seed, config.train.steps_per_epoch)
+        channels = (ChannelAugment(config.data.augment, config.train.seed, config.data.rooms, self.dataset.donor)
+                    if config.data.augment else None)
+        self.dataset.augment = chain(
+            Augmenter.from_dirs(config.data.musan, config.data.rir, config.data.augment_prob), channels)
+        self.batches = self._batches(size)
         encoder = SpeakerEncoder(config.model)
         if init is not None:
             self._init_from(encoder, init)
@@ -170,7 +173,8 @@ class Trainer:
             if isinstance(module, nn.BatchNorm2d):
                 module.momentum = config.train.bn_momentum
         head_kwargs = {k: v for k, v in (("margin", config.head.margin), ("scale", config.head.scale)) if v is not None}
-        head = HEADS.build(config.head.name, embed_dim=config.model.embed_dim, classes=len(self.speakers), **head_kwargs)
+        head = HEADS.build(config.head.name, embed_dim=config.model.embed_dim, classes=self.dataset.classes,
+                           **head_kwargs)
         self.net = Classifier(encoder, head).to(self.dist.device)
         self.frontend = Spectrogram(FrontEndConfig()).to(self.dist.device)
         if config.train.vlad_init not in VLAD_INITS:
@@ -198,12 +202,27 @@ class Trainer:
         cfg = self.config
         if data.is_dir() or data.name == INDEX_NAME:
             ds = ShardCropDataset(data, seed=cfg.train.seed, frames=cfg.data.frames,
-                                  rank=self.dist.rank, world=self.dist.world)
+                                  rank=self.dist.rank, world=self.dist.world, speeds=cfg.data.speeds)
             return ds, ds.speaker_ids, ds.index.utterances
         if not data.exists():
             raise TrainError(f"{data}: training data not found (give a manifest CSV or shards from `ghostvlad prepare`)")
         manifest = read_manifest(data)
-        return CropDataset(manifest, seed=cfg.train.seed, frames=cfg.data.frames), manifest.speaker_ids(), len(manifest)
+        ds = CropDataset(manifest, seed=cfg.train.seed, frames=cfg.data.frames, speeds=cfg.data.speeds)
+        return ds, manifest.speaker_ids(), len(manifest)
+
+    def _batches(self, size: int) -> EpochBatches | SessionBatches:
+        run = self.config.train
+        if run.sampler not in SAMPLERS:
+            raise TrainError(f"unknown train.sampler {run.sampler!r}; choose {' or '.join(SAMPLERS)}")
+        if run.sampler == "random":
+            return EpochBatches(size, run.batch_size, self.dist.rank, self.dist.world, run.seed, run.steps_per_epoch)
+        if not isinstance(self.dataset, CropDataset):
+            raise TrainError("train.sampler=sessions needs a manifest CSV (shards are read in stream order)")
+        try:
+            return SessionBatches(self.dataset.labels, self.dataset.sessions(), run.batch_size, run.per_speaker,
+                                  self.dist.rank, self.dist.world, run.seed, run.steps_per_epoch)
+        except ValueError as exc:
+            raise TrainError(f"train.sampler=sessions: {exc}") from None
 
     def _first_crops(self, count: int) -> torch.Tensor:
         """Up to ``count`` training crops of epoch 0, in data order."""

@@ -1,4 +1,8 @@
-"""Deterministic, resumable batch order: the same batches for any number of workers, exactly continued after a restart."""
+"""Deterministic, resumable batch order: the same batches for any number of workers, exactly continued after a restart.
+
+:class:`EpochBatches` (``train.sampler=random``) permutes the utterances; :class:`SessionBatches`
+(``train.sampler=sessions``) groups several utterances of a speaker from different sessions in each batch.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -29,3 +33,54 @@ class EpochBatches:
         per_rank = self.batch_size // self.world
         mine = order[start:, self.rank * per_rank : (self.rank + 1) * per_rank]
         return mine.tolist()
+
+
+class SessionBatches:
+    """Batches of ``per_speaker`` utterances of each of ``batch_size / per_speaker`` speakers, drawn from different
+    recording sessions where the speaker has them, so that the loss sees one voice through several channels.
+
+    Same interface and guarantees as :class:`EpochBatches`: batches come from ``(seed, epoch)`` alone, a rank
+    takes its slice (whole speaker groups when the per-rank batch is a multiple of ``per_speaker``), ``start``
+    skips steps on resume. ``steps`` defaults to one pass's worth of batches. Speakers are drawn in proportion to
+    their utterances, without repetition within a batch.
+    """
+
+    def __init__(self, speakers: np.ndarray, sessions: np.ndarray, batch_size: int, per_speaker: int = 2,
+                 rank: int = 0, world: int = 1, seed: int = 0, steps: int | None = None) -> None:
+        if batch_size % world:
+            raise ValueError(f"batch size {batch_size} is not divisible by {world} ranks")
+        if per_speaker < 1 or batch_size % per_speaker:
+            raise ValueError(f"batch size {batch_size} is not a multiple of per_speaker={per_speaker}")
+        speakers, sessions = np.asarray(speakers), np.asarray(sessions)
+        if len(speakers) < 1:
+            raise ValueError("no training data")
+        ids, speaker_index = np.unique(speakers, return_inverse=True)
+        if len(ids) < batch_size // per_speaker:
+            raise ValueError(f"{len(ids)} speakers cannot fill a batch of {batch_size // per_speaker} speakers "
+                             f"x {per_speaker}; lower train.batch_size or raise train.per_speaker")
+        # utterances of each speaker grouped by session: groups[s] = list of arrays of utterance indices
+        self.groups = []
+        for s in range(len(ids)):
+            mine = np.flatnonzero(speaker_index == s)
+            self.groups.append([mine[sessions[mine] == v] for v in np.unique(sessions[mine])])
+        counts = np.array([sum(len(g) for g in groups) for groups in self.groups], dtype=np.float64)
+        self.weights = counts / counts.sum()
+        self.size, self.batch_size, self.per_speaker = len(speakers), batch_size, per_speaker
+        self.rank, self.world, self.seed = rank, world, seed
+        self.steps = steps or max(1, self.size // batch_size)
+
+    def _pick(self, speaker: int, rng: np.random.Generator) -> list[int]:
+        groups = self.groups[speaker]
+        k = self.per_speaker
+        chosen = rng.permutation(len(groups))[:k] if len(groups) >= k else rng.integers(len(groups), size=k)
+        return [int(groups[g][rng.integers(len(groups[g]))]) for g in chosen]
+
+    def batches(self, epoch: int, start: int = 0) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch, 3])
+        per_batch = self.batch_size // self.per_speaker
+        order = []
+        for _ in range(self.steps):
+            chosen = rng.choice(len(self.groups), per_batch, replace=False, p=self.weights)
+            order.append([u for s in chosen for u in self._pick(int(s), rng)])
+        per_rank = self.batch_size // self.world
+        return [batch[self.rank * per_rank : (self.rank + 1) * per_rank] for batch in order[start:]]

@@ -1,0 +1,158 @@
+"""The simulated-channel augmentation: each stage changes the signal as specified, deterministically."""
+import numpy as np
+import pytest
+import scipy.signal as sps
+
+from ghostvlad.data.augment import STAGE_ORDER, ChannelAugment, StageContext, _g711, chain, codec_round_trip, STAGES
+
+SR = 16000
+N = 39840
+
+
+def speechlike(seed: int = 0) -> np.ndarray:
+    """A harmonic tone (F0 120-200 Hz) with a syllable-rate envelope: speech's spectral shape, deterministic."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(N) / SR
+    f0 = 160 + 40 * np.sin(2 * np.pi * 0.7 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    x = sum(np.sin(k * phase) / k for k in range(1, 30) if 200 * k < SR / 2)
+    x *= 0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2
+    return (0.1 * x / np.abs(x).max() + 0.001 * rng.standard_normal(N)).astype(np.float64)
+
+
+def band_energy(x: np.ndarray, lo: float, hi: float) -> float:
+    f, p = sps.welch(x, SR, nperseg=1024)
+    return float(p[(f >= lo) & (f < hi)].sum())
+
+
+def snr_db(clean: np.ndarray, mixed: np.ndarray) -> float:
+    return 10 * np.log10(np.mean(clean**2) / np.mean((mixed - clean) ** 2))
+
+
+def run(stage: str, x: np.ndarray, seed: int = 0, ctx: StageContext | None = None) -> np.ndarray:
+    return STAGES.get(stage)(x.copy(), np.random.default_rng(seed), ctx or StageContext())
+
+
+def test_reverb_convolves_with_one_of_the_simulated_rooms():
+    aug = ChannelAugment({"reverb": 1.0}, seed=0, rooms=4)
+    rooms = aug.context.rooms
+    assert len(rooms) == 4 and all(abs(np.sum(r.astype(np.float64) ** 2) - 1) < 1e-4 for r in rooms)
+    x = speechlike()
+    y = run("reverb", x, ctx=aug.context)
+    matches = [np.allclose(y, np.convolve(x, r)[:N], atol=1e-6) for r in rooms]
+    assert sum(matches) == 1
+    # a room lengthens the signal's decay: energy right after the input stops
+    burst = np.zeros(N)
+    burst[:1600] = x[:1600]
+    tail = run("reverb", burst, ctx=aug.context)[1600:4800]
+    assert np.sum(tail**2) > 1e-3 * np.sum(burst**2)
+
+
+@pytest.mark.parametrize(("stage", "low", "high"), [("noise", 0, 20), ("music", 5, 15), ("babble", 5, 20)])
+def test_additive_stages_mix_at_their_snr_range(stage, low, high):
+    x = speechlike()
+    donors = np.random.default_rng(5).standard_normal((3, N)) * 0.05
+    ctx = StageContext(donor=lambda rng: donors[int(rng.integers(3))])
+    snrs = [snr_db(x, run(stage, x, seed, ctx)) for seed in range(12)]
+    assert all(low - 1e-6 <= s <= high + 1e-6 for s in snrs), snrs
+    assert max(snrs) - min(snrs) > 2  # the SNR is drawn, not fixed
+
+
+def test_music_is_tonal_and_noise_is_not():
+    silent = np.zeros(N)
+    silent[0] = 1e-3  # the SNR is relative to this
+    tones = run("music", silent) - silent
+    hiss = run("noise", silent) - silent
+
+    def flatness(x):
+        _, p = sps.welch(x, SR, nperseg=2048)
+        p = p[1:] + 1e-20
+        return np.exp(np.mean(np.log(p))) / np.mean(p)
+
+    assert flatness(tones) < 0.05 < flatness(hiss)
+
+
+def test_eq_is_a_random_linear_filter_within_its_gain_range():
+    impulse = np.zeros(4096)
+    impulse[0] = 1
+    responses = [np.abs(np.fft.rfft(run("eq", impulse, seed))) for seed in range(5)]
+    for h in responses:
+        db = 20 * np.log10(h[5:-50])
+        assert db.max() < 30 and db.min() > -40 and db.max() - db.min() > 3
+    assert not np.allclose(responses[0], responses[1])
+
+
+def test_bandlimit_removes_the_extremes():
+    x = np.random.default_rng(0).standard_normal(N)
+    for seed in range(5):
+        y = run("bandlimit", x, seed)
+        assert band_energy(y, 7600, 8000) < 0.05 * band_energy(x, 7600, 8000)
+        assert band_energy(y, 0, 40) < 0.5 * band_energy(x, 0, 40)
+        assert band_energy(y, 500, 2000) > 0.5 * band_energy(x, 500, 2000)
+
+
+def test_telephone_is_narrow_band():
+    x = speechlike()
+    y = run("telephone", x)
+    assert len(y) == N
+    assert band_energy(y, 4100, 8000) < 1e-4 * band_energy(x, 4100, 8000) + 1e-12
+    assert band_energy(y, 0, 150) < 0.1 * band_energy(x, 0, 150)
+    assert band_energy(y, 500, 3000) > 0.3 * band_energy(x, 500, 3000)
+
+
+@pytest.mark.parametrize("law", ["mu", "a"])
+def test_g711_quantisation_noise_matches_the_standard_codec(law):
+    audioop = pytest.importorskip("audioop", reason="audioop (the G.711 reference) left the standard library")
+    t = np.arange(8000) / 8000
+    x = 0.3 * np.sin(2 * np.pi * 440 * t)
+    ours = snr_db(x, _g711(x, law))
+    pcm = (x * 32767).astype(np.int16).tobytes()
+    encode, decode = (audioop.lin2ulaw, audioop.ulaw2lin) if law == "mu" else (audioop.lin2alaw, audioop.alaw2lin)
+    ref = snr_db(x, np.frombuffer(decode(encode(pcm, 2), 2), np.int16) / 32767)
+    assert 30 < ours < 45 and abs(ours - ref) < 4
+
+
+@pytest.mark.parametrize("codec", ["mp3", "aac", "opus"])
+def test_codec_round_trip_keeps_the_tone_and_the_length(codec):
+    t = np.arange(N) / SR
+    x = 0.2 * np.sin(2 * np.pi * 500 * t) + 0.1 * np.sin(2 * np.pi * 1200 * t)
+    y = codec_round_trip(x, codec, 16000)
+    assert len(y) == N and np.all(np.isfinite(y))
+    f, p = sps.welch(y[4000:-4000], SR, nperseg=2048)
+    assert abs(f[np.argmax(p)] - 500) < 16
+    assert not np.allclose(y, x, atol=1e-3)
+
+
+def test_gain_scales_and_clips():
+    x = speechlike()
+    for seed in range(6):
+        y = run("gain", x, seed)
+        assert np.abs(y).max() <= 1.0
+        ratio = np.median(np.abs(y[np.abs(y) < 0.9]) / (np.abs(x[np.abs(y) < 0.9]) + 1e-12))
+        assert 10 ** (-20 / 20) - 1e-6 <= ratio <= 10 ** (20 / 20) + 1e-6
+
+
+def test_chain_is_deterministic_finite_and_in_range():
+    aug = ChannelAugment({name: 0.7 for name in STAGE_ORDER}, seed=1, rooms=4,
+                         donor=lambda rng: np.random.default_rng(int(rng.integers(9))).standard_normal(N) * 0.1)
+    x = speechlike().astype(np.float32)
+    a = aug(x, np.random.default_rng([0, 1, 2]))
+    b = aug(x, np.random.default_rng([0, 1, 2]))
+    c = aug(x, np.random.default_rng([0, 1, 3]))
+    assert a.dtype == np.float32 and a.shape == x.shape
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert np.all(np.isfinite(a)) and np.abs(a).max() <= 1.0
+
+
+def test_chain_order_and_none():
+    assert chain(None, None) is None
+    double = chain(lambda x, rng: x * 2, None, lambda x, rng: x + 1)
+    np.testing.assert_array_equal(double(np.ones(3), np.random.default_rng(0)), np.full(3, 3.0))
+
+
+def test_bad_settings_fail_clearly():
+    with pytest.raises(ValueError, match="unknown augmentation stage.*wobble"):
+        ChannelAugment({"wobble": 0.5})
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        ChannelAugment({"noise": 1.5})
