@@ -183,6 +183,8 @@ def test_refuses_a_foreign_directory(corpora, tmp_path):
         ({"test_speakers": 4}, r"test_speakers=4 must be in \[1, speakers-1=3\]"),
         ({"min_duration": 3.0}, "min_duration"),
         ({"seed": -1}, "seed=-1"),
+        ({"voices": "robots"}, "voices='robots': choose all, formant, klatt"),
+        ({"channels": "space"}, "channels='space': choose studio, field"),
     ],
 )
 def test_bad_config(tmp_path, change, message):
@@ -194,3 +196,22 @@ def test_bad_config(tmp_path, change, message):
 def test_bad_workers(tmp_path):
     with pytest.raises(ValueError, match="^synthesize_corpus: workers=0 must be >= 1"):
         synthesize_corpus(tmp_path, CONFIG, workers=0)
+
+
+def test_voice_pools_and_field_channels(tmp_path):
+    """A klatt/field corpus: Klatt voices only, every session's channel drawn from the field family, rendered."""
+    config = SynthConfig(speakers=3, test_speakers=2, sessions=4, utterances=1, min_duration=1.0, max_duration=1.5,
+                         trials=4, seed=5, voices="klatt", channels="field")
+    synthesize_corpus(tmp_path, config, workers=1)
+    speakers = json.loads((tmp_path / "speakers.json").read_text())
+    assert all(entry["voice"]["variant"].startswith("klatt") for entry in speakers.values())
+    channels = [s["channel"] for entry in speakers.values() for s in entry["sessions"].values()]
+    assert any(c["codec"] for c in channels) and any(c["narrowband"] for c in channels)
+    for entry_name, entry in speakers.items():
+        for session, info in entry["sessions"].items():
+            path = tmp_path / entry["split"] / entry_name / session / "00001.wav"
+            wave, rate = sf.read(path, dtype="float32")
+            assert rate == SAMPLE_RATE and len(wave) == round(info["durations"][0] * SAMPLE_RATE)
+            if info["channel"]["narrowband"]:  # a telephone line leaves nothing above 4 kHz
+                spectrum = np.abs(np.fft.rfft(wave)) ** 2
+                assert spectrum[len(spectrum) // 2 + 200 :].sum() < 1e-3 * spectrum.sum()

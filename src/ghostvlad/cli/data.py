@@ -77,13 +77,18 @@ def synth(
     max_duration: float = typer.Option(6.0, help="Longest utterance, seconds."),
     trials: int = typer.Option(2000, help="Verification trials over the test speakers (half target)."),
     seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical files."),
+    voices: str = typer.Option("all", help="Speaker pool: all, formant (espeak-ng's own synthesiser) or klatt "
+                                           "(its Klatt synthesiser): two families for cross-domain checks."),
+    channels: str = typer.Option("studio", help="Session channels: studio (rooms, noise, EQ, band limits) or field "
+                                                "(adds telephone lines, speech codecs, saturation, larger rooms)."),
     workers: Optional[int] = typer.Option(None, help="Synthesis processes (default: all CPUs)."),
 ) -> None:
     """Synthesise a VoxCeleb-layout corpus of espeak-ng speakers heard through random channels."""
     from ..data.synth import SynthConfig, synthesize_corpus
 
     config = SynthConfig(speakers=speakers, test_speakers=test_speakers, sessions=sessions, utterances=utterances,
-                         min_duration=min_duration, max_duration=max_duration, trials=trials, seed=seed)
+                         min_duration=min_duration, max_duration=max_duration, trials=trials, seed=seed,
+                         voices=voices, channels=channels)
     try:
         summary = synthesize_corpus(out_dir, config, workers=workers, progress=err.is_terminal)
     except (ValueError, OSError) as exc:

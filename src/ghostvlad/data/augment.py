@@ -12,13 +12,11 @@ replay exactly on resume.
 """
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import scipy.signal as sps
 import soundfile as sf
@@ -27,7 +25,7 @@ from scipy.signal import fftconvolve
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio
 from ..registry import Registry
-from .dsp import biquads, colored_noise, mix_at_snr
+from .dsp import biquads, codec_round_trip, colored_noise, fit_length, mix_at_snr
 
 # SNR ranges (dB) per MUSAN category, as used by the VoxCeleb recipes of Kaldi and its successors
 SNR_DB = {"noise": (0.0, 15.0), "music": (5.0, 15.0), "speech": (13.0, 20.0)}
@@ -164,11 +162,6 @@ def simulate_rooms(count: int, seed: int) -> list[np.ndarray]:
     return rooms
 
 
-def _fit(x: np.ndarray, n: int) -> np.ndarray:
-    """``x`` cut or zero-padded to ``n`` samples."""
-    return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
-
-
 @STAGES.register("reverb")
 def reverb(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
     """Convolution with a simulated room, kept aligned with the dry signal."""
@@ -195,7 +188,7 @@ def babble(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.nda
         return x
     bed = np.zeros(len(x))
     for _ in range(int(rng.integers(3, 7))):
-        talker = _fit(np.asarray(ctx.donor(rng), dtype=np.float64), len(x))
+        talker = fit_length(np.asarray(ctx.donor(rng), dtype=np.float64), len(x))
         bed += talker * 10 ** (rng.uniform(-6, 0) / 20) / (np.sqrt(np.mean(talker**2)) + 1e-9)
     return mix_at_snr(x, bed, float(rng.uniform(5.0, 20.0)))
 
@@ -267,7 +260,7 @@ def telephone(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.
     narrow = sps.sosfilt(sps.butter(4, [300, 3400], "bandpass", fs=8000, output="sos"), narrow)
     level = 10 ** (rng.uniform(-30, -10) / 20) / (np.sqrt(np.mean(narrow**2)) + 1e-9)
     coded = _g711(narrow * level, "mu" if rng.random() < 0.5 else "a") / level
-    return _fit(soxr.resample(coded, 8000, SAMPLE_RATE), n)
+    return fit_length(soxr.resample(coded, 8000, SAMPLE_RATE), n)
 
 
 CODECS = {  # name -> (PyAV encoder, container, sample rate, bit rates in bit/s)
@@ -277,39 +270,14 @@ CODECS = {  # name -> (PyAV encoder, container, sample rate, bit rates in bit/s)
 }
 
 
-def codec_round_trip(x: np.ndarray, codec: str, bit_rate: int) -> np.ndarray:
-    """``x`` (16 kHz float) encoded with ``codec`` at ``bit_rate`` and decoded again, same length (PyAV/FFmpeg)."""
-    encoder, container, rate, _ = CODECS[codec]
-    buffer = io.BytesIO()
-    with av.open(buffer, "w", format=container) as out:
-        stream = out.add_stream(encoder, rate=rate, layout="mono")
-        stream.bit_rate = bit_rate
-        frame = av.AudioFrame.from_ndarray(np.clip(x, -1, 1).astype(np.float32)[None], format="flt", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        for packet in stream.encode(frame):
-            out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    buffer.seek(0)
-    with av.open(buffer, "r") as inp:
-        frames = list(inp.decode(audio=0))
-    if not frames:
-        return np.zeros_like(x)
-    y = np.concatenate([f.to_ndarray().mean(axis=0) if f.format.is_planar else f.to_ndarray().reshape(-1)
-                        for f in frames])
-    if frames[0].sample_rate != SAMPLE_RATE:  # Opus decoders always give 48 kHz
-        y = soxr.resample(y, frames[0].sample_rate, SAMPLE_RATE)
-    return _fit(y, len(x))
-
-
 @STAGES.register("codec")
 def codec(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
     """A lossy codec round trip at a low bit rate: MP3 8-32 kbit/s, AAC 12-32 kbit/s or Opus 6-16 kbit/s."""
-    name = list(CODECS)[int(rng.integers(len(CODECS)))]
-    rates = CODECS[name][3]
+    encoder, container, rate, bit_rates = CODECS[list(CODECS)[int(rng.integers(len(CODECS)))]]
     peak = np.max(np.abs(x)) + 1e-9
     scale = 0.5 / peak if peak > 0.5 else 1.0  # encoders clip at full scale
-    return codec_round_trip(x * scale, name, int(rates[int(rng.integers(len(rates)))])) / scale
+    bit_rate = int(bit_rates[int(rng.integers(len(bit_rates)))])
+    return codec_round_trip(x * scale, encoder, container, rate, bit_rate) / scale
 
 
 @STAGES.register("gain")

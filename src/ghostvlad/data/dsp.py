@@ -1,8 +1,12 @@
 """Signal-processing building blocks shared by the synthetic corpus and the training augmentation (16 kHz)."""
 from __future__ import annotations
 
+import io
+
+import av
 import numpy as np
 import scipy.fft
+import soxr
 
 SAMPLE_RATE = 16000
 EqBand = tuple[str, float, float, float]  # (peak | lowshelf | highshelf, Hz, gain dB, Q)
@@ -38,3 +42,33 @@ def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarr
     """``signal + noise`` with the noise scaled to ``snr_db`` below the signal's mean power."""
     scale = np.sqrt((np.mean(signal**2) + 1e-12) / ((np.mean(noise**2) + 1e-12) * 10 ** (snr_db / 10)))
     return signal + noise * scale
+
+
+def fit_length(x: np.ndarray, n: int) -> np.ndarray:
+    """``x`` cut or zero-padded to ``n`` samples."""
+    return x[:n] if len(x) >= n else np.pad(x, (0, n - len(x)))
+
+
+def codec_round_trip(x: np.ndarray, encoder: str, container: str, rate: int = SAMPLE_RATE,
+                     bit_rate: int | None = None) -> np.ndarray:
+    """``x`` (16 kHz float) encoded with the FFmpeg ``encoder`` at ``rate`` Hz and ``bit_rate`` (PyAV), decoded
+    again and brought back to 16 kHz and to its length (the encoder's delay is kept: a shift of some ms)."""
+    y = soxr.resample(x, SAMPLE_RATE, rate) if rate != SAMPLE_RATE else x
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container) as out:
+        stream = out.add_stream(encoder, rate=rate, layout="mono")
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        frame = av.AudioFrame.from_ndarray(np.clip(y, -1, 1).astype(np.float32)[None], format="flt", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+    buffer.seek(0)
+    with av.open(buffer, "r") as inp:
+        frames = list(inp.decode(audio=0))
+    if not frames:
+        return np.zeros_like(x)
+    decoded = np.concatenate([f.to_ndarray().reshape(len(f.layout.channels), -1).mean(axis=0) for f in frames])
+    if frames[0].sample_rate != SAMPLE_RATE:  # narrow-band codecs, and Opus, which always decodes to 48 kHz
+        decoded = soxr.resample(decoded, frames[0].sample_rate, SAMPLE_RATE)
+    return fit_length(decoded, len(x))

@@ -41,7 +41,7 @@ import soxr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..fileio import atomic_write, atomic_write_text
-from .dsp import biquads, colored_noise, mix_at_snr
+from .dsp import biquads, codec_round_trip, colored_noise, fit_length, mix_at_snr
 
 SAMPLE_RATE = 16000
 ESPEAK_RATE = 22050  # espeak-ng's fixed output rate
@@ -63,6 +63,24 @@ FEMALE_VARIANTS = (
     "f1", "f2", "f3", "f4", "f5", "Alicia", "Andrea", "Annie", "anika", "aunty", "belinda", "grandma", "linda",
     "shelby", "steph", "steph2", "steph3",
 )
+KLATT_VARIANTS = ("klatt", "klatt2", "klatt3", "klatt4", "klatt5", "klatt6")
+# speaker pools: (female variants, male variants). espeak-ng's klatt variants use another synthesiser (Klatt's
+# cascade/parallel formant synthesiser) than the others, so "formant" and "klatt" make two families of voices.
+VOICE_POOLS = {
+    "all": (FEMALE_VARIANTS, MALE_VARIANTS),
+    "formant": (FEMALE_VARIANTS, tuple(v for v in MALE_VARIANTS if v not in KLATT_VARIANTS)),
+    "klatt": (KLATT_VARIANTS, KLATT_VARIANTS),
+}
+# session channels: "studio" (rooms, noise, EQ, band limits) or "field" (adds telephone lines, speech codecs that
+# the training augmentation never uses, loudspeaker distortion and larger rooms), for cross-domain checks
+CHANNEL_FAMILIES = ("studio", "field")
+FIELD_CODECS = {  # name -> (PyAV encoder, container, sample rate, bit rates in bit/s)
+    "amr_nb": ("libopencore_amrnb", "amr", 8000, (4750, 5900, 7400, 10200, 12200)),
+    "g726": ("g726", "wav", 8000, (16000, 24000, 32000)),
+    "real_144": ("real_144", "rm", 8000, (0,)),
+    "g722": ("g722", "wav", 16000, (64000,)),
+    "nellymoser": ("nellymoser", "flv", 16000, (0,)),
+}
 NOISES = ("white", "pink", "brown", "babble")
 _NOISE_EXPONENT = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 
@@ -111,6 +129,8 @@ class SynthConfig:
     max_duration: float = 6.0
     trials: int = 2000  # number of trial pairs (half target)
     seed: int = 0
+    voices: str = "all"  # speaker pool: all | formant | klatt (see VOICE_POOLS)
+    channels: str = "studio"  # session channels: studio | field (see CHANNEL_FAMILIES)
 
     def validate(self) -> None:
         """Raise ValueError (one line) on an impossible configuration."""
@@ -124,6 +144,8 @@ class SynthConfig:
              f"durations must satisfy 0.5 <= min_duration ({self.min_duration}) <= max_duration ({self.max_duration})"),
             (self.trials >= 0, f"trials={self.trials} must be >= 0"),
             (self.seed >= 0, f"seed={self.seed} must be >= 0"),
+            (self.voices in VOICE_POOLS, f"voices={self.voices!r}: choose {', '.join(VOICE_POOLS)}"),
+            (self.channels in CHANNEL_FAMILIES, f"channels={self.channels!r}: choose {', '.join(CHANNEL_FAMILIES)}"),
         )
         for ok, message in checks:
             if not ok:
@@ -187,6 +209,9 @@ class Channel:
     lowpass: float  # Hz
     lowpass_order: int
     level_db: float  # RMS in dBFS
+    drive: float = 0.0  # loudspeaker/recorder saturation: tanh drive, 0 = none
+    narrowband: bool = False  # a 300-3400 Hz telephone line at 8 kHz
+    codec: str = ""  # "name@bit_rate" of FIELD_CODECS, "" = none
 
 
 @dataclass(frozen=True)
@@ -275,10 +300,11 @@ def _rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
 
 
-def _draw_voice(rng: np.random.Generator) -> Voice:
+def _draw_voice(rng: np.random.Generator, pool: str = "all") -> Voice:
+    female, male = VOICE_POOLS[pool]
     return Voice(
         language=str(rng.choice(LANGUAGES)),
-        variant=str(rng.choice(FEMALE_VARIANTS if rng.random() < 0.5 else MALE_VARIANTS)),
+        variant=str(rng.choice(female if rng.random() < 0.5 else male)),
         pitch=round(float(rng.uniform(22, 78)), 1),
         pitch_range=round(float(rng.uniform(15, 90)), 1),
         rate=round(float(rng.uniform(130, 215)), 1),
@@ -286,7 +312,24 @@ def _draw_voice(rng: np.random.Generator) -> Voice:
     )
 
 
-def _draw_channel(rng: np.random.Generator) -> Channel:
+def _draw_channel(rng: np.random.Generator, family: str = "studio") -> Channel:
+    studio = _draw_studio_channel(rng)
+    if family == "studio":
+        return studio
+    codec = list(FIELD_CODECS)[int(rng.integers(len(FIELD_CODECS)))] if rng.random() < 0.7 else ""
+    if codec:
+        rates = FIELD_CODECS[codec][3]
+        codec = f"{codec}@{int(rates[int(rng.integers(len(rates)))])}"
+    return replace(
+        studio,
+        rt60=round(float(rng.uniform(0.3, 1.2)), 3) if rng.random() < 0.7 else 0.0,
+        drive=round(float(rng.uniform(1.0, 6.0)), 2) if rng.random() < 0.5 else 0.0,
+        narrowband=bool(rng.random() < 0.5),
+        codec=codec,
+    )
+
+
+def _draw_studio_channel(rng: np.random.Generator) -> Channel:
     n_peaks = int(rng.integers(2, 5))
     freqs = np.exp(rng.uniform(np.log(150), np.log(5000), n_peaks))
     peaks = [("peak", float(f), float(g), float(q))
@@ -330,7 +373,7 @@ def _plan(config: SynthConfig) -> list[_Session]:
     n_dev = config.speakers - config.test_speakers
     sessions = []
     for k in range(config.speakers):
-        voice = _draw_voice(_rng(config.seed, _SPEAKER, k))
+        voice = _draw_voice(_rng(config.seed, _SPEAKER, k), config.voices)
         for s in range(config.sessions):
             rng = _rng(config.seed, _SESSION, k, s)
             name = _session_id(rng)
@@ -345,7 +388,7 @@ def _plan(config: SynthConfig) -> list[_Session]:
                 for u in range(config.utterances)
             )
             sessions.append(_Session(k, s, f"id{k + 1:05d}", "dev" if k < n_dev else "test", name, voice, drift,
-                                     _draw_channel(rng), durations, config.seed))
+                                     _draw_channel(rng, config.channels), durations, config.seed))
     return sessions
 
 
@@ -407,10 +450,25 @@ def _utterance(session: _Session, u: int, rir: np.ndarray, sos: np.ndarray, babb
         start = int(rng.integers(len(babble) - n + 1))
         noise = babble[start : start + n]
     x = mix_at_snr(x, noise, session.channel.snr_db)
-    x = sps.sosfilt(sos, x)
+    x = _field(sps.sosfilt(sos, x), session.channel)
     x *= 10 ** ((session.channel.level_db + rng.normal(0, 1.0)) / 20) / np.sqrt(np.mean(x**2))
     x *= min(1.0, 0.99 / np.max(np.abs(x)))  # keep the peak in range rather than clip
     return np.round(x * 32767).astype(np.int16)
+
+
+def _field(x: np.ndarray, channel: Channel) -> np.ndarray:
+    """The field channel's saturation, telephone line and codec (nothing for a studio channel)."""
+    if channel.drive > 0:
+        x = np.tanh(channel.drive * x / (np.max(np.abs(x)) + 1e-12))
+    if channel.narrowband:
+        line = sps.sosfilt(sps.butter(4, [300, 3400], "bandpass", fs=8000, output="sos"),
+                           soxr.resample(x, SAMPLE_RATE, 8000))
+        x = fit_length(soxr.resample(line, 8000, SAMPLE_RATE), len(x))
+    if channel.codec:
+        name, _, bit_rate = channel.codec.partition("@")
+        encoder, container, rate, _ = FIELD_CODECS[name]
+        x = codec_round_trip(0.5 * x / (np.max(np.abs(x)) + 1e-12), encoder, container, rate, int(bit_rate) or None)
+    return x
 
 
 def _render_session(session: _Session, root: str) -> None:

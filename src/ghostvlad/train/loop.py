@@ -162,7 +162,7 @@ class Trainer:
         torch.manual_seed(config.train.seed)
         self.dataset, self.speakers, size = self._dataset(Path(data))
         channels = (ChannelAugment(config.data.augment, config.train.seed, config.data.rooms, self.dataset.donor)
-                    if config.data.augment else None)
+                    if any(p > 0 for p in config.data.augment.values()) else None)
         self.dataset.augment = chain(
             Augmenter.from_dirs(config.data.musan, config.data.rir, config.data.augment_prob), channels)
         self.batches = self._batches(size)
