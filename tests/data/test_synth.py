@@ -215,3 +215,12 @@ def test_voice_pools_and_field_channels(tmp_path):
             if info["channel"]["narrowband"]:  # a telephone line leaves nothing above 4 kHz
                 spectrum = np.abs(np.fft.rfft(wave)) ** 2
                 assert spectrum[len(spectrum) // 2 + 200 :].sum() < 1e-3 * spectrum.sum()
+
+
+def test_rounds_of_fresh_workers_give_the_same_corpus(corpora, tmp_path, monkeypatch):
+    """Sessions rendered over several rounds of worker processes (as long corpora are) are byte-identical."""
+    from ghostvlad.data import synth
+
+    monkeypatch.setattr(synth, "_SESSIONS_PER_WORKER", 1)
+    synthesize_corpus(tmp_path / "corpus", CONFIG, workers=2)
+    assert _tree(tmp_path / "corpus") == _tree(corpora[0])
