@@ -59,7 +59,7 @@ def test_layout_and_format(corpora):
     assert not list(root.rglob("*.tmp"))
     assert json.loads((root / "synth.json").read_text())["config"] == {
         "speakers": 4, "test_speakers": 2, "sessions": 2, "utterances": 2,
-        "min_duration": 1.0, "max_duration": 2.0, "trials": 8, "seed": 3,
+        "min_duration": 1.0, "max_duration": 2.0, "trials": 8, "seed": 3, "voices": "all", "channels": "studio",
     }
 
 

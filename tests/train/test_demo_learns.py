@@ -11,7 +11,7 @@ def test_demo_recipe_learns_voices_that_transfer(tmp_path: Path, monkeypatch):
     import ghostvlad.recipes as recipes
 
     # a smaller corpus and cross-domain set, shorter crops: the recipe as `make demo` runs it, in two minutes
-    monkeypatch.setattr(recipes, "DEMO_CORPUS", replace(DEMO_CORPUS, speakers=60, test_speakers=8, trials=400,
+    monkeypatch.setattr(recipes, "DEMO_CORPUS", replace(DEMO_CORPUS, speakers=60, test_speakers=8, trials=360,
                                                         min_duration=1.5, max_duration=3.0, seed=1))
     monkeypatch.setattr(recipes, "CROSS_DOMAIN", replace(CROSS_DOMAIN, speakers=9, test_speakers=8, utterances=2,
                                                          trials=300, min_duration=1.5, max_duration=3.0))
