@@ -39,9 +39,9 @@ POOLING = {"tap": [], "tstp": [], "astp": [],
            "vlad": ["model.clusters=8"], "gvlad": ["model.clusters=8", "model.ghost_clusters=2"]}
 
 
-def corpus_config(scenario: str, speakers: int):
+def corpus_config(scenario: str, speakers: int, voices: str):
     if scenario == "demo":
-        return replace(DEMO_CORPUS, speakers=speakers, test_speakers=max(2, speakers // 10))
+        return replace(DEMO_CORPUS, speakers=speakers, test_speakers=max(2, speakers // 10), voices=voices)
     return replace(DEMO_CORPUS, speakers=40, test_speakers=10, sessions=2, utterances=10, trials=2000, seed=200,
                    voices="all")
 
@@ -51,7 +51,9 @@ def run_one(work: Path, scenario: str, recipe: str, pooling: str, seed: int, arg
     result_path = work / "results" / f"{name}.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
-    corpus = synthesize(work / f"corpus-{scenario}-{args.speakers}", corpus_config(scenario, args.speakers))
+    suffix = "" if args.voices == DEMO_CORPUS.voices else f"-{args.voices}"
+    corpus = synthesize(work / f"corpus-{scenario}-{args.speakers}{suffix}", corpus_config(scenario, args.speakers,
+                                                                                            args.voices))
     cross = synthesize(work / "cross", CROSS_DOMAIN)
     overrides = [*RECIPES[recipe], f"model.pooling={pooling}", *POOLING[pooling], f"train.seed={seed}",
                  f"train.epochs={args.epochs}", "data.workers=1", *args.set]
@@ -82,6 +84,8 @@ def main() -> None:
     parser.add_argument("--poolings", nargs="+", choices=list(POOLING), default=["tap"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--speakers", type=int, default=DEMO_CORPUS.speakers, help="Demo scenario corpus size.")
+    parser.add_argument("--voices", default=DEMO_CORPUS.voices, choices=["all", "formant", "klatt"],
+                        help="Demo scenario training voices (synth pool).")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--set", nargs="*", default=[], help="Extra config overrides (key.sub=value).")
     add_runtime_options(parser)
