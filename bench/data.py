@@ -4,9 +4,10 @@ Generates a corpus of ``--files`` speech-like clips of 4-8 s (16 kHz, 16-bit) pe
 then measures, per format: the full-decode baseline ``train_crop(load_audio(path))`` and ``CropDataset`` in this
 process, and a torch DataLoader (batch 64) with each of ``--workers`` worker processes; then the same for
 ``ShardCropDataset`` over FLAC shards of the corpus. One H100 trains on about 4,000 crops/s, so a 16-core machine
-needs >= 500 crops/s per worker process.
+needs >= 500 crops/s per worker process. ``--augment CONFIG`` adds rows with that shipped config's simulated-channel
+augmentation (``data.augment``) on every crop.
 
-    python bench/data.py [--files 200] [--workers 1 2] [--formats wav flac m4a] [--seconds 3]
+    python bench/data.py [--files 200] [--workers 1 2] [--formats wav flac m4a] [--seconds 3] [--augment demo modern]
 """
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from ghostvlad.audio import load_audio
+from ghostvlad.data.augment import ChannelAugment
 from ghostvlad.data.dataset import CropDataset, ShardCropDataset
 from ghostvlad.data.manifest import build_manifest, read_manifest
 from ghostvlad.data.shards import write_shards
 from ghostvlad.features import train_crop
+from ghostvlad.train.config import load_config
 
 BATCH = 64
 
@@ -100,7 +103,7 @@ def steady_rate(loader: DataLoader, batches: Iterable, seconds: float) -> tuple[
 
 
 def row(source: str, reader: str, rates: tuple[float, float]) -> None:
-    print(f"{source:<14} {reader:<36} {rates[0]:9.0f} {rates[1]:13.0f}", flush=True)
+    print(f"{source:<14} {reader:<44} {rates[0]:9.0f} {rates[1]:13.0f}", flush=True)
 
 
 def epochs(loader: DataLoader, dataset) -> Iterable:
@@ -116,10 +119,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--formats", nargs="+", default=["wav", "flac"], choices=["wav", "flac", "m4a"])
     parser.add_argument("--seconds", type=float, default=3.0, help="Duration of each measurement.")
+    parser.add_argument("--augment", nargs="*", default=[], help="Shipped configs whose augmentation to measure too.")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"{os.cpu_count()} CPUs, {args.files} clips of 4-8 s per format, DataLoader batch {BATCH}")
-    print(f"{'source':<14} {'reader':<36} {'crops/s':>9} {'per CPU-s':>13}")
+    print(f"{'source':<14} {'reader':<44} {'crops/s':>9} {'per CPU-s':>13}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for fmt in args.formats:
@@ -148,6 +152,23 @@ def main() -> None:
                 loader = DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=workers,
                                     persistent_workers=True)
                 row(source, f"DataLoader, {workers} worker(s)", steady_rate(loader, loader, args.seconds))
+            for name in args.augment:
+                data = load_config(name).data
+                augmented = CropDataset(manifest)
+                augmented.augment = ChannelAugment(data.augment, rooms=data.rooms, donor=augmented.donor)
+
+                def augmented_in_process() -> int:
+                    for i in range(len(augmented)):
+                        augmented[i]
+                    return len(augmented)
+
+                row(source, f"CropDataset + {name} augmentation, 1 process", rate(augmented_in_process, args.seconds))
+                for workers in args.workers:
+                    sampler = RandomSampler(augmented, replacement=True, num_samples=10**7)
+                    loader = DataLoader(augmented, batch_size=BATCH, sampler=sampler, num_workers=workers,
+                                        persistent_workers=True)
+                    row(source, f"DataLoader + {name} aug., {workers} worker(s)",
+                        steady_rate(loader, loader, args.seconds))
         index = write_shards(manifest, root / "shards", max_count=max(1, args.files // 8), workers=max(args.workers))
         label = f"{len(index.shards)} shards"
         shard_set = ShardCropDataset(index, shuffle_buffer=100)

@@ -175,9 +175,10 @@ def reverb(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.nda
 def noise(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
     """Coloured noise (white to brown, slowly modulated in level) at 0-20 dB SNR."""
     n = len(x)
-    bed = colored_noise(rng, n, float(rng.uniform(0.0, 2.0)))
-    bed *= 1 + float(rng.uniform(0, 0.8)) * np.sin(2 * np.pi * rng.uniform(0.1, 2.0) * np.arange(n) / SAMPLE_RATE
-                                                   + rng.uniform(0, 2 * np.pi))
+    bed = colored_noise(rng, n, float(rng.uniform(0.0, 2.0)), dtype=np.float32)
+    bed *= (1 + float(rng.uniform(0, 0.8)) * np.sin(np.float32(2 * np.pi * rng.uniform(0.1, 2.0) / SAMPLE_RATE)
+                                                    * np.arange(n, dtype=np.float32)
+                                                    + np.float32(rng.uniform(0, 2 * np.pi))))
     return mix_at_snr(x, bed, float(rng.uniform(0.0, 20.0)))
 
 
@@ -308,10 +309,10 @@ class ChannelAugment:
         self.context = StageContext(simulate_rooms(rooms, seed) if "reverb" in self.probs else [], donor)
 
     def __call__(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        x = crop.astype(np.float64)
+        x = crop.astype(np.float32)
         for name, prob in self.probs.items():
             if rng.random() < prob:
-                x = STAGES.get(name)(x, rng, self.context)
+                x = STAGES.get(name)(x, rng, self.context).astype(np.float32, copy=False)
         peak = np.max(np.abs(x))
         if not np.isfinite(peak):
             raise AudioError("augmentation", "a stage produced a non-finite signal")

@@ -31,11 +31,12 @@ def biquads(eq: tuple[EqBand, ...] | list[EqBand], sample_rate: int = SAMPLE_RAT
     return sos / sos[:, 3:4]
 
 
-def colored_noise(rng: np.random.Generator, n: int, exponent: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Gaussian noise with power spectrum proportional to ``1/f**exponent`` (flat below 20 Hz)."""
+def colored_noise(rng: np.random.Generator, n: int, exponent: float, sample_rate: int = SAMPLE_RATE,
+                  dtype: type = np.float64) -> np.ndarray:
+    """Gaussian noise with power spectrum proportional to ``1/f**exponent`` (flat below 20 Hz), in ``dtype``."""
     m = scipy.fft.next_fast_len(n, real=True)
-    freqs = np.maximum(scipy.fft.rfftfreq(m, 1 / sample_rate), 20.0)
-    return scipy.fft.irfft(scipy.fft.rfft(rng.standard_normal(m)) * freqs ** (-exponent / 2), m)[:n]
+    freqs = np.maximum(scipy.fft.rfftfreq(m, 1 / sample_rate), 20.0).astype(dtype)
+    return scipy.fft.irfft(scipy.fft.rfft(rng.standard_normal(m, dtype=dtype)) * freqs ** (-exponent / 2), m)[:n]
 
 
 def mix_at_snr(signal: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
