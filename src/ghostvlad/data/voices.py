@@ -16,6 +16,9 @@ Every engine here is deterministic (Piper runs with its noise scales at zero, as
 be seeded), so ``seed`` is accepted for the uniform signature and the same call gives the same samples. A ``warp``
 resamples as if recorded at ``rate * warp`` (formants, F0 and tempo all scale by ``warp``), as in synth. Optional
 engines are imported or run inside their function; a missing one raises ``EngineUnavailable`` naming the install.
+
+``change_voice`` (Praat's PSOLA "Change gender", through ``praat-parselmouth``; ``voices``) scales formants and F0
+independently and keeps the tempo, so one voice of an engine without pitch control becomes several.
 """
 
 from __future__ import annotations
@@ -53,6 +56,11 @@ class EngineUnavailable(RuntimeError):
     """The engine (program, package or voice data) is not installed here."""
 
 
+def _require(ok: bool, voice: object, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"{voice}: {rule}")
+
+
 @dataclass(frozen=True)
 class MbrolaVoice:
     """An espeak-ng ``mb-*`` voice (e.g. ``mb-us1``) with espeak pitch (0-99), rate (words/min) and formant warp."""
@@ -62,6 +70,10 @@ class MbrolaVoice:
     rate: int = 175
     warp: float = 1.0
 
+    def __post_init__(self) -> None:
+        _require(0 <= self.pitch <= 99 and 80 <= self.rate <= 450 and 0.5 <= self.warp <= 2,
+                 self, "pitch must be in [0, 99], rate in [80, 450], warp in [0.5, 2]")
+
 
 @dataclass(frozen=True)
 class PicoVoice:
@@ -69,6 +81,10 @@ class PicoVoice:
 
     language: str = "en-US"
     warp: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(self.language in PICO_LANGUAGES and 0.5 <= self.warp <= 2,
+                 self, f"language must be one of {PICO_LANGUAGES}, warp in [0.5, 2]")
 
 
 @dataclass(frozen=True)
@@ -80,6 +96,12 @@ class RhvoiceVoice:
     rate: int = 100
     warp: float = 1.0
 
+    def __post_init__(self) -> None:
+        _require(self.name.lower() not in _RHVOICE_RESERVED, self,
+                 "a CMU ARCTIC speaker that flite also ships; reserved for held-out evaluation")
+        _require(25 <= self.pitch <= 200 and 25 <= self.rate <= 300 and 0.5 <= self.warp <= 2,
+                 self, "pitch must be in [25, 200], rate in [25, 300] (per cent), warp in [0.5, 2]")
+
 
 @dataclass(frozen=True)
 class KokoroVoice:
@@ -89,6 +111,11 @@ class KokoroVoice:
     speed: float = 1.0
     language: str = "en-us"
 
+    def __post_init__(self) -> None:
+        weights = [w for _, w in self.mix]
+        _require(bool(weights) and min(weights) >= 0 and sum(weights) > 0 and 0.5 <= self.speed <= 2, self,
+                 "mix needs non-negative weights of positive sum, speed in [0.5, 2]")
+
 
 @dataclass(frozen=True)
 class PiperVoice:
@@ -96,6 +123,10 @@ class PiperVoice:
 
     length_scale: float = 1.0
     warp: float = 1.0
+
+    def __post_init__(self) -> None:
+        _require(0.5 <= self.length_scale <= 2 and 0.5 <= self.warp <= 2, self,
+                 "length_scale and warp must be in [0.5, 2]")
 
 
 def _checked(samples: np.ndarray, rate: float, what: str) -> np.ndarray:
@@ -131,9 +162,30 @@ def _run_to_wav(cmd: list[str], text: str, what: str) -> tuple[np.ndarray, int]:
     return samples, rate
 
 
-def _check_warp(voice, what: str) -> None:
-    if not 0.5 <= voice.warp <= 2.0:
-        raise ValueError(f"{what}: warp={voice.warp} must be in [0.5, 2]")
+def change_voice(samples: np.ndarray, formant_ratio: float = 1.0, f0_ratio: float = 1.0, seed: int = 0) -> np.ndarray:
+    """``samples`` (float32 at SAMPLE_RATE) with formants scaled by ``formant_ratio`` and the median F0 by
+    ``f0_ratio`` (contour shape and duration kept). Praat's PSOLA draws random pulses in unvoiced stretches: they
+    come from ``seed``, so a seed gives the same samples. Speech without voiced frames keeps its F0."""
+    if not (0.5 <= formant_ratio <= 2.0 and 0.3 <= f0_ratio <= 3.0):
+        raise ValueError(f"change_voice: formant_ratio={formant_ratio} must be in [0.5, 2], f0_ratio={f0_ratio} in "
+                         f"[0.3, 3]")
+    samples = np.asarray(samples, np.float32).ravel()
+    if samples.size < SAMPLE_RATE // 10 or not np.isfinite(samples).all():
+        raise ValueError("change_voice: need at least 0.1 s of finite samples")
+    try:
+        import parselmouth
+        from parselmouth.praat import call, run
+    except ImportError:
+        raise EngineUnavailable("change_voice: praat-parselmouth is missing (pip install 'ghostvlad[voices]')") from None
+    sound = parselmouth.Sound(samples.astype(np.float64), SAMPLE_RATE)
+    median = call(sound.to_pitch(pitch_floor=75.0, pitch_ceiling=600.0), "Get quantile", 0, 0, 0.5, "Hertz")
+    new_median = 0.0 if not np.isfinite(median) else median * f0_ratio  # 0: Praat keeps the F0
+    run(f"random_initializeWithSeedUnsafelyButPredictably ({int(seed)})")
+    try:
+        changed = call(sound, "Change gender", 75.0, 600.0, formant_ratio, new_median, 1.0, 1.0)
+    finally:
+        run("random_initializeSafelyAndUnpredictably ()")  # leave Praat's generator as it was
+    return _checked(changed.values[0], SAMPLE_RATE, "change_voice")
 
 
 # -------------------------------------------------------------------------------------------------------- MBROLA
@@ -169,9 +221,6 @@ def speak_mbrola(text: str, voice: MbrolaVoice, seed: int = 0) -> np.ndarray:
     text = _text(text)
     if voice.name not in mbrola_voices():
         raise EngineUnavailable(f"MBROLA voice {voice.name!r} is not installed (available: {mbrola_voices()})")
-    if not (0 <= voice.pitch <= 99 and 80 <= voice.rate <= 450):
-        raise ValueError(f"{voice}: pitch must be in [0, 99] and rate in [80, 450]")
-    _check_warp(voice, f"MBROLA {voice.name}")
     cmd = [_espeak_program(), "-v", voice.name, "-p", str(voice.pitch), "-s", str(voice.rate), "-w", "{wav}", "--stdin"]
     samples, rate = _run_to_wav(cmd, text, f"MBROLA {voice.name}")
     return _checked(samples, rate * voice.warp, f"MBROLA {voice.name}")
@@ -183,9 +232,6 @@ def speak_mbrola(text: str, voice: MbrolaVoice, seed: int = 0) -> np.ndarray:
 def speak_pico(text: str, voice: PicoVoice, seed: int = 0) -> np.ndarray:
     """SVOX Pico speech for ``text`` (deterministic; ``seed`` is unused)."""
     text = _text(text)
-    if voice.language not in PICO_LANGUAGES:
-        raise ValueError(f"Pico: language {voice.language!r} is not one of {PICO_LANGUAGES}")
-    _check_warp(voice, f"Pico {voice.language}")
     program = _program("pico2wave", "apt-get install libttspico-utils (Debian non-free)")
     # pico2wave reads its text from the argument list; "--" keeps text that starts with "-" from being an option
     samples, rate = _run_to_wav([program, "-l", voice.language, "-w", "{wav}", "--", text], "", f"Pico {voice.language}")
@@ -206,13 +252,8 @@ def rhvoice_voices() -> list[str]:
 def speak_rhvoice(text: str, voice: RhvoiceVoice, seed: int = 0) -> np.ndarray:
     """RHVoice speech for ``text`` (deterministic; ``seed`` is unused)."""
     text = _text(text)
-    if voice.name.lower() in _RHVOICE_RESERVED:
-        raise ValueError(f"RHVoice: {voice.name!r} is a CMU ARCTIC speaker that flite also ships; it is reserved")
     if voice.name not in rhvoice_voices():
         raise EngineUnavailable(f"RHVoice voice {voice.name!r} is not installed (available: {rhvoice_voices()})")
-    if not (25 <= voice.pitch <= 200 and 25 <= voice.rate <= 300):
-        raise ValueError(f"{voice}: pitch must be in [25, 200] and rate in [25, 300] (per cent)")
-    _check_warp(voice, f"RHVoice {voice.name}")
     cmd = [_program("RHVoice-test", "apt-get install rhvoice rhvoice-polish (Debian non-free)"), "-p", voice.name,
            "-t", str(voice.pitch), "-r", str(voice.rate), "-o", "{wav}"]
     samples, rate = _run_to_wav(cmd, text, f"RHVoice {voice.name}")
@@ -284,10 +325,9 @@ def speak_kokoro(text: str, voice: KokoroVoice, seed: int = 0) -> np.ndarray:
     text = _text(text)
     session, vocab, styles = _kokoro()
     unknown = [name for name, _ in voice.mix if name not in styles]
+    if unknown:
+        raise ValueError(f"Kokoro: unknown styles {unknown}; known: {sorted(styles)}")
     weights = np.array([w for _, w in voice.mix], np.float32)
-    if unknown or not voice.mix or (weights < 0).any() or weights.sum() <= 0 or not 0.5 <= voice.speed <= 2.0:
-        raise ValueError(f"{voice}: mix needs known names {sorted(styles)} with non-negative weights of positive sum "
-                         f"and speed in [0.5, 2]")
     style = sum(w * styles[name] for (name, _), w in zip(voice.mix, weights / weights.sum()))
     clauses = [(c, p) for c, p in re.findall(r"([^,;:.!?]+)([,;:.!?]*)", text) if c.strip()]
     ipa = iter(_ipa([c for c, _ in clauses], voice.language))
@@ -339,9 +379,6 @@ def _piper():
 def speak_piper(text: str, voice: PiperVoice, seed: int = 0) -> np.ndarray:
     """Piper ``en_US-joe-medium`` speech for ``text`` (noise scales zero, so deterministic; ``seed`` is unused)."""
     text = _text(text)
-    if not 0.5 <= voice.length_scale <= 2.0:
-        raise ValueError(f"{voice}: length_scale must be in [0.5, 2]")
-    _check_warp(voice, "Piper")
     from piper import SynthesisConfig
 
     piper = _piper()
