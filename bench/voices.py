@@ -42,7 +42,8 @@ def main() -> None:
         for i, text in enumerate(texts):
             made += len(speak(text, specs[i % len(specs)])) / SAMPLE_RATE
         taken = time.perf_counter() - start
-        print(f"{name:7s} first call {first:6.2f} s | {made:6.1f} s of speech in {taken:6.2f} s | RTF {taken / made:.3f}")
+        print(f"{name:7s} first call {first:6.2f} s | {made:6.1f} s of speech in {taken:6.2f} s "
+              f"| RTF {taken / made:.3f}")
 
 
 if __name__ == "__main__":

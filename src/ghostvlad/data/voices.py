@@ -176,7 +176,8 @@ def change_voice(samples: np.ndarray, formant_ratio: float = 1.0, f0_ratio: floa
         import parselmouth
         from parselmouth.praat import call, run
     except ImportError:
-        raise EngineUnavailable("change_voice: praat-parselmouth is missing (pip install 'ghostvlad[voices]')") from None
+        raise EngineUnavailable("change_voice: praat-parselmouth is missing (pip install 'ghostvlad[voices]')") \
+            from None
     sound = parselmouth.Sound(samples.astype(np.float64), SAMPLE_RATE)
     median = call(sound.to_pitch(pitch_floor=75.0, pitch_ceiling=600.0), "Get quantile", 0, 0, 0.5, "Hertz")
     new_median = 0.0 if not np.isfinite(median) else median * f0_ratio  # 0: Praat keeps the F0
@@ -204,16 +205,17 @@ def _espeak_data() -> Path:
     return Path(match.group(1))
 
 
-def mbrola_voices() -> list[str]:
+@functools.cache
+def mbrola_voices() -> tuple[str, ...]:
     """The ``mb-*`` voices whose espeak-ng voice file and MBROLA database are both installed (empty if none)."""
     if shutil.which("espeak-ng") is None or shutil.which("mbrola") is None:
-        return []
+        return ()
     names = []
     for path in sorted((_espeak_data() / "voices" / "mb").glob("mb-*")):
         database = re.search(r"^mbrola\s+(\S+)", path.read_text(errors="replace"), re.MULTILINE)
         if database and (MBROLA_DIR / database.group(1) / database.group(1)).is_file():
             names.append(path.name)
-    return names
+    return tuple(names)
 
 
 def speak_mbrola(text: str, voice: MbrolaVoice, seed: int = 0) -> np.ndarray:
@@ -234,19 +236,21 @@ def speak_pico(text: str, voice: PicoVoice, seed: int = 0) -> np.ndarray:
     text = _text(text)
     program = _program("pico2wave", "apt-get install libttspico-utils (Debian non-free)")
     # pico2wave reads its text from the argument list; "--" keeps text that starts with "-" from being an option
-    samples, rate = _run_to_wav([program, "-l", voice.language, "-w", "{wav}", "--", text], "", f"Pico {voice.language}")
-    return _checked(samples, rate * voice.warp, f"Pico {voice.language}")
+    what = f"Pico {voice.language}"
+    samples, rate = _run_to_wav([program, "-l", voice.language, "-w", "{wav}", "--", text], "", what)
+    return _checked(samples, rate * voice.warp, what)
 
 
 # ------------------------------------------------------------------------------------------------------ RHVoice
 
 
-def rhvoice_voices() -> list[str]:
+@functools.cache
+def rhvoice_voices() -> tuple[str, ...]:
     """Installed RHVoice voices that may be used (the CMU ARCTIC English ones are left out; empty if none)."""
     if shutil.which("RHVoice-test") is None or not RHVOICE_DIR.is_dir():
-        return []
-    return sorted(p.name for p in RHVOICE_DIR.iterdir() if (p / "voice.info").is_file()
-                  and p.name.lower() not in _RHVOICE_RESERVED)
+        return ()
+    return tuple(sorted(p.name for p in RHVOICE_DIR.iterdir() if (p / "voice.info").is_file()
+                        and p.name.lower() not in _RHVOICE_RESERVED))
 
 
 def speak_rhvoice(text: str, voice: RhvoiceVoice, seed: int = 0) -> np.ndarray:
