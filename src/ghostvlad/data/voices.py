@@ -23,8 +23,6 @@ independently and keeps the tempo, so one voice of an engine without pitch contr
 
 from __future__ import annotations
 
-import _ctypes
-import ctypes
 import functools
 import json
 import re
@@ -34,11 +32,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import espeakng_loader
 import numpy as np
 import soundfile as sf
 import soxr
 
+from . import espeak
 from .synth import SAMPLE_RATE
 
 MBROLA_DIR = Path("/usr/share/mbrola")
@@ -267,32 +265,6 @@ def speak_rhvoice(text: str, voice: RhvoiceVoice, seed: int = 0) -> np.ndarray:
 # -------------------------------------------------------------------------------------------------------- Kokoro
 
 
-def _ipa(clauses: list[str], language: str) -> list[str]:
-    """espeak-ng IPA for each clause (the library is loaded, used and unloaded, as in synth)."""
-    lib = ctypes.CDLL(espeakng_loader.get_library_path())
-    try:
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_TextToPhonemes.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
-        lib.espeak_TextToPhonemes.restype = ctypes.c_char_p
-        lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)  # AUDIO_OUTPUT_SYNCHRONOUS
-        try:
-            if lib.espeak_SetVoiceByName(language.encode()) != 0:
-                raise ValueError(f"espeak-ng has no language {language!r}")
-            out = []
-            for clause in clauses:
-                buffer = ctypes.create_string_buffer(clause.encode())
-                pointer = ctypes.c_void_p(ctypes.addressof(buffer))
-                parts = []
-                while pointer.value:  # espeak consumes one clause per call and advances the pointer
-                    parts.append(lib.espeak_TextToPhonemes(ctypes.byref(pointer), 1, 2).decode())  # UTF8, IPA
-                out.append(" ".join(parts))
-            return out
-        finally:
-            lib.espeak_Terminate()
-    finally:
-        _ctypes.dlclose(lib._handle)
-
-
 @functools.cache
 def _kokoro() -> tuple:
     """(ONNX session, phoneme vocabulary, style vectors by name), loaded once per process."""
@@ -334,7 +306,7 @@ def speak_kokoro(text: str, voice: KokoroVoice, seed: int = 0) -> np.ndarray:
     weights = np.array([w for _, w in voice.mix], np.float32)
     style = sum(w * styles[name] for (name, _), w in zip(voice.mix, weights / weights.sum()))
     clauses = [(c, p) for c, p in re.findall(r"([^,;:.!?]+)([,;:.!?]*)", text) if c.strip()]
-    ipa = iter(_ipa([c for c, _ in clauses], voice.language))
+    ipa = iter(espeak.phonemes([c for c, _ in clauses], voice.language))
     sentences, current = [], ""
     for _, punct in clauses:  # a sentence ends at . ! ? (or the text's end); the model gets one at a time
         current += next(ipa) + punct
