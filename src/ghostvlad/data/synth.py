@@ -14,6 +14,9 @@ byte-identical files whatever the number of worker processes.
 Re-running into the same directory with the same settings resumes: a session whose wav files all exist is kept (each
 file is written to a temporary file and renamed, so a file that exists is complete); the others are regenerated.
 ``trials.txt`` and ``speakers.json`` are written last, so their presence marks a finished corpus.
+
+A session speaks through any :class:`SpeechSource` (an espeak voice here): :func:`plan_speaker`,
+:func:`render_sessions` and :func:`trial_lines` also build :mod:`ghostvlad.data.engine_set` from other engines.
 """
 
 from __future__ import annotations
