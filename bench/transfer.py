@@ -6,7 +6,10 @@ For every (scenario, recipe, pooling, seed) it trains the ``demo`` network on a 
 * cross-domain: :data:`ghostvlad.recipes.CROSS_DOMAIN`, speakers of espeak-ng's Klatt synthesiser (the training
   has only its formant voices) through channel types no training channel or augmentation has: telephone lines,
   AMR-NB / G.726 / G.722 / RealAudio 14.4 / Nellymoser codecs, saturation, larger rooms;
-* the mean target cosine within a session and across sessions (the gap shows channel learning), and non-target.
+* the mean target cosine within a session and across sessions (the gap shows channel learning), and non-target;
+* with ``--engines DIR``, also "engines": the cross-engine held-out set of :mod:`ghostvlad.data.engine_set`
+  (MBROLA, SVOX Pico, RHVoice, Kokoro and Piper voices, no espeak-ng synthesis, through field channels), built in
+  DIR on first use and reused after; needs those engines (README, More voices), skips the ones missing.
 
 Scenarios: ``demo`` trains on the demo corpus (:data:`ghostvlad.recipes.DEMO_CORPUS`, scaled by ``--speakers``);
 ``two-session`` on 30 speakers who each have two sessions of very different channels (the case where a model is
@@ -16,6 +19,7 @@ Results are kept per run under ``--work`` (a re-run skips finished runs); the ta
 
     python bench/transfer.py --scenario demo --recipes baseline demo --poolings tap --seeds 0
     python bench/transfer.py --scenario demo --recipes demo --poolings tap tstp astp vlad gvlad --seeds 0 1 2
+    python bench/transfer.py --scenario demo --recipes demo --poolings tap --engines bench_out/engines
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ from pathlib import Path
 import numpy as np
 from _runtime import add_runtime_options, apply_runtime_options
 
+from ghostvlad.data.engine_set import build_engine_set
+from ghostvlad.data.voices import EngineUnavailable
+from ghostvlad.fileio import atomic_write_text
 from ghostvlad.inference import load_model
 from ghostvlad.recipes import CROSS_DOMAIN, DEMO_CORPUS, score_corpus, synthesize, train_on_corpus
 
@@ -50,7 +57,11 @@ def run_one(work: Path, scenario: str, recipe: str, pooling: str, seed: int, arg
     name = f"{scenario}-{recipe}-{pooling}-s{seed}"
     result_path = work / "results" / f"{name}.json"
     if result_path.exists():
-        return json.loads(result_path.read_text())
+        row = json.loads(result_path.read_text())
+        if args.engines is not None and "engines" not in row:  # a run made before --engines was given
+            row["engines"] = asdict(score_corpus(load_model(work / "runs" / name), args.engines, work / "cache")[0])
+            atomic_write_text(result_path, json.dumps(row, indent=1))
+        return row
     suffix = "" if args.voices == DEMO_CORPUS.voices else f"-{args.voices}"
     corpus = synthesize(work / f"corpus-{scenario}-{args.speakers}{suffix}", corpus_config(scenario, args.speakers,
                                                                                             args.voices))
@@ -66,8 +77,10 @@ def run_one(work: Path, scenario: str, recipe: str, pooling: str, seed: int, arg
     cross_domain, _ = score_corpus(model, cross, cache)
     row = {"scenario": scenario, "recipe": recipe, "pooling": pooling, "seed": seed, "train_s": round(train_s, 1),
            "in_domain": asdict(in_domain), "cross_domain": asdict(cross_domain)}
+    if args.engines is not None:
+        row["engines"] = asdict(score_corpus(model, args.engines, cache)[0])
     result_path.parent.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(row, indent=1))
+    atomic_write_text(result_path, json.dumps(row, indent=1))
     return row
 
 
@@ -88,20 +101,31 @@ def main() -> None:
                         help="Demo scenario training voices (synth pool).")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--set", nargs="*", default=[], help="Extra config overrides (key.sub=value).")
+    parser.add_argument("--engines", type=Path, default=None,
+                        help="Also score on the cross-engine held-out set in this folder (built on first use).")
     add_runtime_options(parser)
     args = parser.parse_args()
     apply_runtime_options(args)
+    if args.engines is not None:
+        try:
+            built = build_engine_set(args.engines, progress=True)
+        except (EngineUnavailable, ValueError) as err:
+            raise SystemExit(f"--engines {args.engines}: {err}") from None
+        print(f"engines set {args.engines}: {built['speakers']} voices, {built['trials']} trials"
+              + (f"; skipped {', '.join(built['skipped'])}" if built["skipped"] else ""))
     rows = [run_one(args.work, args.scenario, r, p, s, args)
             for r in args.recipes for p in args.poolings for s in args.seeds]
     print(f"\n{args.scenario}: EER % and mean cosines (mean ± std over seeds {args.seeds})")
-    print("| recipe | pooling | in-domain EER | cross-domain EER | cross-domain minDCF(0.05) | target cos same / cross "
-          "session (in-domain) | non-target cos | train s |")
-    print("|---|---|---|---|---|---|---|---|")
+    engines = args.engines is not None
+    print("| recipe | pooling | in-domain EER | cross-domain EER | " + ("engines EER | " if engines else "")
+          + "cross-domain minDCF(0.05) | target cos same / cross session (in-domain) | non-target cos | train s |")
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if engines else ""))
     for r in args.recipes:
         for p in args.poolings:
             got = [row for row in rows if row["recipe"] == r and row["pooling"] == p]
             ind, crd = [g["in_domain"] for g in got], [g["cross_domain"] for g in got]
-            print(f"| {r} | {p} | {cell([x['eer'] for x in ind])} | {cell([x['eer'] for x in crd])} | "
+            eng = f"{cell([g['engines']['eer'] for g in got])} | " if engines else ""
+            print(f"| {r} | {p} | {cell([x['eer'] for x in ind])} | {cell([x['eer'] for x in crd])} | {eng}"
                   f"{cell([x['min_dcf'] for x in crd], 1, 3)} | "
                   f"{cell([x['cos_same_session'] for x in ind], 1, 2)} / {cell([x['cos_cross_session'] for x in ind], 1, 2)} | "
                   f"{cell([x['cos_nontarget'] for x in ind], 1, 2)} | {cell([g['train_s'] for g in got], 1, 0)} |")

@@ -14,12 +14,13 @@ byte-identical files whatever the number of worker processes.
 Re-running into the same directory with the same settings resumes: a session whose wav files all exist is kept (each
 file is written to a temporary file and renamed, so a file that exists is complete); the others are regenerated.
 ``trials.txt`` and ``speakers.json`` are written last, so their presence marks a finished corpus.
+
+A session speaks through any :class:`SpeechSource` (an espeak voice here): :func:`plan_speaker`,
+:func:`render_sessions` and :func:`trial_lines` also build :mod:`ghostvlad.data.engine_set` from other engines.
 """
 
 from __future__ import annotations
 
-import _ctypes
-import ctypes
 import json
 import math
 import multiprocessing
@@ -31,9 +32,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-import espeakng_loader
 import numpy as np
 import scipy.signal as sps
 import soundfile as sf
@@ -41,10 +42,10 @@ import soxr
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..fileio import atomic_write, atomic_write_text
+from . import espeak
 from .dsp import biquads, codec_round_trip, colored_noise, fit_length, mix_at_snr
 
 SAMPLE_RATE = 16000
-ESPEAK_RATE = 22050  # espeak-ng's fixed output rate
 
 LANGUAGES = (
     "en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
@@ -156,7 +157,7 @@ class SynthConfig:
             raise ValueError(
                 "SynthConfig: trials need sessions >= 2 (targets cross sessions) and test_speakers >= 2 (non-targets)"
             )
-        n_target, n_nontarget = _trial_capacity(self)
+        n_target, n_nontarget = trial_capacity(self.test_speakers, self.sessions, self.utterances)
         if self.trials // 2 > n_target or self.trials - self.trials // 2 > n_nontarget:
             raise ValueError(
                 f"SynthConfig: trials={self.trials} needs {self.trials // 2} distinct target pairs but the test set "
@@ -187,6 +188,10 @@ class Voice:
     def espeak_name(self) -> str:
         return f"{self.language}+{self.variant}"
 
+    def speak(self, text: str, seed: int = 0) -> np.ndarray:
+        """See :func:`speak`."""
+        return speak(self, text, seed)
+
     def espeak_parameters(self) -> dict[str, int]:
         """espeak pitch/range/rate that give the target pitch and tempo once the warp has scaled both by ``warp``."""
         return {
@@ -214,15 +219,29 @@ class Channel:
     codec: str = ""  # "name@bit_rate" of FIELD_CODECS, "" = none
 
 
+class SpeechSource(Protocol):
+    """What a session speaks with: espeak-ng's :class:`Voice` or any other engine's voice."""
+
+    @property
+    def rate(self) -> float:
+        """Words per minute; sizes the text asked for an utterance (a low estimate costs another call, no more)."""
+
+    def speak(self, text: str, seed: int) -> np.ndarray:
+        """Clean float32 speech at SAMPLE_RATE for ``text``, the same for the same (text, seed)."""
+
+
 @dataclass(frozen=True)
-class _Session:
+class Session:
+    """One recording session of a speaker: its speech source, channel and utterance durations (see
+    :func:`plan_speaker`); rendered by :func:`render_sessions`."""
+
     speaker_index: int
     session_index: int
     speaker: str
     split: str
     name: str
-    speaker_voice: Voice
-    voice: Voice  # the speaker's voice with this session's pitch and rate drift
+    speaker_voice: SpeechSource
+    voice: SpeechSource  # the speaker's voice with this session's drift
     channel: Channel
     durations: tuple[float, ...]
     seed: int
@@ -235,53 +254,7 @@ class _Session:
         return [f"{self.directory}/{u + 1:05d}.wav" for u in range(len(self.durations))]
 
 
-# ---------------------------------------------------------------------------------------------------------- espeak
-
-
-_CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
-_chunks: list[np.ndarray] = []
-_LIBC = ctypes.CDLL(None)
-_LIBC.srand.argtypes = [ctypes.c_uint]
-
-
-@_CALLBACK_TYPE
-def _collect(wav: Any, n: int, _events: Any) -> int:
-    if n > 0:
-        _chunks.append(np.ctypeslib.as_array(wav, (n,)).copy())
-    return 0
-
-
-def _espeak(text: str, voice: Voice, seed: int) -> np.ndarray:
-    """int16 samples at ESPEAK_RATE. The library is loaded, used and unloaded so that every call starts afresh."""
-    path = espeakng_loader.get_library_path()
-    lib = ctypes.CDLL(path)
-    try:
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
-                                     ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
-        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
-        rate = lib.espeak_Initialize(2, 0, espeakng_loader.get_data_path().encode(), 0)  # AUDIO_OUTPUT_SYNCHRONOUS
-        if rate != ESPEAK_RATE:
-            raise RuntimeError(f"{path}: espeak_Initialize returned {rate}, expected {ESPEAK_RATE} Hz")
-        try:
-            lib.espeak_SetSynthCallback(_collect)
-            if lib.espeak_SetVoiceByName(voice.espeak_name.encode()) != 0:
-                raise RuntimeError(f"espeak-ng has no voice {voice.espeak_name!r}")
-            params = voice.espeak_parameters()
-            for key, value in ((3, params["pitch"]), (4, params["range"]), (1, params["rate"])):  # PITCH RANGE RATE
-                lib.espeak_SetParameter(key, value, 0)
-            lib.espeak_ng_SetRandSeed(seed)
-            _LIBC.srand(seed)  # klatt voices draw their noise from libc's rand(), outside espeak's own state
-            data = text.encode() + b"\0"
-            status = lib.espeak_Synth(data, len(data), 0, 1, 0, 1, None, None)  # POS_CHARACTER, espeakCHARS_UTF8
-            if status != 0:
-                raise RuntimeError(f"espeak_Synth failed with status {status} for voice {voice.espeak_name!r}")
-            return np.concatenate(_chunks) if _chunks else np.zeros(0, np.int16)
-        finally:
-            lib.espeak_Terminate()
-    finally:
-        _chunks.clear()
-        _ctypes.dlclose(lib._handle)
+# ---------------------------------------------------------------------------------------------------------- speech
 
 
 def speak(voice: Voice, text: str, seed: int = 0) -> np.ndarray:
@@ -289,8 +262,9 @@ def speak(voice: Voice, text: str, seed: int = 0) -> np.ndarray:
 
     Deterministic for a given seed as long as nothing else in the process holds libespeak-ng open; not thread-safe.
     """
-    samples = _espeak(text, voice, seed).astype(np.float32) / 32768.0
-    return soxr.resample(samples, ESPEAK_RATE * voice.warp, SAMPLE_RATE).astype(np.float32)
+    params = voice.espeak_parameters()
+    samples = espeak.synthesize(text, voice.espeak_name, params["pitch"], params["range"], params["rate"], seed)
+    return soxr.resample(samples.astype(np.float32) / 32768.0, espeak.RATE * voice.warp, SAMPLE_RATE).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------------------- drawing
@@ -369,27 +343,39 @@ def _session_id(rng: np.random.Generator) -> str:
     return str(first) + "".join(rng.choice(_ID_CHARS, 10))
 
 
-def _plan(config: SynthConfig) -> list[_Session]:
+def plan_speaker(seed: int, index: int, speaker: str, split: str, voice: SpeechSource, sessions: int,
+                 utterances: int, durations: tuple[float, float], channels: str,
+                 drift: Callable[[SpeechSource, np.random.Generator], SpeechSource]) -> list[Session]:
+    """Sessions of one speaker (``index`` keys its random draws): each gets a name, ``drift(voice, rng)`` (the
+    session's variation of the voice), a channel of family ``channels`` and utterance durations in ``durations``."""
+    out = []
+    for s in range(sessions):
+        rng = _rng(seed, _SESSION, index, s)
+        name = _session_id(rng)
+        session_voice = drift(voice, rng)
+        lengths = tuple(round(float(_rng(seed, _UTTERANCE, index, s, u).uniform(*durations)), 3)
+                        for u in range(utterances))
+        out.append(Session(index, s, speaker, split, name, voice, session_voice, _draw_channel(rng, channels),
+                           lengths, seed))
+    return out
+
+
+def _drift(voice: Voice, rng: np.random.Generator) -> Voice:
+    """A session's small change of an espeak voice's pitch and rate."""
+    return replace(
+        voice,
+        pitch=round(float(np.clip(voice.pitch + rng.normal(0, 2.5), 0, 100)), 1),
+        rate=round(voice.rate * float(rng.uniform(0.93, 1.07)), 1),
+    )
+
+
+def _plan(config: SynthConfig) -> list[Session]:
     n_dev = config.speakers - config.test_speakers
-    sessions = []
-    for k in range(config.speakers):
-        voice = _draw_voice(_rng(config.seed, _SPEAKER, k), config.voices)
-        for s in range(config.sessions):
-            rng = _rng(config.seed, _SESSION, k, s)
-            name = _session_id(rng)
-            drift = replace(
-                voice,
-                pitch=round(float(np.clip(voice.pitch + rng.normal(0, 2.5), 0, 100)), 1),
-                rate=round(voice.rate * float(rng.uniform(0.93, 1.07)), 1),
-            )
-            durations = tuple(
-                round(float(_rng(config.seed, _UTTERANCE, k, s, u).uniform(config.min_duration, config.max_duration)),
-                      3)
-                for u in range(config.utterances)
-            )
-            sessions.append(_Session(k, s, f"id{k + 1:05d}", "dev" if k < n_dev else "test", name, voice, drift,
-                                     _draw_channel(rng, config.channels), durations, config.seed))
-    return sessions
+    return [session for k in range(config.speakers)
+            for session in plan_speaker(config.seed, k, f"id{k + 1:05d}", "dev" if k < n_dev else "test",
+                                        _draw_voice(_rng(config.seed, _SPEAKER, k), config.voices), config.sessions,
+                                        config.utterances, (config.min_duration, config.max_duration),
+                                        config.channels, _drift)]
 
 
 # --------------------------------------------------------------------------------------------------------- signals
@@ -415,7 +401,7 @@ def _rir(channel: Channel, rng: np.random.Generator) -> np.ndarray:
     return tail
 
 
-def _babble(session: _Session, rng: np.random.Generator) -> np.ndarray:
+def _babble(session: Session, rng: np.random.Generator) -> np.ndarray:
     """3-6 random other talkers mixed into a bed as long as the session's longest utterance."""
     n = int(round(max(session.durations) * SAMPLE_RATE))
     bed = np.zeros(n)
@@ -434,7 +420,7 @@ def _fade(x: np.ndarray, seconds: float = 0.01) -> np.ndarray:
     return x
 
 
-def _utterance(session: _Session, u: int, rir: np.ndarray, sos: np.ndarray, babble: np.ndarray | None) -> np.ndarray:
+def _utterance(session: Session, u: int, rir: np.ndarray, sos: np.ndarray, babble: np.ndarray | None) -> np.ndarray:
     """One utterance as int16: speech cut to its duration, room, noise at the SNR, channel filter, level."""
     rng = _rng(session.seed, _UTTERANCE_SIGNAL, session.speaker_index, session.session_index, u)
     n = int(round(session.durations[u] * SAMPLE_RATE))
@@ -442,7 +428,7 @@ def _utterance(session: _Session, u: int, rir: np.ndarray, sos: np.ndarray, babb
     speech = np.zeros(0, np.float32)
     while len(speech) < n:
         text = _text(rng, (n - len(speech)) / SAMPLE_RATE, voice.rate)
-        speech = np.concatenate([speech, speak(voice, text, int(rng.integers(2**31)))])
+        speech = np.concatenate([speech, voice.speak(text, int(rng.integers(2**31)))])
     x = sps.fftconvolve(_fade(speech[:n].astype(np.float64)), rir)[:n]
     if babble is None:
         noise = colored_noise(rng, n, _NOISE_EXPONENT[session.channel.noise])
@@ -471,7 +457,7 @@ def _field(x: np.ndarray, channel: Channel) -> np.ndarray:
     return x
 
 
-def _render_session(session: _Session, root: str) -> None:
+def _render_session(session: Session, root: str) -> None:
     """Synthesise and write all utterances of a session."""
     rng = _rng(session.seed, _SESSION_SIGNAL, session.speaker_index, session.session_index)
     rir = _rir(session.channel, rng) if session.channel.rt60 > 0 else np.ones(1)
@@ -487,35 +473,32 @@ def _render_session(session: _Session, root: str) -> None:
 # ---------------------------------------------------------------------------------------------------------- trials
 
 
-def _trial_capacity(config: SynthConfig) -> tuple[int, int]:
+def trial_capacity(speakers: int, sessions: int, utterances: int) -> tuple[int, int]:
     """Numbers of distinct cross-session target pairs and of non-target pairs among test utterances."""
-    per_speaker = config.sessions * config.utterances
-    n_target = config.test_speakers * math.comb(config.sessions, 2) * config.utterances**2
-    return n_target, math.comb(config.test_speakers, 2) * per_speaker**2
+    per_speaker = sessions * utterances
+    return speakers * math.comb(sessions, 2) * utterances**2, math.comb(speakers, 2) * per_speaker**2
 
 
-def _trials(config: SynthConfig, sessions: list[_Session]) -> list[str]:
-    """Balanced VoxCeleb1 trial lines (paths relative to test/) drawn without repetition; targets cross sessions."""
-    test = [s for s in sessions if s.split == "test"]
-    files = np.array([f.removeprefix("test/") for s in test for f in s.files()]).reshape(
-        config.test_speakers, config.sessions, config.utterances
-    )
-    rng = _rng(config.seed, _TRIALS)
-    n_target, n_nontarget = _trial_capacity(config)
-    n_utt, per_speaker = config.utterances, config.sessions * config.utterances
+def trial_lines(files: np.ndarray, trials: int, seed: int) -> list[str]:
+    """``trials`` balanced VoxCeleb1 trial lines over ``files`` (paths relative to test/, shaped (speakers,
+    sessions, utterances)), drawn without repetition from ``seed``; targets cross sessions."""
+    n_speakers, n_sessions, n_utt = files.shape
+    rng = _rng(seed, _TRIALS)
+    n_target, n_nontarget = trial_capacity(n_speakers, n_sessions, n_utt)
+    per_speaker = n_sessions * n_utt
     # target index -> (speaker, session pair, utterance in first session, utterance in second session)
-    index = rng.choice(n_target, config.trials // 2, replace=False)
-    speaker, rest = np.divmod(index, n_target // config.test_speakers)
+    index = rng.choice(n_target, trials // 2, replace=False)
+    speaker, rest = np.divmod(index, n_target // n_speakers)
     pair, rest = np.divmod(rest, n_utt**2)
-    first, second = np.triu_indices(config.sessions, 1)
+    first, second = np.triu_indices(n_sessions, 1)
     u1, u2 = np.divmod(rest, n_utt)
     target = np.stack([files[speaker, first[pair], u1], files[speaker, second[pair], u2]], axis=1)
     # non-target index -> (speaker pair, utterance of the first speaker, utterance of the second speaker)
-    index = rng.choice(n_nontarget, config.trials - config.trials // 2, replace=False)
+    index = rng.choice(n_nontarget, trials - trials // 2, replace=False)
     pair, rest = np.divmod(index, per_speaker**2)
-    first, second = np.triu_indices(config.test_speakers, 1)
+    first, second = np.triu_indices(n_speakers, 1)
     u1, u2 = np.divmod(rest, per_speaker)
-    flat = files.reshape(config.test_speakers, per_speaker)
+    flat = files.reshape(n_speakers, per_speaker)
     nontarget = np.stack([flat[first[pair], u1], flat[second[pair], u2]], axis=1)
     labels = np.repeat([1, 0], [len(target), len(nontarget)])
     pairs = np.concatenate([target, nontarget])
@@ -525,30 +508,39 @@ def _trials(config: SynthConfig, sessions: list[_Session]) -> list[str]:
     return [f"{labels[i]} {pairs[i, 0]} {pairs[i, 1]}" for i in order]
 
 
+def trial_files(sessions: Sequence[Session]) -> np.ndarray:
+    """Paths relative to test/ of the test sessions' utterances, shaped (speakers, sessions, utterances); every
+    speaker must have as many sessions and every session as many utterances."""
+    test = [s for s in sessions if s.split == "test"]
+    speakers = list(dict.fromkeys(s.speaker for s in test))
+    files = [f.removeprefix("test/") for s in test for f in s.files()]
+    return np.array(files).reshape(len(speakers), -1, len(test[0].durations))
+
+
 # ------------------------------------------------------------------------------------------------------------ main
 
 
-def _prepare(out: Path, config: SynthConfig) -> None:
-    """Refuse a directory holding something else; record the arguments (first, so a killed run can resume)."""
-    record = {"config": asdict(config), "sample_rate": SAMPLE_RATE, "espeakng_loader": version("espeakng-loader")}
-    meta = out / "synth.json"
-    if meta.exists():
+def prepare_output(out: Path, record: dict[str, Any], meta: str = "synth.json") -> None:
+    """Refuse a directory holding something else; write ``record`` to ``out/meta`` (first, so a killed run can
+    resume), or check that it matches the record already there."""
+    path = out / meta
+    if path.exists():
         try:
-            previous = json.loads(meta.read_text())
+            previous = json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            raise ValueError(f"{meta}: unreadable ({err}); remove it or use a new directory") from None
+            raise ValueError(f"{path}: unreadable ({err}); remove it or use a new directory") from None
         if previous != record:
             raise ValueError(
-                f"{meta}: corpus was made with other settings ({previous.get('config')}); use a new directory"
+                f"{path}: corpus was made with other settings ({previous.get('config')}); use a new directory"
             )
         return
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out}: exists, is not empty and has no synth.json; use a new directory")
+        raise ValueError(f"{out}: exists, is not empty and has no {meta}; use a new directory")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(meta, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
 
-def _speakers_json(sessions: list[_Session]) -> dict[str, Any]:
+def _speakers_json(sessions: list[Session]) -> dict[str, Any]:
     speakers: dict[str, Any] = {}
     for s in sessions:
         entry = speakers.setdefault(s.speaker, {
@@ -573,15 +565,12 @@ def synthesize_corpus(
     if workers is not None and workers < 1:
         raise ValueError(f"synthesize_corpus: workers={workers} must be >= 1")
     out = Path(out)
-    _prepare(out, config)
+    record = {"config": asdict(config), "sample_rate": SAMPLE_RATE, "espeakng_loader": version("espeakng-loader")}
+    prepare_output(out, record)
     sessions = _plan(config)
-    todo = [s for s in sessions if not all((out / f).exists() for f in s.files())]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = max(1, min(workers or cores, len(todo)))
-    if todo:
-        _run(todo, out, workers, progress)
+    synthesized = render_sessions(sessions, out, workers, progress)
     atomic_write_text(out / "speakers.json", json.dumps(_speakers_json(sessions), indent=1) + "\n")
-    trials = _trials(config, sessions) if config.trials else []
+    trials = trial_lines(trial_files(sessions), config.trials, config.seed) if config.trials else []
     atomic_write_text(out / "trials.txt", "".join(line + "\n" for line in trials))
     return {
         "speakers": config.speakers,
@@ -589,12 +578,25 @@ def synthesize_corpus(
         "test_speakers": config.test_speakers,
         "sessions": len(sessions),
         "utterances": len(sessions) * config.utterances,
-        "synthesized": len(todo) * config.utterances,
+        "synthesized": synthesized,
         "trials": len(trials),
         "target_trials": sum(line.startswith("1 ") for line in trials),
         "audio_seconds": round(sum(round(d * SAMPLE_RATE) for s in sessions for d in s.durations) / SAMPLE_RATE, 3),
         "wall_seconds": round(time.perf_counter() - start, 3),
     }
+
+
+def render_sessions(sessions: Sequence[Session], out: Path, workers: int | None = None,
+                    progress: bool = False) -> int:
+    """Render the sessions whose wav files are not all in ``out`` yet (in worker processes; ``workers`` defaults
+    to the usable cores); returns the number of utterances synthesised."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers={workers} must be >= 1")
+    todo = [s for s in sessions if not all((out / f).exists() for f in s.files())]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if todo:
+        _run(todo, out, max(1, min(workers or cores, len(todo))), progress)
+    return sum(len(s.durations) for s in todo)
 
 
 def _init_worker(parent: int) -> None:
@@ -612,7 +614,7 @@ def _init_worker(parent: int) -> None:
 _SESSIONS_PER_WORKER = 200  # fresh worker processes after this many sessions: every espeak load/unload leaks a few kB
 
 
-def _run(todo: list[_Session], out: Path, workers: int, progress: bool) -> None:
+def _run(todo: list[Session], out: Path, workers: int, progress: bool) -> None:
     """Render ``todo`` in rounds of fresh worker processes (``max_tasks_per_child`` deadlocks CPython 3.11's pool
     when workers retire while tasks are queued)."""
     columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TextColumn("utterances"), TimeRemainingColumn())

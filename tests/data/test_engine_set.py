@@ -1,0 +1,126 @@
+"""The cross-engine held-out set: which voices it holds, its layout and trials, resume, and scoring with recipes."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import calibrated_tiny_model
+
+from ghostvlad.data import engine_set, voices
+from ghostvlad.data.engine_set import EngineSetConfig, build_engine_set, roster
+from ghostvlad.recipes import score_corpus
+
+# cheapest engines first: the tiny set uses the first two voices installed here
+CHEAP = ("mbrola-us1", "mbrola-us2", "pico-en-GB", "pico-de-DE", "rhvoice-natan", "rhvoice-magda", "piper-joe",
+         "kokoro-jm_kumo", "kokoro-jf_alpha")
+TINY = EngineSetConfig(sessions=2, utterances=2, min_duration=1.0, max_duration=1.5, trials=8, min_speakers=2)
+
+
+def _installed() -> tuple[str, ...]:
+    try:
+        held, _ = roster(TINY)
+    except voices.EngineUnavailable as err:
+        pytest.skip(str(err))
+    names = {v.name for _, v in held}
+    chosen = tuple(n for n in CHEAP if n in names)[:2]
+    if len(chosen) < 2:
+        pytest.skip(f"fewer than two of {CHEAP} installed (have {sorted(names)}): see README, More voices")
+    return chosen
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, dict, EngineSetConfig]:
+    config = EngineSetConfig(**{**TINY.__dict__, "voices": _installed()})
+    out = tmp_path_factory.mktemp("engines") / "set"
+    return out, build_engine_set(out, config, workers=2), config
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_roster_skips_missing_engines_with_reasons_and_fills_with_variants(monkeypatch):
+    monkeypatch.setattr(voices, "mbrola_voices", lambda: ("mb-us1",))
+    monkeypatch.setattr(voices, "rhvoice_voices", lambda: ())
+    monkeypatch.setattr(engine_set.shutil, "which", lambda name: None)
+    monkeypatch.setattr(engine_set, "_module", lambda *names: names == ("parselmouth",))
+    held, skipped = roster(EngineSetConfig(min_speakers=5))
+    names = [v.name for _, v in held]
+    assert names[0] == "mbrola-us1" and len(names) == 5 == len(set(names))
+    assert [(v.formant_ratio, v.f0_ratio) for _, v in held[1:]] == list(engine_set.VARIANTS)
+    assert all(v.spec == held[0][1].spec for _, v in held) and len({i for i, _ in held}) == 5
+    assert "pico2wave not installed (apt-get install libttspico-utils)" == skipped["pico-en-US"]
+    assert "mbrola-us2" in skipped and "rhvoice-natan" in skipped and "piper-joe" in skipped
+    assert "Kokoro not installed" in skipped["kokoro-jm_kumo"] and "mbrola-us1" not in skipped
+    # no variants without parselmouth: the set says so, and one voice is not enough
+    monkeypatch.setattr(engine_set, "_module", lambda *names: False)
+    with pytest.raises(voices.EngineUnavailable, match=r"1 voice\(s\) available, need 2.*praat-parselmouth"):
+        roster(EngineSetConfig())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"voices": ("rhvoice-slt",)}, "unknown voices"), ({"sessions": 1}, "sessions=1"),
+    ({"channels": "radio"}, "channels='radio'"), ({"min_duration": 3.0, "max_duration": 2.0}, "durations"),
+])
+def test_bad_configurations_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        EngineSetConfig(**{**TINY.__dict__, **change}).validate()
+
+
+def test_layout_voices_and_trials(tiny):
+    out, summary, config = tiny
+    assert summary["voices"] == list(config.voices) and summary["skipped"] == {}
+    assert [summary[k] for k in ("speakers", "sessions", "utterances", "synthesized")] == [2, 4, 8, 8]
+    assert {p.name for p in out.iterdir()} == {"test", "trials.txt", "speakers.json", "engines.json"}
+    record = json.loads((out / "engines.json").read_text())
+    assert [v["name"] for v in record["voices"].values()] == list(config.voices)
+    speakers = json.loads((out / "speakers.json").read_text())
+    assert set(speakers) == set(record["voices"]) == {p.name for p in (out / "test").iterdir()}
+    channels = []
+    for speaker, entry in speakers.items():
+        assert entry["split"] == "test" and entry["name"] == record["voices"][speaker]["name"]
+        assert set(entry["sessions"]) == {p.name for p in (out / "test" / speaker).iterdir()}
+        for session in entry["sessions"].values():
+            assert set(session["channel"]) >= {"codec", "narrowband", "drive", "rt60"}
+            channels.append(json.dumps(session["channel"]))
+    assert len(set(channels)) == len(channels) == 4  # one channel per session
+    wavs = sorted(out.rglob("*.wav"))
+    assert len(wavs) == 8
+    for path in wavs:
+        _, speaker, session, name = path.relative_to(out).parts
+        assert re.fullmatch(r"id\d{5}", speaker) and re.fullmatch(r"0000[12]\.wav", name)
+        info = sf.info(path)
+        assert (info.samplerate, info.channels, info.subtype) == (16000, 1, "PCM_16")
+        assert config.min_duration <= info.duration <= config.max_duration
+        audio, _ = sf.read(path, dtype="float32")
+        assert 0.003 < np.sqrt(np.mean(audio**2)) and np.abs(audio).max() < 1.0
+    lines = (out / "trials.txt").read_text().splitlines()
+    assert len(lines) == summary["trials"] == 8 and summary["target_trials"] == 4
+    for line in lines:
+        label, enrol, test = line.split(" ")
+        (s1, v1, _), (s2, v2, _) = enrol.split("/"), test.split("/")
+        assert (out / "test" / enrol).is_file() and (out / "test" / test).is_file()
+        assert (label == "1") == (s1 == s2) and (label == "0" or v1 != v2)
+    assert len({frozenset(line.split(" ")[1:]) for line in lines}) == 8
+
+
+def test_resume_regenerates_only_what_is_missing_and_the_same_bytes(tiny):
+    out, _, config = tiny
+    before = _tree(out)
+    victim = sorted(out.rglob("*.wav"))[-1]
+    victim.unlink()
+    summary = build_engine_set(out, config, workers=1)
+    assert summary["synthesized"] == 2  # the session that lost a file, again
+    assert _tree(out) == before
+    with pytest.raises(ValueError, match="other settings"):
+        build_engine_set(out, EngineSetConfig(**{**config.__dict__, "seed": 1}))
+
+
+def test_score_corpus_runs_on_the_set(tiny, tmp_path):
+    out, _, _ = tiny
+    clips = [sf.read(p, dtype="float32")[0][:16000] for p in sorted(out.rglob("*.wav"))]
+    scores, result = score_corpus(calibrated_tiny_model(clips), out, tmp_path / "cache")
+    assert scores.trials == 8 and 0.0 <= scores.eer <= 1.0
+    assert all(np.isfinite([scores.cos_same_session, scores.cos_cross_session, scores.cos_nontarget]))
