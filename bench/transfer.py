@@ -3,9 +3,9 @@
 For every (scenario, recipe, pooling, seed) it trains the ``demo`` network on a synthetic corpus and measures
 
 * in-domain: held-out speakers of the training corpus's own voices and channel family, trials across sessions;
-* cross-domain: :data:`ghostvlad.recipes.CROSS_DOMAIN`, speakers of espeak-ng's Klatt synthesiser (the training
-  has only its formant voices) through channel types no training channel or augmentation has: telephone lines,
-  AMR-NB / G.726 / G.722 / RealAudio 14.4 / Nellymoser codecs, saturation, larger rooms;
+* cross-domain: :data:`ghostvlad.recipes.CROSS_DOMAIN`, unseen speakers through channel types that neither the
+  training corpus nor the augmentation has: telephone lines, AMR-NB / G.726 / G.722 / RealAudio 14.4 / Nellymoser
+  codecs, saturation, larger rooms;
 * the mean target cosine within a session and across sessions (the gap shows channel learning), and non-target;
 * with ``--engines DIR``, also "engines": the cross-engine held-out set of :mod:`ghostvlad.data.engine_set`
   (MBROLA, SVOX Pico, RHVoice, Kokoro and Piper voices, no espeak-ng synthesis, through field channels), built in
