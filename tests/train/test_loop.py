@@ -1,5 +1,6 @@
 """Training runs end to end on a tiny model: resume after SIGKILL is exact, DDP runs on CPU (gloo)."""
 import copy
+import csv
 import os
 import signal
 import subprocess
@@ -182,8 +183,8 @@ def test_validation_picks_the_model_and_stores_its_threshold(corpus, tmp_path):
                       "0 id00000/vid/00000.wav missing/vid/00000.wav\n")
     cfg = load_config(config, ["train.epochs=1", f"valid.trials={trials}", f"valid.wav_root={root}"])
     Trainer(cfg, manifest, tmp_path / "run", progress=False).run()
-    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert rows[-1].split(",")[-1] != ""  # the epoch row carries the validation EER
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert rows[-1]["valid_eer"] != ""  # the epoch row carries the validation EER
     assert load_model(tmp_path / "run").threshold is not None
 
 
