@@ -26,6 +26,7 @@ from .inference import Embedder
 from .scoring import as_norm, eer, min_dcf
 from .scoring.asnorm import cohort_scores
 from .scoring.det import plot_det
+from .sharding import Shard
 from .train import distributed
 from .train.distributed import DistInfo
 
@@ -158,30 +159,6 @@ class EmbeddingCache:
             for part in old:
                 part.unlink(missing_ok=True)
         self._read, self._mine = [], []
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Shard ``index`` of ``count``: every ``count``-th item from ``index`` (a job-array task, or a rank)."""
-
-    index: int
-    count: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.index < self.count:
-            raise ValueError(f"shard {self.index}/{self.count}: need 0 <= k < n")
-
-    @classmethod
-    def parse(cls, text: str) -> Shard:
-        """``"k/n"`` (k counted from 0)."""
-        k, sep, n = text.partition("/")
-        try:
-            return cls(int(k), int(n))
-        except ValueError:
-            raise ValueError(f"bad shard {text!r}: use k/n with 0 <= k < n, e.g. 0/4") from None
-
-    def take(self, items: Sequence) -> list:
-        return list(items[self.index :: self.count])
 
 
 @dataclass

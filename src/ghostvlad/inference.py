@@ -109,18 +109,23 @@ class Embedder(ABC):
         """Embed many items, yielding one :class:`EmbedResult` per item (in batch order, not input order).
 
         Bad items are yielded with their :class:`AudioError` and the others still succeed. Files are
-        bucketed by their duration from metadata and decoded in background threads while the model runs.
+        bucketed by their duration from metadata (read in parallel threads) and decoded in ``workers`` background
+        threads while the model runs.
         """
-        sizes: list[int] = []
-        for i, item in enumerate(items):
+        def size(item: AudioInput) -> int | AudioError:
             try:
                 if isinstance(item, np.ndarray):
-                    sizes.append(len(item) if item.ndim == 1 else max(item.shape))
-                else:
-                    sizes.append(int(audio_duration(item) * SAMPLE_RATE))
+                    return len(item) if item.ndim == 1 else max(item.shape)
+                return int(audio_duration(item) * SAMPLE_RATE)
             except AudioError as err:
-                sizes.append(-1)
-                yield EmbedResult(i, _source_name(item), error=err)
+                return err
+
+        sizes: list[int] = []
+        with ThreadPoolExecutor(max_workers=max(workers, 4)) as pool:  # metadata reads wait on the filesystem
+            for i, found in enumerate(pool.map(size, items)):
+                sizes.append(-1 if isinstance(found, AudioError) else found)
+                if isinstance(found, AudioError):
+                    yield EmbedResult(i, _source_name(items[i]), error=found)
         good = [i for i, s in enumerate(sizes) if s >= 0]
         batches = [[good[j] for j in b]
                    for b in length_batches([sizes[i] for i in good], self.frontend_config, self.batch_frames)]
