@@ -266,3 +266,17 @@ def test_non_finite_step_is_skipped_and_counted_and_never_saved(corpus, tmp_path
         next(trainer.net.parameters()).fill_(float("inf"))
     with pytest.raises(TrainError, match="non-finite values in encoder.* not saved"):
         trainer.save()
+
+
+def test_prefetch_depth_adapts_to_dev_shm(corpus, tmp_path, monkeypatch):
+    manifest, config = corpus
+    trainer = Trainer(load_config(config, ["train.batch_size=160"]), manifest, tmp_path / "run", progress=False)
+    batch = 160 * 49 * 160 * 4  # bytes of one batch of 50-frame crops
+    free = {"value": 10**12}
+    monkeypatch.setattr("ghostvlad.train.loop.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(0, 0, free["value"]))
+    assert trainer._prefetch(8) == 4 and trainer.notices == []
+    free["value"] = int(batch * 8 * 2 / 0.8) + 1  # room for 2 batches per worker
+    assert trainer._prefetch(8) == 2
+    assert "/dev/shm has" in trainer.notices[-1] and "data.prefetch=4; using 2" in trainer.notices[-1]
+    free["value"] = batch  # not even one per worker: says what to do
+    assert trainer._prefetch(8) == 1 and "enlarge /dev/shm or lower data.workers" in trainer.notices[-1]

@@ -246,7 +246,8 @@ class Trainer:
         """Batches each worker prepares ahead, lowered until the node's /dev/shm holds every rank's (with a note)."""
         wanted = self.config.data.prefetch
         per_rank = self.config.train.batch_size // self.dist.world
-        batch_bytes = per_rank * crop_samples(max(self.config.data.frames, self.config.finetune.frames)) * 4
+        frames = max(self.config.data.frames, self.config.finetune.frames if self.config.finetune.epochs else 0)
+        batch_bytes = per_rank * crop_samples(frames) * 4
         try:
             free = shutil.disk_usage("/dev/shm").free
         except OSError:
