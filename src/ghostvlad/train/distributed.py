@@ -61,8 +61,8 @@ def setup(device: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> DistIn
     ``timeout``: seconds a rank waits in a collective before the job fails (NCCL's default is 10 minutes).
     """
     rank, world, local, local_world = launch_environment()
-    if device is None:
-        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    if device is None:  # (srun --gpus-per-task 1 shows each task one GPU: cuda:0)
+        device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
