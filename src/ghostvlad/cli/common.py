@@ -66,6 +66,18 @@ def resolve_device(device: str, precision: str) -> tuple[str, str]:
     return device, precision
 
 
+def start_ranks():
+    """The process group when started by torchrun (or srun) with several ranks, else None."""
+    from ..train.distributed import DistError, launch_environment, setup
+
+    try:
+        if launch_environment()[1] == 1:
+            return None
+        return setup()
+    except DistError as exc:
+        fail(str(exc))
+
+
 def open_model(path: Path, precision: str = "auto", device: str = "auto", min_duration: float = 0.5,
                mirror: Optional[bool] = None):
     from ..inference import load_model

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out
+from .common import DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out, start_ranks
 
 
 def _table(summary: dict):
@@ -57,7 +57,6 @@ def eval_(
     from ..modelfile import resolve_model_path
     from ..sharding import Shard, ShardError
     from ..train.distributed import teardown
-    from .model import start_ranks
 
     if not wav_root.is_dir():
         fail(f"{wav_root}: wav root is not a folder")

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOpt, MinDurOpt, MirrorOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out, progress_bar
+from .common import (DeviceOpt, MinDurOpt, MirrorOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out, progress_bar,
+                     start_ranks)
 
 
 @app.command("convert-keras")
@@ -48,18 +49,6 @@ def _read_list(path: Path) -> list[str]:
     return [ln.split()[0] for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def start_ranks():
-    """The process group when started by torchrun (or srun) with several ranks, else None."""
-    from ..train.distributed import DistError, launch_environment, setup
-
-    try:
-        if launch_environment()[1] == 1:
-            return None
-        return setup()
-    except DistError as exc:
-        fail(str(exc))
-
-
 @app.command()
 def embed(
     files: list[Path] = typer.Argument(None, help="Audio files (wav, flac, ogg, m4a, mp3, ...)."),
@@ -87,7 +76,7 @@ def embed(
     import numpy as np
 
     from ..sharding import Shard, ShardError, merge_parts, write_npz
-    from ..train.distributed import barrier, teardown
+    from ..train.distributed import barrier, gather_to_main, teardown
     from ..windows import Windows, check_windows, iter_windows
 
     paths = [str(p) for p in files or []] + (_read_list(list_file) if list_file else [])
@@ -153,33 +142,29 @@ def embed(
         write_npz(target, arrays)
     except OSError as exc:
         fail(f"{target}: cannot write the embeddings ({exc})")
-    if ranks is not None:  # rank 0 merges every rank's part into --out
+    if ranks is not None:  # rank 0 merges every rank's part (next to --out: a folder all ranks see) into --out
         barrier(ranks)
-        counts = _gather_counts(len(failures), ranks)
+        counts = gather_to_main(len(failures), ranks)
+        teardown()
         if main:
             parts = [out_path.with_name(f".{out_path.name}.part{r}") for r in range(ranks.world)]
             try:
                 arrays = merge_parts(parts)
-                write_npz(out_path, arrays)
-            except (ShardError, OSError) as exc:
+            except ShardError as exc:
                 fail(f"{out_path}: cannot merge the ranks' parts ({exc})")
             for p in parts:
                 p.unlink(missing_ok=True)
-            failures_total = sum(counts)
             if len(arrays["embeddings"]) == 0:
                 fail(f"none of the {len(paths)} files could be embedded")
-            _report(out_path, arrays, window, len(paths), failures_total)
-        teardown()
+            try:
+                write_npz(out_path, arrays)
+            except OSError as exc:
+                fail(f"{out_path}: cannot write the embeddings ({exc})")
+            _report(out_path, arrays, window, len(paths), sum(counts))
         return
     what = f"shard {part} of {len(paths)} files: " if part is not None else ""
     out.print(what, end="", highlight=False)
     _report(out_path, arrays, window, len(mine), len(failures))
-
-
-def _gather_counts(count: int, ranks) -> list[int]:
-    from ..train.distributed import gather_to_main
-
-    return gather_to_main(count, ranks) or []
 
 
 def _report(out_path: Path, arrays: dict, window: Optional[float], total: int, failed: int) -> None:
