@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .allocator import keep_freed_memory
 from .audio import SAMPLE_RATE, AudioError, audio_duration, load_audio, prepare_waveform
 from .features import FrontEndConfig, Spectrogram
 from .modelfile import ModelFileError, read_model, write_model
@@ -205,6 +206,8 @@ class SpeakerModel(Embedder):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # what the CLI used to re-exec under glibc tunables for (see .allocator)
         self.encoder = encoder.eval()  # the weights as saved
         self.network = encoder.fused().to(self.device)  # what runs: BatchNorm folded into the convs
         if channels_last:
