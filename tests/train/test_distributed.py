@@ -78,3 +78,29 @@ def test_validation_sharded_over_two_ranks_equals_one_process(tmp_path):
     eer, threshold = json.loads((tmp_path / "rank0.json").read_text())
     assert json.loads((tmp_path / "rank1.json").read_text()) is None  # rank 0 scores
     assert eer == pytest.approx(alone[0], abs=1e-9) and threshold == pytest.approx(alone[1], abs=1e-5)
+
+
+def _check_folder_rank(rank: int, port: int, root: str, shared: bool) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    info = distributed.setup("cpu", timeout=60)
+    folder = Path(root, "shared" if shared else f"node{rank}", "run")  # not shared: each "node" has its own disk
+    try:
+        distributed.check_shared_folder(folder, info)
+        outcome = "ok"
+    except DistError as exc:
+        outcome = str(exc)
+    finally:
+        distributed.teardown()
+    Path(root, f"rank{rank}.txt").write_text(outcome)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_ranks_that_cannot_see_rank0s_run_folder_all_fail_clearly(tmp_path, shared):
+    mp.spawn(_check_folder_rank, args=(_free_port(), str(tmp_path), shared), nprocs=2)
+    outcomes = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    if shared:
+        assert outcomes == ["ok", "ok"] and not list((tmp_path / "shared" / "run").iterdir())  # probe removed
+    else:
+        assert "rank 1 on " in outcomes[0] and "cannot see the run folder rank 0 writes" in outcomes[0]
+        assert "another rank cannot see the run folder" in outcomes[1]
