@@ -236,14 +236,12 @@ def _assemble(pieces: list[np.ndarray], n: int, reverse: bool, start: int, lengt
     return out
 
 
-def log_bad_file(log: str | None, error: AudioError) -> None:
-    """Append ``error`` (one line, ``path: reason``) to the run's bad-file log, if there is one.
+def log_bad_file(log: str, error: AudioError) -> None:
+    """Append ``error`` (one line, ``path: reason``) to the run's bad-file log.
 
     Lines are short single ``write`` calls on a file opened for appending, so concurrent writers (DataLoader workers,
     ranks) do not interleave within a line.
     """
-    if log is None:
-        return
     os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
     with open(log, "a", encoding="utf-8") as fh:
         fh.write(f"{error.source}\t{error}\n")
@@ -338,7 +336,7 @@ class CropDataset(Dataset):
         self.durations = np.asarray(manifest.durations, dtype=np.float32)
         self.seed, self.frames, self.speeds = seed, frames, check_speeds(speeds)
         self.augment: Augment | None = None  # e.g. data.augment.ChannelAugment; its rng is seeded like the crop's
-        self.bad_log: str | None = None  # where files that fail to decode are logged (see __getitem__)
+        self.bad_log: str | None = None  # where files that fail to decode are logged (see __getitem__); None: raise
         self._epoch = _SharedEpoch()
         self._bad: set[int] = set()  # utterances this process found undecodable
 
@@ -361,6 +359,8 @@ class CropDataset(Dataset):
         try:
             return read_crop(os.fsdecode(self.paths[j]), rng, float(self.durations[j]), self.frames)
         except AudioError as exc:
+            if self.bad_log is None:
+                raise
             if j not in self._bad:
                 self._bad.add(j)
                 log_bad_file(self.bad_log, exc)
@@ -374,16 +374,18 @@ class CropDataset(Dataset):
         self._epoch.set(epoch)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        """Utterance ``i``'s crop; if its file fails to decode, it is logged in :attr:`bad_log` and replaced by the
-        crop of the first decodable utterance in a fixed order of the same speaker's others (``(seed, i)``), so the
-        replacement does not depend on the worker, the rank or a restart. Raises :class:`AudioError` when none of the
-        speaker's utterances decodes."""
+        """Utterance ``i``'s crop. With a :attr:`bad_log` (training sets one), a file that fails to decode is logged
+        there and replaced by the crop of the first decodable utterance in a fixed order of the same speaker's others
+        (``(seed, i)``), so the replacement does not depend on the worker, the rank or a restart; :class:`AudioError`
+        when none of the speaker's utterances decodes, or at once without a log."""
         i = int(i)
         first_error = None
         for j in self._candidates(i):
             try:
                 crop, k = self._crop(j)
             except AudioError as exc:
+                if self.bad_log is None:
+                    raise
                 if j not in self._bad:
                     self._bad.add(j)
                     log_bad_file(self.bad_log, exc)
@@ -437,7 +439,7 @@ class ShardCropDataset(IterableDataset):
         self.speeds = check_speeds(speeds)
         self.augment: Augment | None = None
         self._recent: collections.deque[np.ndarray] = collections.deque(maxlen=32)
-        self.bad_log: str | None = None  # samples that fail to decode are logged there and skipped
+        self.bad_log: str | None = None  # samples that fail to decode are logged there and skipped; None: raise
         self.rank, self.world = _rank_world(rank, world)
         if len(self.index.shards) < self.world:
             raise ValueError(f"{len(self.index.shards)} shard(s) cannot feed {self.world} ranks; write smaller shards")
