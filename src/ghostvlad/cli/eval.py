@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out, start_ranks
+from .common import (DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out, resolve_device,
+                     start_ranks)
 
 
 def _table(summary: dict):
@@ -69,10 +70,11 @@ def eval_(
         fail("--shard is for separate jobs; under torchrun the ranks share the files already")
     if ranks is not None and device == "auto":
         device = str(ranks.device)
+    device, precision = resolve_device(device, precision)
     model = open_model(model_path, precision, device, min_duration)
     model.batch_frames = batch_frames
     if ranks is None or ranks.main:
-        err.print(f"embedding on {model.device}, {model.precision}"
+        err.print(f"embedding on {device}, {precision}"
                   + (f", {ranks.world} ranks" if ranks else f", shard {part}" if part else ""), highlight=False)
     try:
         if part is not None:

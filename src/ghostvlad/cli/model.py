@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from .common import (DeviceOpt, MinDurOpt, MirrorOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out, progress_bar,
-                     start_ranks)
+                     resolve_device, start_ranks)
 
 
 @app.command("convert-keras")
@@ -94,10 +94,11 @@ def embed(
             fail("--shard is for separate jobs; under torchrun the ranks share the files already")
         part, device = Shard(ranks.rank, ranks.world), str(ranks.device) if device == "auto" else device
     main = ranks is None or ranks.main
+    device, precision = resolve_device(device, precision)
     model = open_model(model_path, precision, device, min_duration, mirror)
     model.batch_frames = batch_frames
     if main:
-        err.print(f"embedding on {model.device}, {model.precision}"
+        err.print(f"embedding on {device}, {precision}"
                   + (f", {ranks.world} ranks" if ranks else f", shard {part}" if part else ""), highlight=False)
     if window is not None:
         hop = 0.5 if hop is None else hop
