@@ -2,9 +2,11 @@
 
 Generates ``--files`` wav files cycling through ``--seconds`` lengths and a trial list over them, then times
 ``ghostvlad.evaluate.evaluate`` (metadata, decoding, batched embedding, caching and scoring included) with an
-empty cache, and again with the cache filled, in FP32 and bf16. Prints embeddings/s and real-time factor.
+empty cache, and again with the cache filled, in FP32 and bf16. Prints embeddings/s, seconds of audio per
+second and real-time factor.
 
-    python bench/eval.py [--files 16] [--seconds 4 6 8] [--threads 2] [--no-mirror]
+    python bench/eval.py [--files 16] [--seconds 4 6 8] [--threads 2] [--no-mirror] [--device cuda]
+                         [--precision bf16] [--batch-frames 3200] [--workers 2]
 
 Runs under the same glibc malloc tunables as the CLI (``--no-tunables`` to compare without them).
 """
@@ -43,6 +45,10 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=16)
     parser.add_argument("--seconds", type=float, nargs="+", default=[4.0, 6.0, 8.0])
     parser.add_argument("--no-mirror", action="store_true", help="Without the 'wav + reversed wav' extension.")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--batch-frames", type=int, default=3200)
+    parser.add_argument("--workers", type=int, default=2, help="Decoding threads.")
     add_runtime_options(parser)
     args = parser.parse_args()
     apply_runtime_options(args)
@@ -51,22 +57,24 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, GLIBC_TUNABLES="
           f"{'set' if 'GLIBC_TUNABLES' in os.environ else 'unset'}, mirror {not args.no_mirror}, "
           f"{args.files} files of {'/'.join(f'{s:g}' for s in args.seconds)} s")
-    print(f"{'prec':>5} {'files':>5} {'audio s':>7} {'time s':>7} {'emb/s':>6} {'RTF':>7} {'cached s':>8}")
+    print(f"{'prec':>5} {'files':>5} {'audio s':>7} {'time s':>7} {'emb/s':>6} {'audio s/s':>9} {'RTF':>7} "
+          f"{'cached s':>8}  (device {args.device}, batch frames {args.batch_frames}, {args.workers} workers)")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         trials, audio = write_corpus(folder, args.files, args.seconds)
-        for precision in ("fp32", "bf16"):
-            model = SpeakerModel(encoder, FrontEndConfig(mirror=not args.no_mirror), precision=precision)
+        for precision in args.precision:
+            model = SpeakerModel(encoder, FrontEndConfig(mirror=not args.no_mirror), precision=precision,
+                                 device=args.device, batch_frames=args.batch_frames)
             model.embed_waveforms([np.zeros(16000, np.float32)])  # warm-up
             cache = folder / f"cache-{precision}"
             t0 = time.perf_counter()
-            result = evaluate(model, trials, folder, cache_dir=cache)
+            result = evaluate(model, trials, folder, cache_dir=cache, workers=args.workers)
             cold = time.perf_counter() - t0
             t0 = time.perf_counter()
             evaluate(model, trials, folder, cache_dir=cache)
             warm = time.perf_counter() - t0
             print(f"{precision:>5} {result.computed:5d} {audio:7.0f} {cold:7.2f} {result.computed / cold:6.2f} "
-                  f"{cold / audio:7.4f} {warm:8.3f}")
+                  f"{audio / cold:9.1f} {cold / audio:7.4f} {warm:8.3f}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Training throughput (a benchmark, not a test): crops/s of full training steps, front-end included.
 
-    python bench/train.py [--config paper] [--batch 16] [--steps 3] [--device cpu|cuda]
+    python bench/train.py [--config paper] [--batch 16] [--steps 3] [--device cpu|cuda] [--compile]
 
 Runs the given config's network and head on random 2.5 s crops already in memory, so it measures the
-compute side only; `bench/data.py` measures the input pipeline alone. On a GPU it also tries bf16.
+compute side only; `bench/data.py` measures the input pipeline alone and `bench/train_pipeline.py` both together.
+On a GPU it uses what training uses there: TF32, cuDNN autotuning, the fused optimizer, no host sync per step.
 """
 from __future__ import annotations
 
@@ -29,13 +30,19 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=5994)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network (train.compile=true).")
     args = parser.parse_args()
-    reexec_with_tunables(sys.argv)
+    if args.device == "cpu":
+        reexec_with_tunables(sys.argv)
+    else:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "tf32"
     cfg = load_config(args.config)
     device = torch.device(args.device)
     samples = (cfg.data.frames - 1) * 160
     print(f"config {args.config}: {cfg.model.backbone} x{cfg.model.width} {cfg.model.pooling}, {cfg.head.name}, "
-          f"{cfg.data.frames}-frame crops, batch {args.batch}, device {device}, torch threads {torch.get_num_threads()}")
+          f"{cfg.data.frames}-frame crops, batch {args.batch}, device {device}, torch threads {torch.get_num_threads()}"
+          f"{', compiled' if args.compile else ''}")
     print(f"{'precision':>9} {'crops/s':>8} {'s/step':>7}")
     for precision in args.precision:
         torch.manual_seed(0)
@@ -43,7 +50,8 @@ def main() -> None:
                                                                  classes=args.classes)).to(device)
         net = net.to(memory_format=torch.channels_last).train()
         front = Spectrogram(FrontEndConfig()).to(device)
-        opt = _optimizer(net, cfg)
+        opt = _optimizer(net, cfg, fused=device.type == "cuda")
+        forward = torch.compile(net) if args.compile else net
         waves = torch.randn(args.batch, samples, device=device) * 0.1
         labels = torch.randint(0, args.classes, (args.batch,), device=device)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -52,13 +60,14 @@ def main() -> None:
             with torch.no_grad():
                 feats, _ = front(waves)
             with autocast:
-                logits, extra = net(feats, labels)
-            loss = F.cross_entropy(logits.float(), labels) + extra
+                logits, extra = forward(feats, labels)
+            loss = F.cross_entropy(logits, labels) + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
-        step()
+        for _ in range(3 if device.type == "cuda" else 1):  # warm-up (cuDNN autotuning, compilation)
+            step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()

@@ -151,13 +151,31 @@ def test_cache_reuses_embeddings_and_tracks_model_and_files(model, corpus, monke
 
 def test_unusable_cache_is_a_clear_error(model, corpus, tmp_path):
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(EvalError, match=r"file/[0-9a-f]{24}/embeddings.sqlite: cannot open the embedding cache"):
+    with pytest.raises(EvalError, match=r"file/[0-9a-f]{24}: cannot open the embedding cache"):
         evaluate(model, corpus["trials"], corpus["root"], cache_dir=tmp_path / "file")
     key = ev.model_key(model)[:24]
     (corpus["cache"] / key).mkdir(parents=True)
-    (corpus["cache"] / key / "embeddings.sqlite").write_bytes(b"garbage" * 1000)
-    with pytest.raises(EvalError, match="embeddings.sqlite: cannot open the embedding cache .*not a database"):
+    (corpus["cache"] / key / "part-x.npz").write_bytes(b"garbage" * 1000)
+    with pytest.raises(EvalError, match="part-x.npz: unreadable embedding cache part .*; delete it"):
         evaluate(model, corpus["trials"], corpus["root"], cache_dir=corpus["cache"])
+
+
+def test_cache_writers_only_create_their_own_files_and_compact_on_close(model, corpus, tmp_path):
+    """No locks or journal (network filesystems): concurrent writers each add parts; a later reader sees all."""
+    paths = [os.path.join(corpus["root"], f) for f in corpus["files"]]
+    key, root = ev.model_key(model), tmp_path / "cache"
+    vectors = np.eye(model.embed_dim, dtype=np.float32)
+    first, second = ev.EmbeddingCache(root, key, model.embed_dim), ev.EmbeddingCache(root, key, model.embed_dim)
+    first.get(paths[:2]), second.get(paths[2:4])  # both open before either writes
+    first.add(paths[0], vectors[0]), first.add(paths[1], vectors[1]), second.add(paths[2], vectors[2])
+    first.close()
+    second.close()
+    assert len(list((root / key[:24]).glob("part-*.npz"))) == 2 and not list(root.rglob("*.tmp"))
+    with ev.EmbeddingCache(root, key, model.embed_dim) as cache:
+        found = cache.get(paths)
+    assert sorted(found) == sorted(paths[:3])
+    np.testing.assert_array_equal(found[paths[2]], vectors[2])
+    assert len(list((root / key[:24]).glob("part-*.npz"))) == 1  # compacted by the last reader
 
 
 def test_interrupted_run_resumes_without_redoing_work(model, corpus, monkeypatch):

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
+import socket
 import time
+import uuid
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,15 +21,19 @@ import numpy as np
 
 from .data.manifest import ManifestError, read_manifest
 from .data.trials import Trials, read_trials
-from .fileio import atomic_write_text
+from .fileio import atomic_write, atomic_write_text
 from .inference import Embedder
 from .scoring import as_norm, eer, min_dcf
 from .scoring.asnorm import cohort_scores
 from .scoring.det import plot_det
+from .sharding import Shard
+from .train import distributed
+from .train.distributed import DistInfo
 
 P_TARGETS = (0.01, 0.05)
 _ASNORM_CELLS = 1 << 22  # score-matrix entries per AS-norm chunk (16-32 MB)
 _SCORE_ROWS = 1 << 13  # trials per chunk when scoring
+_PART_PREFIX = "part-"
 
 
 class EvalError(ValueError):
@@ -45,31 +51,47 @@ def model_key(model: Embedder) -> str:
 
 
 class EmbeddingCache:
-    """Embeddings of audio files for one model, in SQLite at ``<root>/<model key[:24]>/embeddings.sqlite``.
+    """Embeddings of audio files for one model, in part files under ``<root>/<model key[:24]>/``.
 
-    Entries are keyed by the file's real path and valid while its size and mtime are unchanged. New entries
-    are committed every few seconds and on close (also after an error or Ctrl-C), each commit atomic, so an
-    interrupted evaluation resumes where it stopped. Use as a context manager.
+    Entries are keyed by the file's real path and valid while its size and mtime are unchanged. Every writer
+    (process, rank, job-array task) only ever creates files of its own — a new ``part-*.npz`` every
+    ``commit_every`` seconds and on close (also after an error or Ctrl-C), each written atomically — so there are
+    no locks and no database journal: safe on network filesystems (NFS, Lustre) and for concurrent jobs, and an
+    interrupted evaluation resumes where it stopped. On close the parts read at open are compacted into the new
+    one. Use as a context manager.
     """
 
-    def __init__(self, root: str | os.PathLike, key: str, dim: int, commit_every: float = 5.0) -> None:
-        self.path = Path(root).expanduser() / key[:24] / "embeddings.sqlite"
+    def __init__(self, root: str | os.PathLike, key: str, dim: int, commit_every: float = 10.0) -> None:
+        self.folder = Path(root).expanduser() / key[:24]
         self.dim = dim
         self.commit_every = commit_every
         self._stats: dict[str, tuple[int, int]] = {}
-        self._pending: list[tuple[str, int, int, bytes]] = []
+        self._entries: dict[str, tuple[int, int, np.ndarray]] = {}  # real path -> size, mtime_ns, vector
+        self._new: dict[str, tuple[int, int, np.ndarray]] = {}  # entries since the last commit
+        self._mine: list[Path] = []  # parts this cache wrote
         self._last_commit = time.monotonic()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=60)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS embeddings "
-                "(path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, vector BLOB NOT NULL)"
-            )
-            self._db.commit()
-        except (OSError, sqlite3.Error) as exc:
-            raise EvalError(f"{self.path}: cannot open the embedding cache ({exc})") from None
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._read = sorted(self.folder.glob(f"{_PART_PREFIX}*.npz"))
+        except OSError as exc:
+            raise EvalError(f"{self.folder}: cannot open the embedding cache ({exc})") from None
+        for part in list(self._read):
+            if not self._load(part):
+                self._read.remove(part)  # compacted away by another process meanwhile: its entries are elsewhere
+
+    def _load(self, part: Path) -> bool:
+        try:
+            with np.load(part, allow_pickle=False) as data:
+                paths, sizes, mtimes, vectors = (data[k] for k in ("paths", "sizes", "mtimes", "vectors"))
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise EvalError(f"{part}: unreadable embedding cache part ({exc}); delete it") from None
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or not len(paths) == len(sizes) == len(mtimes) == len(vectors):
+            raise EvalError(f"{part}: embedding cache part has the wrong shape; delete it")
+        for path, size, mtime, vector in zip(paths.tolist(), sizes.tolist(), mtimes.tolist(), vectors):
+            self._entries[path] = (size, mtime, vector)
+        return True
 
     def __enter__(self) -> EmbeddingCache:
         return self
@@ -87,9 +109,9 @@ class EmbeddingCache:
             except OSError:
                 continue
             self._stats[real] = (st.st_size, st.st_mtime_ns)
-            row = self._db.execute("SELECT size, mtime_ns, vector FROM embeddings WHERE path = ?", (real,)).fetchone()
-            if row is not None and (row[0], row[1]) == self._stats[real] and len(row[2]) == 4 * self.dim:
-                found[path] = np.frombuffer(row[2], dtype=np.float32)
+            entry = self._entries.get(real)
+            if entry is not None and entry[:2] == self._stats[real]:
+                found[path] = entry[2]
         return found
 
     def add(self, path: str, embedding: np.ndarray) -> None:
@@ -97,21 +119,46 @@ class EmbeddingCache:
         real = os.path.realpath(path)
         if real not in self._stats:
             return
-        self._pending.append((real, *self._stats[real], np.asarray(embedding, dtype=np.float32).tobytes()))
+        entry = (*self._stats[real], np.asarray(embedding, dtype=np.float32))
+        self._entries[real] = self._new[real] = entry
         if time.monotonic() - self._last_commit >= self.commit_every:
             self.commit()
 
+    def _write(self, entries: dict[str, tuple[int, int, np.ndarray]]) -> Path:
+        name = f"{_PART_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}.npz"
+        arrays = dict(paths=np.array(list(entries), dtype=str),
+                      sizes=np.array([e[0] for e in entries.values()], dtype=np.int64),
+                      mtimes=np.array([e[1] for e in entries.values()], dtype=np.int64),
+                      vectors=np.stack([e[2] for e in entries.values()]).astype(np.float32))
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+
+        return atomic_write(self.folder / name, write)
+
     def commit(self) -> None:
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", self._pending)
-        self._pending.clear()
+        """Write the entries added since the last commit as a new part."""
+        if self._new:
+            try:
+                self._mine.append(self._write(self._new))
+            except OSError as exc:
+                raise EvalError(f"{self.folder}: cannot write the embedding cache ({exc})") from None
+            self._new = {}
         self._last_commit = time.monotonic()
 
     def close(self) -> None:
-        try:
-            self.commit()
-        finally:
-            self._db.close()
+        """Commit, then compact: everything read or written here into one part, replacing those parts."""
+        self.commit()
+        old = self._read + self._mine
+        if len(old) > 1:
+            try:
+                self._write(self._entries)
+            except OSError:
+                return  # the parts stay as they are: still a valid cache
+            for part in old:
+                part.unlink(missing_ok=True)
+        self._read, self._mine = [], []
 
 
 @dataclass
@@ -123,15 +170,32 @@ class Embedded:
     computed: int  # files embedded now
     cached: int  # files found in the cache
 
+    @classmethod
+    def merge(cls, parts: Iterable[Embedded]) -> Embedded:
+        """One result from the results of disjoint shards."""
+        embeddings, errors, computed, cached = {}, {}, 0, 0
+        for part in parts:
+            embeddings.update(part.embeddings)
+            errors.update(part.errors)
+            computed, cached = computed + part.computed, cached + part.cached
+        return cls(embeddings, errors, computed, cached)
+
 
 def embed_files(
-    model: Embedder, paths: Sequence[str], cache_dir: str | os.PathLike | None = None, progress: bool = False
+    model: Embedder, paths: Sequence[str], cache_dir: str | os.PathLike | None = None, progress: bool = False,
+    *, workers: int = 2, shard: Shard | None = None,
 ) -> Embedded:
-    """Embed each distinct file of ``paths`` once, reusing and filling the model's on-disk cache."""
+    """Embed each distinct file of ``paths`` once, reusing and filling the model's on-disk cache.
+
+    ``shard`` restricts the work to one shard of the distinct files (see :class:`Shard`); ``workers`` threads read
+    metadata and decode audio.
+    """
     from rich.console import Console
     from rich.progress import Progress
 
     paths = list(dict.fromkeys(paths))
+    if shard is not None:
+        paths = shard.take(paths)
     errors: dict[str, str] = {}
     with EmbeddingCache(cache_dir or default_cache_dir(), model_key(model), model.embed_dim) as cache:
         found = cache.get(paths)
@@ -139,7 +203,7 @@ def embed_files(
         todo = [p for p in paths if p not in found]
         with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
             task = bar.add_task(f"embedding ({cached} cached)", total=len(todo))
-            for r in model.iter_embeddings(todo):
+            for r in model.iter_embeddings(todo, workers=workers):
                 path = todo[r.index]
                 if r.error is not None:
                     errors[path] = str(r.error)
@@ -236,12 +300,18 @@ def evaluate(
     top_k: int = 300,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
-) -> EvalResult:
+    workers: int = 2,
+    ranks: DistInfo | None = None,
+) -> EvalResult | None:
     """Embed, score and measure a trial list whose paths are relative to ``wav_root``.
 
     ``cohort`` (a cohort list file, see :func:`read_cohort`, or a sequence of audio paths) adds AS-norm
     results over the ``top_k`` closest cohort embeddings. Raises :class:`EvalError` when no trial can be
     scored, when the scored trials lack targets or non-targets, or when fewer than 2 cohort files embed.
+
+    ``ranks`` (the process group of ``torchrun``, see :func:`ghostvlad.train.distributed.setup`): every rank
+    embeds its shard of the files, rank 0 gathers the embeddings and scores; the other ranks return None. The
+    result equals a single-process run's.
     """
     name = None
     if not isinstance(trials, Trials):
@@ -253,7 +323,16 @@ def evaluate(
     cohort_paths = [] if cohort is None else (
         read_cohort(cohort) if isinstance(cohort, (str, os.PathLike)) else list(map(str, cohort)))
     full = {f: os.path.join(wav_root, f) for f in trials.files()}
-    done = embed_files(model, [*full.values(), *cohort_paths], cache_dir, progress)
+    files = [*full.values(), *cohort_paths]
+    if ranks is not None and ranks.world > 1:
+        mine = embed_files(model, files, cache_dir, progress and ranks.main, workers=workers,
+                           shard=Shard(ranks.rank, ranks.world))
+        parts = distributed.gather_to_main(mine, ranks)
+        if parts is None:
+            return None
+        done = Embedded.merge(parts)
+    else:
+        done = embed_files(model, files, cache_dir, progress, workers=workers)
 
     good = [f for f in full if full[f] in done.embeddings]
     index = {f: i for i, f in enumerate(good)}

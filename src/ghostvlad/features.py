@@ -67,14 +67,18 @@ class Spectrogram(nn.Module):
         cfg = self.config
         wave = wave.float()
         batch, total = wave.shape
-        if lengths is None:
+        if lengths is None:  # equal lengths (training crops): no device-to-host sync in this call
             lengths = torch.full((batch,), total, dtype=torch.long, device=wave.device)
-        lengths = lengths.to(device=wave.device, dtype=torch.long)
+            shortest = longest = total
+        else:  # one sync, free when ``lengths`` is on the CPU
+            shortest, longest = int(lengths.min()), int(lengths.max())
+            lengths = lengths.to(device=wave.device, dtype=torch.long)
         pad = cfg.n_fft // 2
-        ext = 2 * lengths if cfg.mirror else lengths
-        if int(ext.min()) <= pad:
-            raise ValueError(f"clip too short for the front-end: {int(lengths.min())} samples (needs > {pad})")
-        width = int(ext.max()) + 2 * pad
+        scale = 2 if cfg.mirror else 1
+        ext = scale * lengths
+        if scale * shortest <= pad:
+            raise ValueError(f"clip too short for the front-end: {shortest} samples (needs > {pad // scale})")
+        width = scale * longest + 2 * pad
         index, valid = _source_index(lengths, width, pad, cfg.mirror)
         feats = self._normalised(wave.gather(1, index.clamp(max=total - 1)) * valid)
         frames = 1 + ext // cfg.hop_length

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .allocator import keep_freed_memory
 from .audio import SAMPLE_RATE, AudioError, audio_duration, load_audio, prepare_waveform
 from .chunked import embed_chunked, steps_per_chunk
 from .features import FrontEndConfig, Spectrogram
@@ -111,18 +112,23 @@ class Embedder(ABC):
         """Embed many items, yielding one :class:`EmbedResult` per item (in batch order, not input order).
 
         Bad items are yielded with their :class:`AudioError` and the others still succeed. Files are
-        bucketed by their duration from metadata and decoded in background threads while the model runs.
+        bucketed by their duration from metadata (read in parallel threads) and decoded in ``workers`` background
+        threads while the model runs.
         """
-        sizes: list[int] = []
-        for i, item in enumerate(items):
+        def size(item: AudioInput) -> int | AudioError:
             try:
                 if isinstance(item, np.ndarray):
-                    sizes.append(len(item) if item.ndim == 1 else max(item.shape))
-                else:
-                    sizes.append(int(audio_duration(item) * SAMPLE_RATE))
+                    return len(item) if item.ndim == 1 else max(item.shape)
+                return int(audio_duration(item) * SAMPLE_RATE)
             except AudioError as err:
-                sizes.append(-1)
-                yield EmbedResult(i, _source_name(item), error=err)
+                return err
+
+        sizes: list[int] = []
+        with ThreadPoolExecutor(max_workers=max(workers, 4)) as pool:  # metadata reads wait on the filesystem
+            for i, found in enumerate(pool.map(size, items)):
+                sizes.append(-1 if isinstance(found, AudioError) else found)
+                if isinstance(found, AudioError):
+                    yield EmbedResult(i, _source_name(items[i]), error=found)
         good = [i for i, s in enumerate(sizes) if s >= 0]
         batches = [[good[j] for j in b]
                    for b in length_batches([sizes[i] for i in good], self.frontend_config, self.batch_frames)]
@@ -205,6 +211,8 @@ class SpeakerModel(Embedder):
             raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
         steps_per_chunk(encoder, chunk_frames)  # ValueError if too small for the backbone
         self.device = torch.device(device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # what the CLI used to re-exec under glibc tunables for (see .allocator)
         self.encoder = encoder.eval()  # the weights as saved
         self.network = encoder.fused().to(self.device)  # what runs: BatchNorm folded into the convs
         if channels_last:

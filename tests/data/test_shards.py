@@ -207,3 +207,19 @@ def test_write_errors(manifest, tmp_path):
     with pytest.raises(AudioError, match=f"{tmp_path / 'gone.wav'}: file not found"):
         write_shards(broken, tmp_path / "out", workers=1)
     assert [p.name for p in (tmp_path / "out").iterdir()] == []  # no partial shard, no index
+
+
+def test_bad_sample_during_training_is_logged_and_skipped(tmp_path):
+    from ghostvlad.data.dataset import read_bad_files
+
+    with open(tmp_path / "shard-000000.tar", "wb") as fh, wds.TarWriter(fh, encoder=False) as tar:
+        meta = {"index": 0, "speaker": "a", "duration": 1.0, "path": "/data/a/v/1.wav"}
+        tar.write({"__key__": "000000000", "flac": b"not flac at all", "json": json.dumps(meta).encode()})
+    record = {"format": "ghostvlad-shards/1", "utterances": 1, "speakers": ["a"],
+              "shards": [{"name": "shard-000000.tar", "count": 1, "bytes": 1}]}
+    (tmp_path / "index.json").write_text(json.dumps(record))
+    dataset = ShardCropDataset(tmp_path)
+    dataset.bad_log = str(tmp_path / "run" / "bad_files.txt")
+    assert list(dataset) == []
+    bad = read_bad_files(dataset.bad_log)
+    assert list(bad) == ["/data/a/v/1.wav (in " + f"{tmp_path}/shard-000000.tar:000000000)"]

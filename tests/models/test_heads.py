@@ -66,3 +66,21 @@ def test_angular_prototypical_loss_against_a_direct_computation():
     assert float(loss(voices.reshape(12, 8))) < float(loss(voices[torch.randperm(4)].transpose(0, 1).reshape(12, 8)))
     with pytest.raises(ValueError, match="at least 2 utterances"):
         AngularPrototypicalLoss(per_speaker=1)
+
+
+@pytest.mark.parametrize("name", ["amsoftmax", "aamsoftmax", "softmax"])
+def test_head_under_bf16_autocast_is_fp32_with_finite_gradients_at_cosine_0999(name):
+    """bf16 rounds 1 - 1e-7 to 1, where acos' derivative is infinite: heads must leave autocast."""
+    head = HEADS.build(name, embed_dim=2, classes=3).train()
+    head.weight.data = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    angle = math.acos(0.999)
+    x = torch.tensor([[math.cos(angle), math.sin(angle)]] * 4, requires_grad=True)  # target cosine 0.999
+    labels = torch.zeros(4, dtype=torch.long)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(x.to(torch.bfloat16), labels)
+    assert logits.dtype == torch.float32
+    loss = F.cross_entropy(logits, labels)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
+    if name == "aamsoftmax":  # the margin is applied exactly (fp32): cos(acos(0.999) + 0.2)
+        assert logits[0, 0].item() == pytest.approx(30 * math.cos(angle + 0.2), abs=1e-3)

@@ -1,6 +1,8 @@
 """Training runs end to end on a tiny model: resume after SIGKILL is exact, DDP runs on CPU (gloo)."""
 import copy
+import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +19,8 @@ from ghostvlad import load_model
 from ghostvlad.data.manifest import build_manifest
 from ghostvlad.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ghostvlad.train.config import load_config
-from ghostvlad.train.loop import KMEANS_CROPS, Trainer, TrainError
+from ghostvlad.data.dataset import read_bad_files
+from ghostvlad.train.loop import BAD_FILES_NAME, KMEANS_CROPS, Trainer, TrainError
 
 TINY = {
     "model": {"backbone": "resnet34s", "width": 0.0625, "pooling": "gvlad", "clusters": 2, "ghost_clusters": 1,
@@ -182,8 +185,8 @@ def test_validation_picks_the_model_and_stores_its_threshold(corpus, tmp_path):
                       "0 id00000/vid/00000.wav missing/vid/00000.wav\n")
     cfg = load_config(config, ["train.epochs=1", f"valid.trials={trials}", f"valid.wav_root={root}"])
     Trainer(cfg, manifest, tmp_path / "run", progress=False).run()
-    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
-    assert rows[-1].split(",")[-1] != ""  # the epoch row carries the validation EER
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert rows[-1]["valid_eer"] != ""  # the epoch row carries the validation EER
     assert load_model(tmp_path / "run").threshold is not None
 
 
@@ -206,3 +209,74 @@ def test_channel_augmentation_speeds_and_session_batches_train(corpus, tmp_path)
         Trainer(load_config(config_path, ["train.sampler=fancy"]), manifest, tmp_path / "run2")
     with pytest.raises(TrainError, match="head.prototypical needs train.sampler=sessions"):
         Trainer(load_config(config_path, ["head.prototypical=0.5"]), manifest, tmp_path / "run3")
+
+
+
+
+def test_file_undecodable_after_prepare_is_logged_and_replaced(corpus, tmp_path):
+    """One bad file must not kill a run (nor a restart): logged, replaced by the same speaker's other utterance."""
+    manifest, config = corpus
+    root = tmp_path / "copy"
+    shutil.copytree(manifest.parent, root, ignore=shutil.ignore_patterns("*.csv", "*.yaml"))
+    text = manifest.read_text().replace(str(manifest.parent), str(root))
+    broken_manifest = tmp_path / "train.csv"
+    broken_manifest.write_text(text)
+    broken = root / "id00001" / "vid" / "00002.wav"
+    broken.write_bytes(b"RIFF" + bytes(100))  # became undecodable after `prepare`
+    cfg = load_config(config, ["train.epochs=2", "data.max_bad_fraction=0.1"])
+    trainer = Trainer(cfg, broken_manifest, tmp_path / "run", progress=False)
+    index = trainer.dataset.paths.tolist().index(os.fsencode(broken))
+    crop, label = trainer.dataset[index]
+    assert label == trainer.dataset.labels[index] and crop.shape == (49 * 160,)
+    state = trainer.run()
+    assert state.epoch == 2 and state.global_step == 10
+    bad = read_bad_files(tmp_path / "run" / BAD_FILES_NAME)
+    assert list(bad) == [str(broken)] and bad[str(broken)].startswith(f"{broken}: ")
+    replaced = Trainer(cfg, broken_manifest, tmp_path / "run2", progress=False).dataset[index]
+    np.testing.assert_array_equal(replaced[0], crop)  # deterministic replacement
+    strict = load_config(config, ["train.epochs=2", "data.max_bad_fraction=0.01"])  # 1 of 16 files > 1 %
+    with pytest.raises(TrainError, match=r"1 of 16 training files failed to decode .*bad_files.txt; first: .*00002.wav"):
+        Trainer(strict, broken_manifest, tmp_path / "run3", progress=False).run()
+
+
+def test_non_finite_step_is_skipped_and_counted_and_never_saved(corpus, tmp_path, monkeypatch):
+    manifest, config = corpus
+    trainer = Trainer(load_config(config, ["train.epochs=1"]), manifest, tmp_path / "run", progress=False)
+    original, calls = trainer.net.head.forward, []
+
+    def nan_on_second_step(x, labels=None):
+        calls.append(1)
+        logits = original(x, labels)
+        return logits * float("nan") if len(calls) == 2 else logits
+
+    monkeypatch.setattr(trainer.net.head, "forward", nan_on_second_step)
+    before = {}
+
+    def snapshot(row, steps):
+        before[row["global_step"]] = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+
+    trainer.run(on_log=snapshot)
+    rows = [r for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open()) if r["step"]]
+    assert [r["skipped"] for r in rows] == ["0", "1", "0", "0", "0"]
+    assert rows[1]["loss"] == "nan" and rows[0]["loss"] != "nan"
+    for name, value in before[2].items():  # the skipped step left the weights as they were
+        if name.endswith("weight") and "head" in name:
+            torch.testing.assert_close(value, before[1][name], rtol=0, atol=0)
+    with torch.no_grad():
+        next(trainer.net.parameters()).fill_(float("inf"))
+    with pytest.raises(TrainError, match="non-finite values in encoder.* not saved"):
+        trainer.save()
+
+
+def test_prefetch_depth_adapts_to_dev_shm(corpus, tmp_path, monkeypatch):
+    manifest, config = corpus
+    trainer = Trainer(load_config(config, ["train.batch_size=160"]), manifest, tmp_path / "run", progress=False)
+    batch = 160 * 49 * 160 * 4  # bytes of one batch of 50-frame crops
+    free = {"value": 10**12}
+    monkeypatch.setattr("ghostvlad.train.loop.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(0, 0, free["value"]))
+    assert trainer._prefetch(8) == 4 and trainer.notices == []
+    free["value"] = int(batch * 8 * 2 / 0.8) + 1  # room for 2 batches per worker
+    assert trainer._prefetch(8) == 2
+    assert "/dev/shm has" in trainer.notices[-1] and "data.prefetch=4; using 2" in trainer.notices[-1]
+    free["value"] = batch  # not even one per worker: says what to do
+    assert trainer._prefetch(8) == 1 and "enlarge /dev/shm or lower data.workers" in trainer.notices[-1]

@@ -32,7 +32,7 @@ def export(
 
     if fmt is ExportFormat.onnx and out_path.suffix != ".onnx":
         fail(f"{out_path}: an ONNX export must end in .onnx (ghostvlad recognises ONNX models by the suffix)")
-    model = open_model(model_path, mirror=mirror)
+    model = open_model(model_path, "fp32", "cpu", mirror=mirror)
     if not isinstance(model, SpeakerModel):
         fail(f"{model_path}: export needs a ghostvlad model directory or .safetensors file")
     writer = export_onnx if fmt is ExportFormat.onnx else export_torchscript

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOpt, MinDurOpt, MirrorOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out, progress_bar
+from .common import (DeviceOpt, MinDurOpt, MirrorOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out, progress_bar,
+                     resolve_device, start_ranks)
 
 
 @app.command("convert-keras")
@@ -60,16 +61,22 @@ def embed(
     min_duration: float = MinDurOpt,
     mirror: Optional[bool] = MirrorOpt,
     batch_frames: int = typer.Option(3200, help="Cap on padded frames per batch (measured fastest on CPU: ~3200)."),
+    workers: int = typer.Option(2, min=1, help="Threads reading metadata and decoding audio."),
     window: Optional[float] = typer.Option(None, help="Embed every window of this many seconds, not whole files."),
     hop: Optional[float] = typer.Option(None, help="Seconds between window starts, with --window (default 0.5)."),
+    shard: Optional[str] = typer.Option(None, help="k/n: embed only every n-th file from the k-th (a job-array "
+                                        "task) and write a part for `ghostvlad merge`."),
 ) -> None:
     """Embed audio files into unit-norm speaker embeddings (batched by length; bad files reported and skipped).
 
     With --window, one embedding per window (the last one of a file may be shorter) and its start/end times.
+    Under `torchrun --nproc_per_node N -m ghostvlad embed ...` every rank embeds its share of the files on its own
+    GPU and rank 0 writes the merged file, equal to a single-process run's.
     """
     import numpy as np
 
-    from ..fileio import atomic_write
+    from ..sharding import Shard, ShardError, merge_parts, write_npz
+    from ..train.distributed import barrier, gather_to_main, teardown
     from ..windows import Windows, check_windows, iter_windows
 
     paths = [str(p) for p in files or []] + (_read_list(list_file) if list_file else [])
@@ -77,19 +84,36 @@ def embed(
         fail("no input files (give paths or --list)")
     if hop is not None and window is None:
         fail("--hop needs --window")
+    try:
+        part = None if shard is None else Shard.parse(shard)
+    except ShardError as exc:
+        fail(str(exc))
+    ranks = start_ranks()
+    if ranks is not None:
+        if part is not None:
+            fail("--shard is for separate jobs; under torchrun the ranks share the files already")
+        part, device = Shard(ranks.rank, ranks.world), str(ranks.device) if device == "auto" else device
+    main = ranks is None or ranks.main
+    device, precision = resolve_device(device, precision)
     model = open_model(model_path, precision, device, min_duration, mirror)
     model.batch_frames = batch_frames
+    if main:
+        err.print(f"embedding on {device}, {precision}"
+                  + (f", {ranks.world} ranks" if ranks else f", shard {part}" if part else ""), highlight=False)
     if window is not None:
         hop = 0.5 if hop is None else hop
         try:
             check_windows(model, window, hop)
         except ValueError as exc:
             fail(str(exc))
+    positions = list(range(len(paths))) if part is None else part.take(range(len(paths)))
+    mine = [paths[i] for i in positions]
     found: dict[int, np.ndarray | Windows] = {}
     failures = []
     with progress_bar() as bar:
-        task = bar.add_task("embedding", total=len(paths))
-        results = model.iter_embeddings(paths) if window is None else iter_windows(model, paths, window, hop)
+        task = bar.add_task("embedding", total=len(mine), visible=main)
+        results = (model.iter_embeddings(mine, workers=workers) if window is None
+                   else iter_windows(model, mine, window, hop))
         for r in results:
             if r.error is not None:
                 failures.append(r.error)
@@ -97,28 +121,79 @@ def embed(
             else:
                 found[r.index] = r.embedding if window is None else r.windows
             bar.advance(task)
-    if not found:
+    if not found and part is None:
         fail(f"none of the {len(paths)} files could be embedded")
     order = sorted(found)
+    dim = model.embed_dim
     if window is None:
-        matrix = np.stack([found[i] for i in order])
-        arrays = dict(embeddings=matrix, paths=np.array([paths[i] for i in order]))
+        rows = [1] * len(order)
+        matrix = np.stack([found[i] for i in order]) if order else np.zeros((0, dim), np.float32)
+        arrays = dict(embeddings=matrix, paths=np.array([mine[i] for i in order], dtype=str))
     else:
-        matrix = np.concatenate([found[i].embeddings for i in order])
-        arrays = dict(embeddings=matrix, paths=np.array([paths[i] for i in order for _ in range(len(found[i]))]),
-                      starts=np.concatenate([found[i].starts for i in order]),
-                      ends=np.concatenate([found[i].ends for i in order]))
+        rows = [len(found[i]) for i in order]
+        matrix = (np.concatenate([found[i].embeddings for i in order]) if order else np.zeros((0, dim), np.float32))
+        arrays = dict(embeddings=matrix, paths=np.array([mine[i] for i in order for _ in range(len(found[i]))], dtype=str),
+                      starts=np.concatenate([found[i].starts for i in order] or [np.zeros(0)]),
+                      ends=np.concatenate([found[i].ends for i in order] or [np.zeros(0)]))
+    if part is not None:
+        arrays.update(index=np.repeat(np.array([positions[i] for i in order], dtype=np.int64), rows),
+                      shard=np.array(str(part)))
+    target = out_path if ranks is None else out_path.with_name(f".{out_path.name}.part{ranks.rank}")
+    try:
+        write_npz(target, arrays)
+    except OSError as exc:
+        fail(f"{target}: cannot write the embeddings ({exc})")
+    if ranks is not None:  # rank 0 merges every rank's part (next to --out: a folder all ranks see) into --out
+        barrier(ranks)
+        counts = gather_to_main(len(failures), ranks)
+        teardown()
+        if main:
+            parts = [out_path.with_name(f".{out_path.name}.part{r}") for r in range(ranks.world)]
+            try:
+                arrays = merge_parts(parts)
+            except ShardError as exc:
+                fail(f"{out_path}: cannot merge the ranks' parts ({exc})")
+            for p in parts:
+                p.unlink(missing_ok=True)
+            if len(arrays["embeddings"]) == 0:
+                fail(f"none of the {len(paths)} files could be embedded")
+            try:
+                write_npz(out_path, arrays)
+            except OSError as exc:
+                fail(f"{out_path}: cannot write the embeddings ({exc})")
+            _report(out_path, arrays, window, len(paths), sum(counts))
+        return
+    what = f"shard {part} of {len(paths)} files: " if part is not None else ""
+    out.print(what, end="", highlight=False)
+    _report(out_path, arrays, window, len(mine), len(failures))
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
 
-    atomic_write(out_path, write)
-    what = f"{len(matrix)} window embeddings of {len(order)} files" if window is not None else f"{len(order)} embeddings"
+def _report(out_path: Path, arrays: dict, window: Optional[float], total: int, failed: int) -> None:
+    matrix = arrays["embeddings"]
+    files = len(set(arrays["paths"].tolist()))
+    what = f"{len(matrix)} window embeddings of {files} files" if window is not None else f"{len(matrix)} embeddings"
     msg = f"wrote {what} ({matrix.shape[1]}-d) to {out_path}"
-    if failures:
-        msg += f"; {len(failures)} of {len(paths)} files failed"
+    if failed:
+        msg += f"; {failed} of {total} files failed"
     out.print(msg, highlight=False)
+
+
+@app.command()
+def merge(
+    parts: list[Path] = typer.Argument(..., help="The parts written by `embed --shard k/n` (all n of them)."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="The merged .npz (as one `embed` over all files writes)."),
+) -> None:
+    """Merge the parts of a sharded `embed` (job arrays) into one file, rows in input order."""
+    from ..sharding import ShardError, merge_parts, write_npz
+
+    try:
+        arrays = merge_parts(parts)
+        write_npz(out_path, arrays)
+    except ShardError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{out_path}: cannot write ({exc})")
+    out.print(f"merged {len(parts)} parts: {len(arrays['embeddings'])} embeddings to {out_path}", highlight=False)
 
 
 @app.command()
@@ -156,7 +231,7 @@ def info(model_path: Path = typer.Argument(..., help="Model directory, .safetens
     """Print a model's configuration and parameter count."""
     import json
 
-    model = open_model(model_path)
+    model = open_model(model_path, "fp32", "cpu")
     summary = model.to_config()
     if hasattr(model, "encoder"):  # ONNX models carry no parameter tensors we can count
         summary["parameters"] = sum(p.numel() for p in model.encoder.parameters())

@@ -25,16 +25,18 @@ def train(
     from ..audio import AudioError
     from ..train.checkpoint import CheckpointError
     from ..train.config import load_config
-    from ..train.distributed import teardown
+    from ..train.distributed import DistError, teardown
     from ..train.loop import Trainer, TrainError
 
     try:
         cfg = load_config(config, overrides or [])
         trainer = Trainer(cfg, data, out_dir, init=init, device=device)
-    except (TrainError, ValueError) as exc:
+    except (TrainError, DistError, ValueError) as exc:
         teardown()
         fail(str(exc))
     main = trainer.dist.main
+    for note in trainer.notices if main else []:
+        err.print(f"note: {note}", highlight=False)
     bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("loss {task.fields[loss]} acc {task.fields[acc]} lr {task.fields[lr]} {task.fields[speed]} crops/s"),
                    TimeElapsedColumn(), console=err, disable=not (main and err.is_terminal))
@@ -50,7 +52,7 @@ def train(
     try:
         with bar:
             state = trainer.run(max_steps=max_steps, on_log=on_log)
-    except (TrainError, AudioError, CheckpointError) as exc:
+    except (TrainError, AudioError, CheckpointError, DistError) as exc:
         fail(str(exc))
     finally:
         teardown()

@@ -236,6 +236,26 @@ def _assemble(pieces: list[np.ndarray], n: int, reverse: bool, start: int, lengt
     return out
 
 
+def log_bad_file(log: str, error: AudioError) -> None:
+    """Append ``error`` (one line, ``path: reason``) to the run's bad-file log.
+
+    Lines are short single ``write`` calls on a file opened for appending, so concurrent writers (DataLoader workers,
+    ranks) do not interleave within a line.
+    """
+    os.makedirs(os.path.dirname(log) or ".", exist_ok=True)
+    with open(log, "a", encoding="utf-8") as fh:
+        fh.write(f"{error.source}\t{error}\n")
+
+
+def read_bad_files(log: str | os.PathLike) -> dict[str, str]:
+    """``path -> message`` of the files a bad-file log names (each once; a missing log names none)."""
+    try:
+        lines = Path(log).read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return {}
+    return dict(line.split("\t", 1) for line in lines if "\t" in line)
+
+
 def _check_duration(num_samples: int, duration: float | None, source: str) -> None:
     if duration is not None and abs(num_samples - float(duration) * SAMPLE_RATE) > _DURATION_TOLERANCE:
         raise AudioError(source, f"has {num_samples / SAMPLE_RATE:.4f} s of audio but the manifest says "
@@ -316,7 +336,9 @@ class CropDataset(Dataset):
         self.durations = np.asarray(manifest.durations, dtype=np.float32)
         self.seed, self.frames, self.speeds = seed, frames, check_speeds(speeds)
         self.augment: Augment | None = None  # e.g. data.augment.ChannelAugment; its rng is seeded like the crop's
+        self.bad_log: str | None = None  # where files that fail to decode are logged (see __getitem__); None: raise
         self._epoch = _SharedEpoch()
+        self._bad: set[int] = set()  # utterances this process found undecodable
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -331,9 +353,18 @@ class CropDataset(Dataset):
         return np.unique(folders, return_inverse=True)[1]
 
     def donor(self, rng: np.random.Generator) -> np.ndarray:
-        """A crop of a random utterance, at normal speed and unaugmented (babble for the augmentation)."""
+        """A crop of a random utterance, at normal speed and unaugmented (babble for the augmentation); silence
+        when that file fails to decode (logged, as in :meth:`__getitem__`)."""
         j = int(rng.integers(len(self.paths)))
-        return read_crop(os.fsdecode(self.paths[j]), rng, float(self.durations[j]), self.frames)
+        try:
+            return read_crop(os.fsdecode(self.paths[j]), rng, float(self.durations[j]), self.frames)
+        except AudioError as exc:
+            if self.bad_log is None:
+                raise
+            if j not in self._bad:
+                self._bad.add(j)
+                log_bad_file(self.bad_log, exc)
+            return np.zeros(crop_samples(self.frames), np.float32)
 
     @property
     def epoch(self) -> int:
@@ -343,7 +374,36 @@ class CropDataset(Dataset):
         self._epoch.set(epoch)
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        """Utterance ``i``'s crop. With a :attr:`bad_log` (training sets one), a file that fails to decode is logged
+        there and replaced by the crop of the first decodable utterance in a fixed order of the same speaker's others
+        (``(seed, i)``), so the replacement does not depend on the worker, the rank or a restart; :class:`AudioError`
+        when none of the speaker's utterances decodes, or at once without a log."""
         i = int(i)
+        first_error = None
+        for j in self._candidates(i):
+            try:
+                crop, k = self._crop(j)
+            except AudioError as exc:
+                if self.bad_log is None:
+                    raise
+                if j not in self._bad:
+                    self._bad.add(j)
+                    log_bad_file(self.bad_log, exc)
+                first_error = first_error or exc
+                continue
+            return crop, int(self.labels[i]) * len(self.speeds) + k
+        raise AudioError(first_error.source, f"{first_error.reason}; no other utterance of speaker "
+                         f"{self.speaker_ids[self.labels[i]]!r} decodes either")
+
+    def _candidates(self, i: int) -> Iterator[int]:
+        """``i``, then the same speaker's other utterances in an order fixed by ``(seed, i)``."""
+        yield i
+        others = np.flatnonzero(self.labels == self.labels[i])
+        others = others[others != i]
+        yield from np.random.default_rng([self.seed, i, 2]).permutation(others).tolist()
+
+    def _crop(self, i: int) -> tuple[np.ndarray, int]:
+        """Utterance ``i``'s crop and the index of its speed."""
         rng = np.random.default_rng([self.seed, self.epoch, i])
         k = speed_draw(self.speeds, self.seed, self.epoch, int(self.labels[i]))
         speed = self.speeds[k]
@@ -351,7 +411,7 @@ class CropDataset(Dataset):
         crop = play_at(crop, speed, self.frames)
         if self.augment is not None:
             crop = self.augment(crop, np.random.default_rng([self.seed, self.epoch, i, 1]))
-        return crop, int(self.labels[i]) * len(self.speeds) + k
+        return crop, k
 
 
 class ShardCropDataset(IterableDataset):
@@ -379,6 +439,7 @@ class ShardCropDataset(IterableDataset):
         self.speeds = check_speeds(speeds)
         self.augment: Augment | None = None
         self._recent: collections.deque[np.ndarray] = collections.deque(maxlen=32)
+        self.bad_log: str | None = None  # samples that fail to decode are logged there and skipped; None: raise
         self.rank, self.world = _rank_world(rank, world)
         if len(self.index.shards) < self.world:
             raise ValueError(f"{len(self.index.shards)} shard(s) cannot feed {self.world} ranks; write smaller shards")
@@ -420,8 +481,14 @@ class ShardCropDataset(IterableDataset):
         for sample in iter_shard_samples(self.index, shards, self.shuffle_buffer, shuffle):
             rng = np.random.default_rng([self.seed, epoch, sample.index])
             k = speed_draw(self.speeds, self.seed, epoch, self._labels[sample.speaker])
-            crop = crop_soundfile(io.BytesIO(sample.audio), rng, sample.duration,
-                                  speed_frames(self.frames, self.speeds[k]), sample.source)
+            try:
+                crop = crop_soundfile(io.BytesIO(sample.audio), rng, sample.duration,
+                                      speed_frames(self.frames, self.speeds[k]), sample.source)
+            except AudioError as exc:  # a stream has no random access to a replacement: skip it
+                if self.bad_log is None:
+                    raise
+                log_bad_file(self.bad_log, exc)
+                continue
             crop = play_at(crop, self.speeds[k], self.frames)
             self._recent.append(crop)
             if self.augment is not None:

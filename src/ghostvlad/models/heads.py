@@ -2,7 +2,9 @@
 
 A head maps encoder outputs ``(B, E)`` and integer labels ``(B,)`` to logits ``(B, classes)`` for a
 cross-entropy loss; margins are applied to the target logit during training only. The angular prototypical
-loss works on the batch alone (no classes), on groups of utterances of one speaker.
+loss works on the batch alone (no classes), on groups of utterances of one speaker. Heads and the prototypical
+loss always compute in fp32, with autocast switched off: in bf16 a cosine of 0.998 or more rounds to 1, where
+``acos`` has an infinite derivative (non-finite gradients once the target cosines of a margin head get there).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ class SoftmaxHead(nn.Module):
         nn.init.xavier_uniform_(self.weight)
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        return F.linear(x, self.weight)
+        with torch.autocast(x.device.type, enabled=False):
+            return F.linear(x.float(), self.weight.float())
 
 
 class CosineMarginHead(nn.Module):
@@ -39,6 +42,10 @@ class CosineMarginHead(nn.Module):
         self.margin, self.scale, self.angular = margin, scale, angular
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self._logits(x, labels)
+
+    def _logits(self, x: Tensor, labels: Tensor | None) -> Tensor:
         cos = F.linear(F.normalize(x.float(), dim=-1), F.normalize(self.weight.float(), dim=-1))
         if labels is None or not self.training or self.margin == 0:
             return self.scale * cos

@@ -51,6 +51,10 @@ class DataConfig:
     augment: dict[str, float] = field(default_factory=dict)
     rooms: int = 128  # simulated rooms for the `reverb` stage
     speeds: list[float] = field(default_factory=lambda: [1.0])  # speed perturbation; each speed a new class
+    prefetch: int = 4  # batches each worker prepares ahead (lowered when /dev/shm cannot hold them)
+    # files that fail to decode are logged in RUN/bad_files.txt and replaced by another utterance of the same
+    # speaker; the run stops once more than this fraction of the training files are bad
+    max_bad_fraction: float = 0.001
 
 
 @dataclass
@@ -68,6 +72,13 @@ class RunConfig:
     vlad_init: str = "orthogonal"
     sampler: str = "random"  # random (permutations) | sessions (per_speaker utterances a speaker, across sessions)
     per_speaker: int = 2  # sessions sampler: utterances of each speaker in a batch
+    # GPU settings (no effect on CPU): TF32 tensor cores for the fp32 matmuls/convs, cuDNN autotuning for the
+    # fixed-shape crops, torch.compile of the network (one compilation per crop length), SyncBatchNorm across ranks
+    tf32: bool = True
+    cudnn_benchmark: bool = True
+    compile: bool = False
+    sync_bn: bool = False
+    dist_timeout: float = 1800.0  # seconds a rank waits in a collective (validation, checkpoints) before failing
 
 
 @dataclass

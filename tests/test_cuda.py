@@ -1,0 +1,69 @@
+"""GPU checks (skipped without CUDA; `bench/gpu_check.sh` runs them): exact batching under both TF32 policies,
+heads in fp32 under autocast, and short training runs of every head in bf16 and fp16."""
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ghostvlad.models import HEADS
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+sys.path.insert(0, str(Path(__file__).parent / "train"))
+from test_loop import corpus  # noqa: E402,F401  (the training fixture)
+
+
+@pytest.fixture()
+def tf32_policy():
+    saved = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    yield
+    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
+
+
+@pytest.mark.parametrize("policy", ["ieee", "tf32"])
+def test_padded_batch_equals_alone_on_gpu(policy, tf32_policy):
+    from conftest import calibrated_tiny_model
+
+    torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = policy
+    rng = np.random.default_rng(0)
+    waves = [rng.normal(0, 0.1, n).astype(np.float32) for n in (16000, 23456, 40000)]
+    model = calibrated_tiny_model([w[:16000] for w in waves], device="cuda")
+    batched = model.embed_waveforms(waves)
+    alone = np.stack([model.embed_waveforms([w])[0] for w in waves])
+    tolerance = 1e-5 if policy == "ieee" else 1e-3  # TF32: 10-bit mantissas, kernels may differ by batch size
+    np.testing.assert_allclose(batched, alone, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("name", ["softmax", "amsoftmax", "aamsoftmax"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_heads_are_fp32_under_gpu_autocast(name, dtype):
+    head = HEADS.build(name, embed_dim=2, classes=3).cuda().train()
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    angle = float(np.arccos(0.999))
+    x = torch.tensor([[np.cos(angle), np.sin(angle)]] * 4, device="cuda", requires_grad=True)
+    labels = torch.zeros(4, dtype=torch.long, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        logits = head(x.to(dtype), labels)
+    assert logits.dtype == torch.float32
+    F.cross_entropy(logits, labels).backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
+
+
+@pytest.mark.parametrize("name", ["softmax", "amsoftmax", "aamsoftmax"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_two_training_steps_on_gpu(corpus, tmp_path, name, precision):  # noqa: F811
+    from ghostvlad.train.config import load_config
+    from ghostvlad.train.loop import Trainer
+
+    manifest, config = corpus
+    cfg = load_config(config, [f"head.name={name}", f"train.precision={precision}", "train.channels_last=true"])
+    trainer = Trainer(cfg, manifest, tmp_path / "run", device="cuda", progress=False)
+    assert trainer.run(max_steps=2).global_step == 2
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert [r["skipped"] for r in rows] == ["0", "0"]
+    assert all(torch.isfinite(t).all() for t in trainer.net.state_dict().values() if t.is_floating_point())
