@@ -19,6 +19,7 @@ import numpy as np
 
 from .data.manifest import ManifestError, read_manifest
 from .data.trials import Trials, read_trials
+from .errors import GhostvladError
 from .fileio import atomic_write_text
 from .inference import Embedder
 from .scoring import as_norm, eer, min_dcf
@@ -30,7 +31,7 @@ _ASNORM_CELLS = 1 << 22  # score-matrix entries per AS-norm chunk (16-32 MB)
 _SCORE_ROWS = 1 << 13  # trials per chunk when scoring
 
 
-class EvalError(ValueError):
+class EvalError(GhostvladError):
     """Nothing left to score after skipping bad files, or an unusable cohort."""
 
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .devices import resolve_device
 from .features import FrontEndConfig, _source_index
 from .fileio import atomic_write
 from .inference import Embedder, SpeakerModel, pad_batch
@@ -247,6 +248,6 @@ def load_onnx_model(
     mirror: bool | None = None,
 ) -> OnnxSpeakerModel:
     """:class:`OnnxSpeakerModel` with :func:`~ghostvlad.inference.load_model`'s arguments (CPU and fp32 only)."""
-    if torch.device(device).type != "cpu" or precision != "fp32":
-        raise ValueError(f"{path}: ONNX models run in fp32 on CPU; got device {device!r}, precision {precision!r}")
+    if resolve_device(device).type != "cpu" or precision != "fp32":
+        raise ModelFileError(f"{path}: ONNX models run in fp32 on CPU; got device {device!r}, precision {precision!r}")
     return OnnxSpeakerModel(path, min_duration=min_duration, mirror=mirror)

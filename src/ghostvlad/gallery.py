@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import __version__
+from .errors import GhostvladError
 from .scoring.calibration import Decision, DecisionRule
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ CREATE INDEX utterances_speaker ON utterances(speaker_id);
 """
 
 
-class GalleryError(ValueError):
+class GalleryError(GhostvladError):
     """A gallery file that is missing, not ours, made by another model, empty; or a bad enrolment."""
 
 

@@ -15,6 +15,9 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, AudioError, audio_duration, load_audio, prepare_waveform
+from .devices import resolve_device
+from .errors import describe
+from .schema import convert, checked
 from .features import FrontEndConfig, Spectrogram
 from .modelfile import ModelFileError, read_model, write_model
 from .models import EncoderConfig, SpeakerEncoder
@@ -59,6 +62,14 @@ def length_batches(sizes: Sequence[int], frontend: FrontEndConfig, batch_frames:
 
 def _source_name(item: AudioInput) -> str:
     return "<array>" if isinstance(item, np.ndarray) else str(item)
+
+
+def _item_error(item: AudioInput, exc: Exception, failed: str = "cannot read") -> AudioError:
+    """Any failure to read or prepare one item, as that item's :class:`AudioError`."""
+    return exc if isinstance(exc, AudioError) else AudioError(_source_name(item), f"{failed} ({describe(exc)})")
+
+
+NON_FINITE = "the model produced a non-finite embedding (NaN or inf)"
 
 
 class Embedder(ABC):
@@ -118,9 +129,9 @@ class Embedder(ABC):
                     sizes.append(len(item) if item.ndim == 1 else max(item.shape))
                 else:
                     sizes.append(int(audio_duration(item) * SAMPLE_RATE))
-            except AudioError as err:
+            except Exception as exc:  # noqa: BLE001 - one bad item never costs the others
                 sizes.append(-1)
-                yield EmbedResult(i, _source_name(item), error=err)
+                yield EmbedResult(i, _source_name(item), error=_item_error(item, exc))
         good = [i for i, s in enumerate(sizes) if s >= 0]
         batches = [[good[j] for j in b]
                    for b in length_batches([sizes[i] for i in good], self.frontend_config, self.batch_frames)]
@@ -128,8 +139,8 @@ class Embedder(ABC):
         def load(index: int) -> np.ndarray | AudioError:
             try:
                 return self._load(items[index], sample_rate)
-            except AudioError as err:
-                return err
+            except Exception as exc:  # noqa: BLE001
+                return _item_error(items[index], exc)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending = [pool.map(load, b) for b in batches[:2]]
@@ -144,11 +155,22 @@ class Embedder(ABC):
                 if ok:
                     emb = self.embed_waveforms([w for _, w in ok])
                     for (i, _), e in zip(ok, emb):
-                        yield EmbedResult(i, _source_name(items[i]), embedding=e)
+                        if np.isfinite(e).all():
+                            yield EmbedResult(i, _source_name(items[i]), embedding=e)
+                        else:
+                            yield EmbedResult(i, _source_name(items[i]), error=AudioError(_source_name(items[i]),
+                                                                                           NON_FINITE))
 
     def embed(self, item: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         """One embedding ``(embed_dim,)``, float32, unit norm. Raises :class:`AudioError` on bad input."""
-        return self.embed_waveforms([self._load(item, sample_rate)])[0]
+        try:
+            wave = self._load(item, sample_rate)
+        except Exception as exc:  # noqa: BLE001 - reported as this item's error
+            raise _item_error(item, exc) from exc
+        emb = self.embed_waveforms([wave])[0]
+        if not np.isfinite(emb).all():
+            raise AudioError(_source_name(item), NON_FINITE)
+        return emb
 
     def embed_windows(
         self, item: AudioInput, window: float = 2.0, hop: float = 0.5, sample_rate: int | None = None
@@ -199,7 +221,7 @@ class SpeakerModel(Embedder):
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.encoder = encoder.eval()  # the weights as saved
         self.network = encoder.fused().to(self.device)  # what runs: BatchNorm folded into the convs
         if channels_last:
@@ -276,9 +298,15 @@ def load_model(
     config, state = read_model(path)
     try:
         encoder = SpeakerEncoder(EncoderConfig.from_dict(config["encoder"]))
-        frontend = FrontEndConfig(**config.get("frontend", {}))
+        frontend = FrontEndConfig(**checked(FrontEndConfig, config.get("frontend", {}), "frontend"))
+        threshold = config.get("threshold")
+        if threshold is not None and not convert(threshold, float)[0]:
+            raise ValueError(f"threshold: expected a finite number or null, got {threshold!r}")
+        for key in ("info", "calibration"):
+            if not isinstance(config.get(key) or {}, dict):
+                raise ValueError(f"{key}: expected an object, got {config[key]!r}")
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: bad model config ({exc})") from None
+        raise ModelFileError(f"{path}: bad model config ({describe(exc)})") from None
     expected = encoder.state_dict()
     problems = [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
@@ -296,7 +324,7 @@ def load_model(
     return SpeakerModel(
         encoder,
         frontend,
-        threshold=config.get("threshold"),
+        threshold=threshold,
         info=config.get("info"),
         calibration=config.get("calibration"),
         device=device,

@@ -11,11 +11,53 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Speaker recognition with Thin-ResNet34 + GhostVLAD.")
+from ..errors import GhostvladError, describe, one_line
+
 err = Console(stderr=True, soft_wrap=True)  # one message, one line: never wrap
 out = Console(soft_wrap=True)
+
+
+class Commands(TyperGroup):
+    """The command group: any error escaping a command becomes one line on stderr and exit status 1.
+
+    Bad input (:class:`~ghostvlad.errors.GhostvladError`) and paths that cannot be read or written (``OSError``)
+    print ``error: path: reason``; anything else is a bug and says so, with a pointer to ``--debug``, which
+    re-raises it so the traceback is shown.
+    """
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            err.print("interrupted", highlight=False, markup=False)
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the one place that turns errors into messages
+            # usage errors, --help and typer.Exit carry their own exit status: the parser reports them
+            if ctx.params.get("debug") or hasattr(exc, "exit_code") or isinstance(exc, (typer.Exit, typer.Abort)):
+                raise
+            message = describe(exc)
+            if isinstance(exc, MemoryError):
+                message = f"out of memory ({message})"
+            elif not isinstance(exc, (GhostvladError, OSError)):
+                message = f"internal error: {message}; run with --debug for the traceback"
+            err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
+                  help="Speaker recognition with Thin-ResNet34 + GhostVLAD.")
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of an unexpected error.")
+             ) -> None:
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print escaped instead of failing
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 # glibc returns big activation buffers to the OS after every layer; these tunables keep them (measured:
 # batched inference ~1.5x faster on CPU). Set before the process starts, hence the re-exec in main().
@@ -31,7 +73,7 @@ def reexec_with_tunables(argv: list[str]) -> None:
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -45,12 +87,8 @@ def progress_bar() -> Progress:
 def open_model(path: Path, precision: str = "fp32", device: str = "cpu", min_duration: float = 0.5,
                mirror: Optional[bool] = None):
     from ..inference import load_model
-    from ..modelfile import ModelFileError
 
-    try:
-        return load_model(path, device=device, precision=precision, min_duration=min_duration, mirror=mirror)
-    except (ModelFileError, ValueError) as exc:
-        fail(str(exc))
+    return load_model(path, device=device, precision=precision, min_duration=min_duration, mirror=mirror)
 
 
 ModelOpt = typer.Option(..., "--model", "-m", help="Model directory, .safetensors file, or training run folder.")

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import torch
 
+from ..errors import GhostvladError
 from ..models.backbones import SPECS
 from ..models.encoder import EncoderConfig, SpeakerEncoder
 
@@ -27,7 +28,7 @@ PARTS = {"reduce": "1x1_reduce", "mid": "3x3", "increase": "1x1_increase", "proj
 BN_WEIGHTS = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
-class KerasConversionError(ValueError):
+class KerasConversionError(GhostvladError):
     """The file is not a Keras weights file of this model, or does not match what was asked."""
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import SAMPLE_RATE, load_audio
+from ..errors import GhostvladError
 from ..fileio import atomic_write, atomic_write_text
 
 AUDIO_SUFFIXES = (".wav", ".m4a", ".flac")
@@ -29,7 +30,7 @@ HEADER = ("path", "speaker", "duration")
 _CHUNK = 32  # files per task sent to a worker process
 
 
-class ManifestError(ValueError):
+class ManifestError(GhostvladError):
     """A manifest or list file that cannot be read; the message names the file (and line)."""
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import soundfile as sf
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio
+from ..errors import GhostvladError
 from ..fileio import atomic_write_text
 from .manifest import Manifest, progress_advance
 
@@ -64,7 +65,7 @@ class ShardSample:
     source: str  # for error messages: original path and shard
 
 
-class ShardError(ValueError):
+class ShardError(GhostvladError):
     """An unreadable shard index or shard sample; the message names it."""
 
 

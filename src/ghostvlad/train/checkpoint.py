@@ -7,12 +7,13 @@ from typing import Any
 
 import torch
 
+from ..errors import GhostvladError
 from ..fileio import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GhostvladError):
     """A missing, corrupt or unsafe checkpoint file."""
 
 

@@ -23,6 +23,7 @@ from ..data.augment import Augmenter, ChannelAugment, chain
 from ..data.dataset import CropDataset, ShardCropDataset
 from ..data.manifest import read_manifest
 from ..data.shards import INDEX_NAME
+from ..errors import GhostvladError
 from ..evaluate import evaluate
 from ..features import FrontEndConfig, Spectrogram
 from ..fileio import atomic_write_text
@@ -46,7 +47,7 @@ SAMPLERS = ("random", "sessions")
 KMEANS_CROPS = 128  # training crops whose frame descriptors the k-means init clusters
 
 
-class TrainError(ValueError):
+class TrainError(GhostvladError):
     """A training setup problem, reported as one line."""
 
 
