@@ -7,6 +7,7 @@ skipped and counted.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -48,17 +49,22 @@ def model_key(model: Embedder) -> str:
 class EmbeddingCache:
     """Embeddings of audio files for one model, in SQLite at ``<root>/<model key[:24]>/embeddings.sqlite``.
 
-    Entries are keyed by the file's real path and valid while its size and mtime are unchanged. New entries
-    are committed every few seconds and on close (also after an error or Ctrl-C), each commit atomic, so an
-    interrupted evaluation resumes where it stopped. Use as a context manager.
+    Entries are keyed by the file's real path and valid while its size and modification time are unchanged: a
+    file rewritten with other content of the same size and its old mtime restored would get the old embedding.
+    With ``verify=True`` an entry is valid only while the SHA-256 of the file's content matches instead (each
+    file is read once more to hash it), for archives that are rewritten in place. New entries are committed
+    every few seconds and on close (also after an error or Ctrl-C), each commit atomic, so an interrupted
+    evaluation resumes where it stopped. Use as a context manager.
     """
 
-    def __init__(self, root: str | os.PathLike, key: str, dim: int, commit_every: float = 5.0) -> None:
+    def __init__(self, root: str | os.PathLike, key: str, dim: int, commit_every: float = 5.0,
+                 verify: bool = False) -> None:
         self.path = Path(root).expanduser() / key[:24] / "embeddings.sqlite"
         self.dim = dim
         self.commit_every = commit_every
-        self._stats: dict[str, tuple[int, int]] = {}
-        self._pending: list[tuple[str, int, int, bytes]] = []
+        self.verify = verify
+        self._stats: dict[str, tuple[int, int, str | None]] = {}
+        self._pending: list[tuple[str | bytes, int, int, bytes, str | None]] = []
         self._last_commit = time.monotonic()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +74,8 @@ class EmbeddingCache:
                 "CREATE TABLE IF NOT EXISTS embeddings "
                 "(path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, vector BLOB NOT NULL)"
             )
+            if "sha256" not in {row[1] for row in self._db.execute("PRAGMA table_info(embeddings)")}:
+                self._db.execute("ALTER TABLE embeddings ADD COLUMN sha256 TEXT")  # caches made before --verify-cache
             self._db.commit()
         except (OSError, sqlite3.Error) as exc:
             raise EvalError(f"{self.path}: cannot open the embedding cache ({exc})") from None
@@ -85,11 +93,16 @@ class EmbeddingCache:
             real = os.path.realpath(path)
             try:
                 st = os.stat(real)
+                digest = _sha256(real) if self.verify else None
             except OSError:
                 continue
-            self._stats[real] = (st.st_size, st.st_mtime_ns)
-            row = self._db.execute("SELECT size, mtime_ns, vector FROM embeddings WHERE path = ?", (real,)).fetchone()
-            if row is not None and (row[0], row[1]) == self._stats[real] and len(row[2]) == 4 * self.dim:
+            self._stats[real] = (st.st_size, st.st_mtime_ns, digest)
+            row = self._db.execute("SELECT size, mtime_ns, vector, sha256 FROM embeddings WHERE path = ?",
+                                   (_db_key(real),)).fetchone()
+            if row is None or len(row[2]) != 4 * self.dim:
+                continue
+            fresh = row[3] == digest and row[0] == st.st_size if self.verify else (row[0], row[1]) == self._stats[real][:2]
+            if fresh:
                 found[path] = np.frombuffer(row[2], dtype=np.float32)
         return found
 
@@ -98,13 +111,15 @@ class EmbeddingCache:
         real = os.path.realpath(path)
         if real not in self._stats:
             return
-        self._pending.append((real, *self._stats[real], np.asarray(embedding, dtype=np.float32).tobytes()))
+        size, mtime, digest = self._stats[real]
+        self._pending.append((_db_key(real), size, mtime, np.asarray(embedding, dtype=np.float32).tobytes(), digest))
         if time.monotonic() - self._last_commit >= self.commit_every:
             self.commit()
 
     def commit(self) -> None:
         with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?)", self._pending)
+            self._db.executemany("INSERT OR REPLACE INTO embeddings (path, size, mtime_ns, vector, sha256) "
+                                 "VALUES (?, ?, ?, ?, ?)", self._pending)
         self._pending.clear()
         self._last_commit = time.monotonic()
 
@@ -113,6 +128,23 @@ class EmbeddingCache:
             self.commit()
         finally:
             self._db.close()
+
+
+def _db_key(real: str) -> str | bytes:
+    """A path as the cache's key: the text itself, or its bytes for a name that is not UTF-8."""
+    try:
+        real.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(real)
+    return real
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -126,15 +158,18 @@ class Embedded:
 
 
 def embed_files(
-    model: Embedder, paths: Sequence[str], cache_dir: str | os.PathLike | None = None, progress: bool = False
+    model: Embedder, paths: Sequence[str], cache_dir: str | os.PathLike | None = None, progress: bool = False,
+    verify_cache: bool = False,
 ) -> Embedded:
-    """Embed each distinct file of ``paths`` once, reusing and filling the model's on-disk cache."""
+    """Embed each distinct file of ``paths`` once, reusing and filling the model's on-disk cache (entries checked
+    by content hash with ``verify_cache``, see :class:`EmbeddingCache`)."""
     from rich.console import Console
     from rich.progress import Progress
 
     paths = list(dict.fromkeys(paths))
     errors: dict[str, str] = {}
-    with EmbeddingCache(cache_dir or default_cache_dir(), model_key(model), model.embed_dim) as cache:
+    with EmbeddingCache(cache_dir or default_cache_dir(), model_key(model), model.embed_dim,
+                        verify=verify_cache) as cache:
         found = cache.get(paths)
         cached = len(found)
         todo = [p for p in paths if p not in found]
@@ -237,6 +272,7 @@ def evaluate(
     top_k: int = 300,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = False,
+    verify_cache: bool = False,
 ) -> EvalResult:
     """Embed, score and measure a trial list whose paths are relative to ``wav_root``.
 
@@ -254,7 +290,7 @@ def evaluate(
     cohort_paths = [] if cohort is None else (
         read_cohort(cohort) if isinstance(cohort, (str, os.PathLike)) else list(map(str, cohort)))
     full = {f: os.path.join(wav_root, f) for f in trials.files()}
-    done = embed_files(model, [*full.values(), *cohort_paths], cache_dir, progress)
+    done = embed_files(model, [*full.values(), *cohort_paths], cache_dir, progress, verify_cache)
 
     good = [f for f in full if full[f] in done.embeddings]
     index = {f: i for i, f in enumerate(good)}

@@ -91,8 +91,21 @@ def open_model(path: Path, precision: str = "fp32", device: str = "cpu", min_dur
     return load_model(path, device=device, precision=precision, min_duration=min_duration, mirror=mirror)
 
 
+def require_stored_model(model, model_path: Path, what: str) -> None:
+    """Fail in one line unless ``model`` can be saved back (ONNX files cannot store a threshold or calibration)."""
+    from ..inference import SpeakerModel
+
+    if not isinstance(model, SpeakerModel):
+        fail(f"{model_path}: cannot store {what} in an ONNX model; store it in the ghostvlad model (directory or "
+             ".safetensors) and export again")
+
+
 ModelOpt = typer.Option(..., "--model", "-m", help="Model directory, .safetensors file, or training run folder.")
 PrecisionOpt = typer.Option("fp32", help="fp32, or bf16 (autocast; faster on CPUs with AVX512-BF16 and on GPUs).")
 DeviceOpt = typer.Option("cpu", help="cpu, cuda, cuda:1, ...")
 MinDurOpt = typer.Option(0.5, help="Reject clips shorter than this many seconds.")
+VerifyCacheOpt = typer.Option(
+    False, "--verify-cache",
+    help="Trust a cached embedding only while the file's content hash (SHA-256) matches, not its size and "
+         "modification time (for archives rewritten in place; reads each file once more).")
 MirrorOpt = typer.Option(None, "--mirror/--no-mirror", help="Override the model's 'wav + reversed wav' test-time extension.")

@@ -6,7 +6,9 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out
+from .common import (
+    DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, VerifyCacheOpt, app, err, fail, open_model, out, require_stored_model,
+)
 
 
 def _table(summary: dict):
@@ -35,6 +37,7 @@ def eval_(
     out_dir: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: eval/<trials stem>)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON summary to this file."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache folder (default: ~/.cache/ghostvlad)."),
+    verify_cache: bool = VerifyCacheOpt,
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
     min_duration: float = MinDurOpt,
@@ -48,8 +51,11 @@ def eval_(
     if not wav_root.is_dir():
         fail(f"{wav_root}: wav root is not a folder")
     model = open_model(model_path, precision, device, min_duration)
+    if store_threshold:
+        require_stored_model(model, model_path, "a threshold")
     try:
-        result = evaluate(model, trials, wav_root, cohort=cohort, top_k=top_k, cache_dir=cache_dir, progress=True)
+        result = evaluate(model, trials, wav_root, cohort=cohort, top_k=top_k, cache_dir=cache_dir, progress=True,
+                          verify_cache=verify_cache)
     except (EvalError, TrialsError) as exc:
         fail(str(exc))
     for message in result.bad_files.values():

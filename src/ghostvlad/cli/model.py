@@ -41,11 +41,12 @@ def convert_keras(
 
 
 def _read_list(path: Path) -> list[str]:
+    """One path per line, exactly as written (spaces kept); blank lines and ``#`` comment lines skipped."""
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"{path}: cannot read file list ({exc})")
-    return [ln.split()[0] for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError as exc:
+        fail(f"{path}: cannot read the file list ({exc.strerror or exc})")
+    return [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 @app.command()
@@ -54,7 +55,8 @@ def embed(
     model_path: Path = ModelOpt,
     out_path: Path = typer.Option(..., "--out", "-o", help="Output .npz with 'embeddings' (N, D) and 'paths' (N,); "
                                   "with --window also 'starts' and 'ends' (N,) in seconds."),
-    list_file: Optional[Path] = typer.Option(None, "--list", "-l", help="Text file with one audio path per line."),
+    list_file: Optional[Path] = typer.Option(None, "--list", "-l", help="Text file with one audio path per line, taken "
+                                             "exactly (spaces kept); blank lines and lines starting with # are skipped."),
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
     min_duration: float = MinDurOpt,

@@ -12,6 +12,7 @@ import csv
 import io
 import multiprocessing
 import os
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE, load_audio
 from ..errors import GhostvladError
-from ..fileio import atomic_write, atomic_write_text
+from ..fileio import atomic_write_text
 
 AUDIO_SUFFIXES = (".wav", ".m4a", ".flac")
 HEADER = ("path", "speaker", "duration")
@@ -94,9 +95,15 @@ def _subdirs(path: Path) -> list[Path]:
         return [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")]
 
 
+def speaker_name(name: str) -> str:
+    """A speaker name in Unicode normal form C: names that differ only by normalisation (NFC "José" and NFD
+    "José", as macOS file systems write folder names) are one speaker, in manifests and in galleries."""
+    return unicodedata.normalize("NFC", name)
+
+
 def speaker_of(path: str | os.PathLike, root: str | os.PathLike) -> str:
-    """The speaker id of a VoxCeleb-layout file: its first path component below ``root``."""
-    return Path(path).absolute().relative_to(Path(root).absolute()).parts[0]
+    """The speaker id of a VoxCeleb-layout file: its first path component below ``root`` (NFC)."""
+    return speaker_name(Path(path).absolute().relative_to(Path(root).absolute()).parts[0])
 
 
 def read_original_list(path: str | os.PathLike, root: str | os.PathLike) -> tuple[list[Path], list[str]]:
@@ -121,7 +128,7 @@ def read_original_list(path: str | os.PathLike, root: str | os.PathLike) -> tupl
         if rel.is_absolute() or len(rel.parts) < 2:
             raise ManifestError(f"{where}: {fields[0]!r} is not a relative '<speaker>/.../<file>' path")
         files.append(root / rel)
-        speakers.append(rel.parts[0])
+        speakers.append(speaker_name(rel.parts[0]))
     if not files:
         raise ManifestError(f"{path}: no entries")
     return files, speakers
@@ -137,7 +144,7 @@ def _is_int(text: str) -> bool:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8", errors="surrogateescape")  # file names that are not UTF-8 kept
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -237,7 +244,7 @@ def write_manifest(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(HEADER)
     writer.writerows((p, s, f"{float(d):.7f}".rstrip("0").rstrip(".")) for p, s, d in zip(paths, speakers, durations))
-    return atomic_write(out_csv, lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8"))
+    return atomic_write_text(out_csv, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------------------- read
@@ -268,7 +275,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         if not np.isfinite(seconds) or seconds <= 0:
             raise ManifestError(f"{where}: duration {duration!r} must be a positive number of seconds")
         paths.append(str(base / file))
-        speakers.append(speaker)
+        speakers.append(speaker_name(speaker))
         durations.append(seconds)
     if not paths:
         raise ManifestError(f"{path}: no utterances")
