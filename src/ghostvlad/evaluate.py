@@ -101,8 +101,7 @@ class EmbeddingCache:
                                    (_db_key(real),)).fetchone()
             if row is None or len(row[2]) != 4 * self.dim:
                 continue
-            fresh = row[3] == digest and row[0] == st.st_size if self.verify else (row[0], row[1]) == self._stats[real][:2]
-            if fresh:
+            if (row[3], row[0]) == (digest, st.st_size) if self.verify else (row[0], row[1]) == self._stats[real][:2]:
                 found[path] = np.frombuffer(row[2], dtype=np.float32)
         return found
 
