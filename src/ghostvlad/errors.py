@@ -17,7 +17,11 @@ def one_line(text: object) -> str:
     """``text`` as a single printable line: whitespace runs collapsed, undecodable file-name bytes escaped."""
     try:
         text = " ".join(str(text).split())
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        try:  # bytes of a name that is not UTF-8 (surrogate escapes) shown as \xNN
+            data = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            data = text.encode("utf-8", "backslashreplace")
+        return data.decode("utf-8", "backslashreplace")
     except Exception:  # noqa: BLE001 - formatting an error must never fail
         return repr(text)
 
