@@ -119,7 +119,8 @@ def _duration(source: str) -> float:
     try:
         with av.open(source) as container:
             stream = _audio_stream(container, source)
-            _check_rate(source, stream.rate)
+            if stream.rate:  # some containers only know it once decoding starts (checked then, in _finish)
+                _check_rate(source, stream.rate)
             if stream.duration is not None:
                 return float(stream.duration * stream.time_base)
             if container.duration is not None:

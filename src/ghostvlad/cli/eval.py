@@ -45,6 +45,7 @@ def eval_(
 ) -> None:
     """Score every trial by cosine similarity; report EER, minDCF (p=0.01, 0.05) and write scores, DET plot, JSON."""
     from ..data.trials import TrialsError
+    from ..errors import describe
     from ..evaluate import EvalError, evaluate, write_outputs
     from ..modelfile import resolve_model_path
 
@@ -64,7 +65,7 @@ def eval_(
     try:
         write_outputs(result, out_dir, json_path)
     except OSError as exc:
-        fail(f"cannot write the results: {exc}")
+        fail(f"cannot write the results: {describe(exc)}")
     out.print(_table(result.summary))
     out.print(f"wrote {out_dir}/ (scores, det.png, summary.json); embedded {result.computed} files, "
               f"{result.cached} from the cache", highlight=False)
