@@ -323,3 +323,21 @@ def test_full_gallery_is_a_one_line_error_and_changes_nothing(tmp_path, model, m
         with pytest.raises(GalleryError, match="g.db: cannot write the gallery \\(database or disk is full\\)"):
             gallery.add_embeddings({f"s{k}": np.eye(model.embed_dim, dtype=np.float32) for k in range(300)})
         assert [s.name for s in gallery.speakers()] == ["ann"]
+
+
+def test_onnx_model_with_non_finite_weights_is_refused(tmp_path, model):
+    import onnx
+    from onnx import numpy_helper
+
+    from ghostvlad.export import export_onnx
+
+    path = export_onnx(model, tmp_path / "m.onnx")
+    proto = onnx.load(str(path))
+    tensor = next(t for t in proto.graph.initializer if numpy_helper.to_array(t).dtype.kind == "f"
+                  and numpy_helper.to_array(t).size > 1)
+    values = numpy_helper.to_array(tensor).copy()
+    values.flat[0] = np.inf
+    tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    onnx.save(proto, str(path))
+    with pytest.raises(ModelFileError, match=f"tensor '{tensor.name}' holds NaN or infinite values"):
+        load_model(path)

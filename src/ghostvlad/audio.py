@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .errors import GhostvladError, describe
+from .errors import GhostvladError, describe, one_line
 
 __all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "prepare_waveform", "audio_duration"]
 
@@ -53,7 +53,7 @@ class AudioError(GhostvladError):
 
     def __init__(self, source: str, reason: str) -> None:
         self.source = str(source)
-        self.reason = " ".join(str(reason).split())
+        self.reason = one_line(reason)
         super().__init__(f"{self.source}: {self.reason}")
 
     def __reduce__(self):

@@ -17,7 +17,7 @@ import torch
 from .audio import SAMPLE_RATE, AudioError, audio_duration, load_audio, prepare_waveform
 from .devices import resolve_device
 from .errors import describe
-from .schema import convert, checked
+from .schema import ConfigError, checked, convert
 from .features import FrontEndConfig, Spectrogram
 from .modelfile import ModelFileError, read_model, write_model
 from .models import EncoderConfig, SpeakerEncoder
@@ -220,7 +220,7 @@ class SpeakerModel(Embedder):
         channels_last: bool = True,
     ) -> None:
         if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+            raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
         self.device = resolve_device(device)
         self.encoder = encoder.eval()  # the weights as saved
         self.network = encoder.fused().to(self.device)  # what runs: BatchNorm folded into the convs

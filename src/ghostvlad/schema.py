@@ -12,7 +12,7 @@ from .errors import GhostvladError
 
 
 class ConfigError(GhostvladError):
-    """A configuration value of the wrong type, an unknown key or section; the message names the key."""
+    """A bad setting: a configuration value of the wrong type, an unknown key, section or component name."""
 
 
 _NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}

@@ -256,7 +256,9 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     rows = csv.reader(io.StringIO(_read_text(path), newline=""))
     header = next(rows, None)
     if header is None or tuple(h.strip() for h in header) != HEADER:
-        raise ManifestError(f"{path}: expected the header 'path,speaker,duration', got {','.join(header or [])!r}")
+        got = ",".join(header or [])
+        raise ManifestError(f"{path}: expected the header 'path,speaker,duration', got {got[:60]!r}"
+                            f"{'...' if len(got) > 60 else ''}")
     base = path.absolute().parent
     paths, speakers, durations = [], [], []
     for row in rows:
