@@ -341,3 +341,23 @@ def test_onnx_model_with_non_finite_weights_is_refused(tmp_path, model):
     onnx.save(proto, str(path))
     with pytest.raises(ModelFileError, match=f"tensor '{tensor.name}' holds NaN or infinite values"):
         load_model(path)
+
+
+def test_non_finite_window_embeddings_are_that_files_error(tmp_path, model, monkeypatch):
+    from ghostvlad.windows import iter_windows
+
+    sf.write(tmp_path / "a.wav", _voice(0, 3.0), RATE)
+    sf.write(tmp_path / "b.wav", _voice(1, 3.0), RATE)
+    real = SpeakerModel.embed_waveforms
+    calls = []
+
+    def poisoned(self, waves):
+        calls.append(len(waves))
+        out = real(self, waves)
+        if len(calls) == 1:
+            out[0] = np.inf
+        return out
+
+    monkeypatch.setattr(SpeakerModel, "embed_waveforms", poisoned)
+    results = list(iter_windows(model, [tmp_path / "a.wav", tmp_path / "b.wav"], 1.0, 0.5))
+    assert "non-finite" in str(results[0].error) and np.isfinite(results[1].windows.embeddings).all()
