@@ -276,7 +276,8 @@ def evaluate(
     """Embed, score and measure a trial list whose paths are relative to ``wav_root``.
 
     ``cohort`` (a cohort list file, see :func:`read_cohort`, or a sequence of audio paths) adds AS-norm
-    results over the ``top_k`` closest cohort embeddings. Raises :class:`EvalError` when no trial can be
+    results over the ``top_k`` closest cohort embeddings. ``verify_cache`` trusts cached embeddings only
+    while the file's content hash matches (:class:`EmbeddingCache`). Raises :class:`EvalError` when no trial can be
     scored, when the scored trials lack targets or non-targets, or when fewer than 2 cohort files embed.
     """
     name = None

@@ -17,10 +17,10 @@ import torch
 from .audio import SAMPLE_RATE, AudioError, audio_duration, load_audio, prepare_waveform
 from .devices import resolve_device
 from .errors import describe
-from .schema import ConfigError, checked, convert
 from .features import FrontEndConfig, Spectrogram
 from .modelfile import ModelFileError, read_model, write_model
 from .models import EncoderConfig, SpeakerEncoder
+from .schema import ConfigError, checked, convert
 
 AudioInput = str | os.PathLike | np.ndarray
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
