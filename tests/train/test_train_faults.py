@@ -28,6 +28,7 @@ def test_metrics_after_stops_and_a_kill_read_as_one_uninterrupted_run(corpus, tm
     run = tmp_path / "split"
     Trainer(cfg, manifest, run, progress=False).run(max_steps=5)  # stops exactly at the end of epoch 0
     Trainer(cfg, manifest, run, progress=False).run(max_steps=8)
+    assert Trainer(cfg, manifest, run, progress=False).run(max_steps=8).global_step == 8  # a stop is a stop
     # a run killed after logging steps 9-10 but before their checkpoint: those rows are logged again on resume
     full = (tmp_path / "full" / METRICS_NAME).read_text().splitlines()
     extra = [line for line in full if line.split(",")[3] in ("9", "10") and line.split(",")[2]]

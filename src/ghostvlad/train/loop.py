@@ -428,6 +428,8 @@ class Trainer:
     def _train(self, max_steps: int | None, on_log) -> Progress:
         self._prepare_run_folder()
         self._resume()
+        if max_steps is not None and self.state.global_step >= max_steps:
+            return self.state  # already there: nothing to do (not one step more)
         self.net.train()
         while self.state.epoch < self.total_epochs:
             epoch = self.state.epoch
