@@ -361,3 +361,29 @@ def test_non_finite_window_embeddings_are_that_files_error(tmp_path, model, monk
     monkeypatch.setattr(SpeakerModel, "embed_waveforms", poisoned)
     results = list(iter_windows(model, [tmp_path / "a.wav", tmp_path / "b.wav"], 1.0, 0.5))
     assert "non-finite" in str(results[0].error) and np.isfinite(results[1].windows.embeddings).all()
+
+
+def test_a_cache_that_cannot_be_written_costs_no_results(tmp_path, model, monkeypatch):
+    import sqlite3
+
+    from ghostvlad import evaluate as ev
+
+    paths = []
+    for k in range(3):
+        paths.append(str(tmp_path / f"{k}.wav"))
+        sf.write(paths[-1], _voice(k), RATE)
+    cache = tmp_path / "cache"
+    assert embed_files(model, paths[:1], cache).computed == 1
+    connect = sqlite3.connect
+
+    def unwritable(*args, **kwargs):  # opens and reads, but every write fails (as on a full or read-only disk)
+        conn = connect(*args, **kwargs)
+        conn.execute("PRAGMA query_only = ON")
+        return conn
+
+    monkeypatch.setattr(ev.sqlite3, "connect", unwritable)
+    done = embed_files(model, paths, cache)
+    assert (done.cached, done.computed, sorted(done.embeddings)) == (1, 2, sorted(paths))
+    assert "embeddings.sqlite: cannot write the embedding cache (attempt to write a readonly" in done.cache_error
+    monkeypatch.setattr(ev.sqlite3, "connect", connect)
+    assert embed_files(model, paths, cache).cached == 1  # nothing half-written

@@ -63,6 +63,7 @@ class EmbeddingCache:
         self.dim = dim
         self.commit_every = commit_every
         self.verify = verify
+        self.error: str | None = None  # why new entries could not be stored (full disk, ...); set by commit()
         self._stats: dict[str, tuple[int, int, str | None]] = {}
         self._pending: list[tuple[str | bytes, int, int, bytes, str | None]] = []
         self._last_commit = time.monotonic()
@@ -116,9 +117,15 @@ class EmbeddingCache:
             self.commit()
 
     def commit(self) -> None:
-        with self._db:
-            self._db.executemany("INSERT OR REPLACE INTO embeddings (path, size, mtime_ns, vector, sha256) "
-                                 "VALUES (?, ?, ?, ?, ?)", self._pending)
+        """Store the pending entries. If that fails (full disk, read-only file system), :attr:`error` says why and
+        the cache stops storing: the evaluation goes on, its embeddings are just not kept for next time."""
+        try:
+            if self.error is None and self._pending:
+                with self._db:
+                    self._db.executemany("INSERT OR REPLACE INTO embeddings (path, size, mtime_ns, vector, sha256) "
+                                         "VALUES (?, ?, ?, ?, ?)", self._pending)
+        except sqlite3.Error as exc:
+            self.error = f"{self.path}: cannot write the embedding cache ({exc}); new embeddings were not cached"
         self._pending.clear()
         self._last_commit = time.monotonic()
 
@@ -154,6 +161,7 @@ class Embedded:
     errors: dict[str, str]  # path -> "path: reason", for every file that could not
     computed: int  # files embedded now
     cached: int  # files found in the cache
+    cache_error: str | None = None  # why new embeddings could not be cached (the results are complete)
 
 
 def embed_files(
@@ -182,7 +190,7 @@ def embed_files(
                     found[path] = r.embedding
                     cache.add(path, r.embedding)
                 bar.advance(task)
-    return Embedded(found, errors, len(todo) - len(errors), cached)
+    return Embedded(found, errors, len(todo) - len(errors), cached, cache.error)
 
 
 def read_cohort(path: str | os.PathLike) -> list[str]:
@@ -223,6 +231,7 @@ class EvalResult:
     computed: int  # files embedded in this call
     cached: int  # files whose embedding came from the cache
     asnorm_scores: np.ndarray | None = None
+    cache_error: str | None = None  # see :attr:`Embedded.cache_error`
 
 
 def _metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
@@ -327,7 +336,7 @@ def evaluate(
         summary["asnorm"] = {**_metrics(asnorm_scores, labels), "top_k": min(top_k, len(usable)),
                              "cohort_size": len(usable), "cohort_bad_files": len(distinct) - len(usable)}
     return EvalResult(summary, scores, labels, enroll, test, skipped, done.errors, done.computed, done.cached,
-                      asnorm_scores)
+                      asnorm_scores, done.cache_error)
 
 
 def _score_lines(scores: np.ndarray, result: EvalResult) -> str:

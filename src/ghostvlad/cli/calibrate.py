@@ -70,6 +70,8 @@ def calibrate(
         fail(str(exc))
     for message in result.bad_files.values():
         err.print(f"skipped {message}", highlight=False, markup=False)
+    if result.cache_error:
+        err.print(f"warning: {result.cache_error}", highlight=False, markup=False)
     try:
         cal = fit_calibration(result.scores, result.labels, prior=prior, fars=tuple(far))
     except ValueError as exc:

@@ -61,6 +61,8 @@ def eval_(
         fail(str(exc))
     for message in result.bad_files.values():
         err.print(f"skipped {message}", highlight=False, markup=False)
+    if result.cache_error:
+        err.print(f"warning: {result.cache_error}", highlight=False, markup=False)
     out_dir = out_dir or Path("eval") / trials.stem
     try:
         write_outputs(result, out_dir, json_path)
