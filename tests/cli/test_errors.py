@@ -205,3 +205,10 @@ def test_gallery_in_a_read_only_folder_is_searched_and_enrolment_says_why_not(tm
     assert runner.invoke(app, ["gallery", "list", "--db", str(db)]).exit_code == 0
     res = runner.invoke(app, ["enroll", "bob", a, "-m", str(model_dir), "--db", str(db)])
     one_line_error(res, "g.db: cannot write the gallery: it is read-only")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_non_finite_threshold_flag_is_refused(tmp_path, model_dir, value):
+    a = clip(tmp_path / "a.wav")
+    res = runner.invoke(app, ["verify", a, a, "-m", str(model_dir), "--threshold", value])
+    one_line_error(res, f"threshold must be a finite number, got {value}")

@@ -185,6 +185,8 @@ class DecisionRule:
         if threshold is not None:
             if operating_point is not None:
                 raise CalibrationError("give a threshold or an operating point, not both")
+            if not np.isfinite(threshold):
+                raise CalibrationError(f"threshold must be a finite number, got {threshold}")
             return cls(OperatingPoint(GIVEN, float(threshold)), cal, prior)
         if operating_point is not None:
             if cal is None:
