@@ -11,6 +11,7 @@ _EXPORTS = {
     "SpeakerModel": "inference",
     "load_model": "inference",
     "ModelFileError": "modelfile",
+    "GhostvladError": "errors",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

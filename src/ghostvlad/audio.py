@@ -12,12 +12,16 @@ import math
 import numbers
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import av
 import numpy as np
 import soundfile as sf
 import soxr
+
+from .errors import GhostvladError, describe, one_line
 
 __all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "prepare_waveform", "audio_duration"]
 
@@ -26,6 +30,12 @@ SILENCE_PEAK = 1e-8
 """Clips whose peak absolute amplitude is below this are rejected as silent."""
 TRUNCATION_RATIO = 0.9
 """A compressed file that decodes to less than this fraction of its declared duration is truncated."""
+MIN_SAMPLE_RATE = 4000
+"""Lower sample rates are refused: no speech recording has one, and a corrupt header claiming, say, 1 Hz would
+make resampling to 16 kHz allocate thousands of times the file's real content."""
+MAX_PEAK = 2.0**15
+"""Float samples whose peak exceeds this (finite, but far beyond [-1, 1]) are scaled to peak 1 so that the
+front-end's power spectrum cannot overflow. The front-end normalises each frame, so the scale barely matters."""
 
 # libsndfile's major formats double as extensions; MP3 goes to PyAV with the other compressed formats.
 _SOUNDFILE_EXTENSIONS = frozenset(f".{name.lower()}" for name in sf.available_formats()) - {".mp3"}
@@ -33,15 +43,17 @@ _SOUNDFILE_EXTENSIONS = frozenset(f".{name.lower()}" for name in sf.available_fo
 _SHORT_DATA_CHUNK = re.compile(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 # Streaming writers that cannot seek back leave a placeholder data size at or above this value.
 _UNKNOWN_SIZE = 0x7FFF0000
+# libsndfile's notes on an Ogg file cut short: its last page is incomplete or lacks the end-of-stream flag.
+_OGG_TRUNCATED = ("Last page lacks an end-of-stream bit", "Junk after the last page")
 _PYAV_ERRORS = (av.FFmpegError, OSError)
 
 
-class AudioError(ValueError):
+class AudioError(GhostvladError):
     """Bad audio input; ``str(err) == f"{source}: {reason}"`` on one line."""
 
     def __init__(self, source: str, reason: str) -> None:
         self.source = str(source)
-        self.reason = " ".join(str(reason).split())
+        self.reason = one_line(reason)
         super().__init__(f"{self.source}: {self.reason}")
 
     def __reduce__(self):
@@ -53,11 +65,12 @@ def load_audio(
 ) -> np.ndarray:
     """Decode ``path`` to a validated float32 mono 1-D waveform at ``sample_rate``.
 
-    ``min_duration`` (seconds, of the decoded audio) rejects shorter clips; 0 disables the check.
+    ``min_duration`` (seconds, of the decoded audio) rejects shorter clips; 0 disables the check. Any failure
+    to read the file (a decoder's error, an unreadable name, memory) is raised as its :class:`AudioError`.
     """
-    source = _check_file(path)
-    frames, rate = _decode(Path(source))
-    return _finish(_mono(frames), rate, sample_rate, min_duration, source)
+    with _as_audio_error(path) as source:
+        frames, rate = _decode(Path(source))
+        return _finish(_mono(frames), rate, sample_rate, min_duration, source)
 
 
 def prepare_waveform(
@@ -88,17 +101,26 @@ def prepare_waveform(
 
 def audio_duration(path: str | os.PathLike) -> float:
     """Duration in seconds read from the file's metadata, without decoding the samples."""
-    source = _check_file(path)
+    with _as_audio_error(path) as source:
+        return _duration(source)
+
+
+def _duration(source: str) -> float:
     file = Path(source)
     sf_error = None
     if file.suffix.lower() in _SOUNDFILE_EXTENSIONS:
         try:
-            return sf.info(source).duration
+            info = sf.info(os.fsencode(source))
         except sf.SoundFileError as exc:
             sf_error = exc
+        else:
+            _check_rate(source, info.samplerate)
+            return info.duration
     try:
         with av.open(source) as container:
             stream = _audio_stream(container, source)
+            if stream.rate:  # some containers only know it once decoding starts (checked then, in _finish)
+                _check_rate(source, stream.rate)
             if stream.duration is not None:
                 return float(stream.duration * stream.time_base)
             if container.duration is not None:
@@ -108,9 +130,24 @@ def audio_duration(path: str | os.PathLike) -> float:
     raise AudioError(source, "duration not found in the file's metadata")
 
 
-def _check_file(path: str | os.PathLike) -> str:
-    """Return ``path`` as a string after checking that it is a non-empty regular file."""
-    source = os.fsdecode(path)
+@contextmanager
+def _as_audio_error(path: str | os.PathLike) -> Iterator[str]:
+    """Check the file (:func:`_check_file`) and yield its name; any error inside becomes that file's AudioError."""
+    try:
+        source = os.fsdecode(path)
+    except TypeError:
+        raise AudioError(repr(path), f"not a file path ({type(path).__name__})") from None
+    try:
+        yield _check_file(source)
+    except AudioError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises, it is this file's problem
+        reason = "out of memory while decoding" if isinstance(exc, MemoryError) else "cannot read"
+        raise AudioError(source, f"{reason} ({describe(exc)})") from exc
+
+
+def _check_file(source: str) -> str:
+    """Return ``source`` after checking that it is a non-empty regular file."""
     file = Path(source)
     if not file.exists():
         raise AudioError(source, "file not found")
@@ -127,7 +164,7 @@ def _decode(file: Path) -> tuple[np.ndarray, float]:
     sf_error = None
     if file.suffix.lower() in _SOUNDFILE_EXTENSIONS:
         try:
-            handle = sf.SoundFile(source)
+            handle = sf.SoundFile(os.fsencode(source))  # bytes: names that are not UTF-8 open too
         except sf.SoundFileError as exc:  # format soundfile cannot open: let FFmpeg try
             sf_error = exc
         else:
@@ -147,6 +184,10 @@ def _read_soundfile(handle: sf.SoundFile, source: str) -> tuple[np.ndarray, floa
                 raise AudioError(
                     source, f"truncated file: header declares {declared} data bytes, only {present} present"
                 )
+        cut = [note for note in _OGG_TRUNCATED if note in handle.extra_info]
+        if cut:
+            raise AudioError(source, f"truncated Ogg file: {cut[0].lower()}")
+        _check_rate(source, handle.samplerate)
         try:
             frames = handle.read(dtype="float32", always_2d=True)
         except sf.SoundFileError as exc:
@@ -202,11 +243,16 @@ def _pcm_to_float(x: np.ndarray) -> np.ndarray:
     return ((x.astype(np.float64) - offset) / scale).astype(np.float32)
 
 
+def _check_rate(source: str, rate: float) -> None:
+    if not isinstance(rate, numbers.Real) or not math.isfinite(rate) or rate < MIN_SAMPLE_RATE:
+        raise AudioError(source, f"sample rate {rate!r} Hz is below the {MIN_SAMPLE_RATE} Hz minimum (corrupt header?)")
+
+
 def _finish(wave: np.ndarray, rate: float, target_rate: float, min_duration: float, source: str) -> np.ndarray:
-    """Validate mono float samples at ``rate`` and resample them to ``target_rate``."""
-    for name, value in (("sample rate", rate), ("target sample rate", target_rate)):
-        if not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-            raise AudioError(source, f"invalid {name} {value!r}")
+    """Validate mono float samples at ``rate`` and resample them to ``target_rate`` (peak scaled if huge)."""
+    if not isinstance(target_rate, numbers.Real) or not math.isfinite(target_rate) or target_rate <= 0:
+        raise AudioError(source, f"invalid target sample rate {target_rate!r}")
+    _check_rate(source, rate)
     if wave.size == 0:
         raise AudioError(source, "no audio samples")
     bad = wave.size - np.count_nonzero(np.isfinite(wave))
@@ -218,6 +264,8 @@ def _finish(wave: np.ndarray, rate: float, target_rate: float, min_duration: flo
     peak = max(float(wave.max()), -float(wave.min()))  # no |wave| copy: long recordings are large
     if peak < SILENCE_PEAK:
         raise AudioError(source, f"silent: peak amplitude {peak:.3g} is below {SILENCE_PEAK:g}")
+    if peak > MAX_PEAK:
+        wave = wave * np.float32(1.0 / peak)
     if rate != target_rate:
         try:
             wave = soxr.resample(wave, rate, target_rate, quality="HQ")

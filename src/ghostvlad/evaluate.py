@@ -7,6 +7,7 @@ skipped and counted.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -21,6 +22,7 @@ import numpy as np
 
 from .data.manifest import ManifestError, read_manifest
 from .data.trials import Trials, read_trials
+from .errors import GhostvladError
 from .fileio import atomic_write, atomic_write_text
 from .inference import Embedder
 from .scoring import as_norm, eer, min_dcf
@@ -36,7 +38,7 @@ _SCORE_ROWS = 1 << 13  # trials per chunk when scoring
 _PART_PREFIX = "part-"
 
 
-class EvalError(ValueError):
+class EvalError(GhostvladError):
     """Nothing left to score after skipping bad files, or an unusable cohort."""
 
 
@@ -53,21 +55,28 @@ def model_key(model: Embedder) -> str:
 class EmbeddingCache:
     """Embeddings of audio files for one model, in part files under ``<root>/<model key[:24]>/``.
 
-    Entries are keyed by the file's real path and valid while its size and mtime are unchanged. Every writer
-    (process, rank, job-array task) only ever creates files of its own — a new ``part-*.npz`` every
-    ``commit_every`` seconds and on close (also after an error or Ctrl-C), each written atomically — so there are
-    no locks and no database journal: safe on network filesystems (NFS, Lustre) and for concurrent jobs, and an
-    interrupted evaluation resumes where it stopped. On close the parts read at open are compacted into the new
-    one. Use as a context manager.
+    Entries are keyed by the file's real path and valid while its size and modification time are unchanged: a
+    file rewritten with other content of the same size and its old mtime restored would get the old embedding.
+    With ``verify=True`` an entry is valid only while the SHA-256 of the file's content matches instead (each
+    file is read once more to hash it), for archives that are rewritten in place. Every writer (process, rank,
+    job-array task) only ever creates files of its own — a new ``part-*.npz`` every ``commit_every`` seconds and
+    on close (also after an error or Ctrl-C), each written atomically — so there are no locks and no database
+    journal: safe on network filesystems (NFS, Lustre) and for concurrent jobs, and an interrupted evaluation
+    resumes where it stopped. On close the parts read at open are compacted into the new one. A part that
+    cannot be written (full disk, read-only file system) sets :attr:`error` and the cache stops storing: the
+    evaluation goes on. Use as a context manager.
     """
 
-    def __init__(self, root: str | os.PathLike, key: str, dim: int, commit_every: float = 10.0) -> None:
+    def __init__(self, root: str | os.PathLike, key: str, dim: int, commit_every: float = 10.0,
+                 verify: bool = False) -> None:
         self.folder = Path(root).expanduser() / key[:24]
         self.dim = dim
         self.commit_every = commit_every
-        self._stats: dict[str, tuple[int, int]] = {}
-        self._entries: dict[str, tuple[int, int, np.ndarray]] = {}  # real path -> size, mtime_ns, vector
-        self._new: dict[str, tuple[int, int, np.ndarray]] = {}  # entries since the last commit
+        self.verify = verify
+        self.error: str | None = None  # why new entries could not be stored (full disk, ...); set by commit()
+        self._stats: dict[str, tuple[int, int, str]] = {}  # real path -> size, mtime_ns, sha256 ("" unverified)
+        self._entries: dict[str, tuple[int, int, str, np.ndarray]] = {}
+        self._new: dict[str, tuple[int, int, str, np.ndarray]] = {}  # entries since the last commit
         self._mine: list[Path] = []  # parts this cache wrote
         self._last_commit = time.monotonic()
         try:
@@ -83,14 +92,17 @@ class EmbeddingCache:
         try:
             with np.load(part, allow_pickle=False) as data:
                 paths, sizes, mtimes, vectors = (data[k] for k in ("paths", "sizes", "mtimes", "vectors"))
+                digests = data["sha256"] if "sha256" in data else np.full(len(paths), "")
         except FileNotFoundError:
             return False
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             raise EvalError(f"{part}: unreadable embedding cache part ({exc}); delete it") from None
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or not len(paths) == len(sizes) == len(mtimes) == len(vectors):
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or not (
+                len(paths) == len(sizes) == len(mtimes) == len(vectors) == len(digests)):
             raise EvalError(f"{part}: embedding cache part has the wrong shape; delete it")
-        for path, size, mtime, vector in zip(paths.tolist(), sizes.tolist(), mtimes.tolist(), vectors):
-            self._entries[path] = (size, mtime, vector)
+        for path, size, mtime, digest, vector in zip(paths.tolist(), sizes.tolist(), mtimes.tolist(),
+                                                     digests.tolist(), vectors):
+            self._entries[path] = (size, mtime, digest, vector)
         return True
 
     def __enter__(self) -> EmbeddingCache:
@@ -106,12 +118,15 @@ class EmbeddingCache:
             real = os.path.realpath(path)
             try:
                 st = os.stat(real)
+                digest = _sha256(real) if self.verify else ""
             except OSError:
                 continue
-            self._stats[real] = (st.st_size, st.st_mtime_ns)
+            self._stats[real] = (st.st_size, st.st_mtime_ns, digest)
             entry = self._entries.get(real)
-            if entry is not None and entry[:2] == self._stats[real]:
-                found[path] = entry[2]
+            if entry is None:
+                continue
+            if (entry[2], entry[0]) == (digest, st.st_size) if self.verify else entry[:2] == self._stats[real][:2]:
+                found[path] = entry[3]
         return found
 
     def add(self, path: str, embedding: np.ndarray) -> None:
@@ -124,12 +139,13 @@ class EmbeddingCache:
         if time.monotonic() - self._last_commit >= self.commit_every:
             self.commit()
 
-    def _write(self, entries: dict[str, tuple[int, int, np.ndarray]]) -> Path:
+    def _write(self, entries: dict[str, tuple[int, int, str, np.ndarray]]) -> Path:
         name = f"{_PART_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:12]}.npz"
         arrays = dict(paths=np.array(list(entries), dtype=str),
                       sizes=np.array([e[0] for e in entries.values()], dtype=np.int64),
                       mtimes=np.array([e[1] for e in entries.values()], dtype=np.int64),
-                      vectors=np.stack([e[2] for e in entries.values()]).astype(np.float32))
+                      sha256=np.array([e[2] for e in entries.values()], dtype=str),
+                      vectors=np.stack([e[3] for e in entries.values()]).astype(np.float32))
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:
@@ -138,20 +154,20 @@ class EmbeddingCache:
         return atomic_write(self.folder / name, write)
 
     def commit(self) -> None:
-        """Write the entries added since the last commit as a new part."""
-        if self._new:
+        """Write the entries added since the last commit as a new part (unless storing failed before)."""
+        if self._new and self.error is None:
             try:
                 self._mine.append(self._write(self._new))
             except OSError as exc:
-                raise EvalError(f"{self.folder}: cannot write the embedding cache ({exc})") from None
-            self._new = {}
+                self.error = f"{self.folder}: cannot write the embedding cache ({exc}); new embeddings were not cached"
+        self._new = {}
         self._last_commit = time.monotonic()
 
     def close(self) -> None:
         """Commit, then compact: everything read or written here into one part, replacing those parts."""
         self.commit()
         old = self._read + self._mine
-        if len(old) > 1:
+        if len(old) > 1 and self.error is None:
             try:
                 self._write(self._entries)
             except OSError:
@@ -159,6 +175,14 @@ class EmbeddingCache:
             for part in old:
                 part.unlink(missing_ok=True)
         self._read, self._mine = [], []
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -169,23 +193,26 @@ class Embedded:
     errors: dict[str, str]  # path -> "path: reason", for every file that could not
     computed: int  # files embedded now
     cached: int  # files found in the cache
+    cache_error: str | None = None  # why new embeddings could not be cached (the results are complete)
 
     @classmethod
     def merge(cls, parts: Iterable[Embedded]) -> Embedded:
         """One result from the results of disjoint shards."""
-        embeddings, errors, computed, cached = {}, {}, 0, 0
+        embeddings, errors, computed, cached, cache_error = {}, {}, 0, 0, None
         for part in parts:
             embeddings.update(part.embeddings)
             errors.update(part.errors)
             computed, cached = computed + part.computed, cached + part.cached
-        return cls(embeddings, errors, computed, cached)
+            cache_error = cache_error or part.cache_error
+        return cls(embeddings, errors, computed, cached, cache_error)
 
 
 def embed_files(
     model: Embedder, paths: Sequence[str], cache_dir: str | os.PathLike | None = None, progress: bool = False,
-    *, workers: int = 2, shard: Shard | None = None,
+    *, workers: int = 2, shard: Shard | None = None, verify_cache: bool = False,
 ) -> Embedded:
-    """Embed each distinct file of ``paths`` once, reusing and filling the model's on-disk cache.
+    """Embed each distinct file of ``paths`` once, reusing and filling the model's on-disk cache (entries checked
+    by content hash with ``verify_cache``, see :class:`EmbeddingCache`).
 
     ``shard`` restricts the work to one shard of the distinct files (see :class:`Shard`); ``workers`` threads read
     metadata and decode audio.
@@ -197,7 +224,8 @@ def embed_files(
     if shard is not None:
         paths = shard.take(paths)
     errors: dict[str, str] = {}
-    with EmbeddingCache(cache_dir or default_cache_dir(), model_key(model), model.embed_dim) as cache:
+    with EmbeddingCache(cache_dir or default_cache_dir(), model_key(model), model.embed_dim,
+                        verify=verify_cache) as cache:
         found = cache.get(paths)
         cached = len(found)
         todo = [p for p in paths if p not in found]
@@ -211,7 +239,7 @@ def embed_files(
                     found[path] = r.embedding
                     cache.add(path, r.embedding)
                 bar.advance(task)
-    return Embedded(found, errors, len(todo) - len(errors), cached)
+    return Embedded(found, errors, len(todo) - len(errors), cached, cache.error)
 
 
 def read_cohort(path: str | os.PathLike) -> list[str]:
@@ -252,6 +280,7 @@ class EvalResult:
     computed: int  # files embedded in this call
     cached: int  # files whose embedding came from the cache
     asnorm_scores: np.ndarray | None = None
+    cache_error: str | None = None  # see :attr:`Embedded.cache_error`
 
 
 def _metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
@@ -302,11 +331,13 @@ def evaluate(
     progress: bool = False,
     workers: int = 2,
     ranks: DistInfo | None = None,
+    verify_cache: bool = False,
 ) -> EvalResult | None:
     """Embed, score and measure a trial list whose paths are relative to ``wav_root``.
 
     ``cohort`` (a cohort list file, see :func:`read_cohort`, or a sequence of audio paths) adds AS-norm
-    results over the ``top_k`` closest cohort embeddings. Raises :class:`EvalError` when no trial can be
+    results over the ``top_k`` closest cohort embeddings. ``verify_cache`` trusts cached embeddings only
+    while the file's content hash matches (:class:`EmbeddingCache`). Raises :class:`EvalError` when no trial can be
     scored, when the scored trials lack targets or non-targets, or when fewer than 2 cohort files embed.
 
     ``ranks`` (the process group of ``torchrun``, see :func:`ghostvlad.train.distributed.setup`): every rank
@@ -326,13 +357,13 @@ def evaluate(
     files = [*full.values(), *cohort_paths]
     if ranks is not None and ranks.world > 1:
         mine = embed_files(model, files, cache_dir, progress and ranks.main, workers=workers,
-                           shard=Shard(ranks.rank, ranks.world))
+                           shard=Shard(ranks.rank, ranks.world), verify_cache=verify_cache)
         parts = distributed.gather_to_main(mine, ranks)
         if parts is None:
             return None
         done = Embedded.merge(parts)
     else:
-        done = embed_files(model, files, cache_dir, progress, workers=workers)
+        done = embed_files(model, files, cache_dir, progress, workers=workers, verify_cache=verify_cache)
 
     good = [f for f in full if full[f] in done.embeddings]
     index = {f: i for i, f in enumerate(good)}
@@ -369,7 +400,7 @@ def evaluate(
         summary["asnorm"] = {**_metrics(asnorm_scores, labels), "top_k": min(top_k, len(usable)),
                              "cohort_size": len(usable), "cohort_bad_files": len(distinct) - len(usable)}
     return EvalResult(summary, scores, labels, enroll, test, skipped, done.errors, done.computed, done.cached,
-                      asnorm_scores)
+                      asnorm_scores, done.cache_error)
 
 
 def _score_lines(scores: np.ndarray, result: EvalResult) -> str:

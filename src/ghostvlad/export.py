@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .devices import resolve_device
+from .errors import one_line
 from .features import FrontEndConfig, _source_index
 from .fileio import atomic_write
 from .inference import Embedder, SpeakerModel, pad_batch
@@ -157,10 +159,6 @@ def export_torchscript(model: SpeakerModel, path: str | os.PathLike) -> Path:
         return atomic_write(path, lambda tmp: torch.jit.save(traced, tmp, _extra_files=extra))
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
-
-
 class OnnxSpeakerModel(Embedder):
     """A model exported by :func:`export_onnx`, run by onnxruntime on CPU; the interface of ``SpeakerModel``.
 
@@ -187,13 +185,14 @@ class OnnxSpeakerModel(Embedder):
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's errors share no base class below Exception
-            reason = _one_line(exc).rpartition(" failed:")[2]  # drop "[ONNXRuntimeError] ... Load model from P"
+            reason = one_line(exc).rpartition(" failed:")[2]  # drop "[ONNXRuntimeError] ... Load model from P"
             raise ModelFileError(f"{self.path}: not a readable ONNX model ({reason})") from None
         self._config = self._read_config()
+        self._check_weights()
         self.config = EncoderConfig.from_dict(self._config["encoder"])
         self.frontend_config = FrontEndConfig(**self._config["frontend"])
         if mirror is not None and mirror != self.frontend_config.mirror:
-            raise ValueError(f"{self.path}: the mirror extension is fixed in an ONNX file (this one: "
+            raise ModelFileError(f"{self.path}: the mirror extension is fixed in an ONNX file (this one: "
                              f"mirror={self.frontend_config.mirror}); export again with --mirror/--no-mirror")
         self.threshold = self._config.get("threshold")
         self.info = dict(self._config.get("info") or {})
@@ -218,8 +217,19 @@ class OnnxSpeakerModel(Embedder):
             EncoderConfig.from_dict(config["encoder"])
             FrontEndConfig(**config["frontend"])
         except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise ModelFileError(f"{self.path}: bad ghostvlad metadata ({_one_line(exc)})") from None
+            raise ModelFileError(f"{self.path}: bad ghostvlad metadata ({one_line(exc)})") from None
         return config
+
+    def _check_weights(self) -> None:
+        """Refuse a graph whose weights hold NaN or inf (as :func:`~ghostvlad.modelfile.read_model` does)."""
+        import onnx
+        from onnx import numpy_helper
+
+        for tensor in onnx.load(str(self.path)).graph.initializer:
+            values = numpy_helper.to_array(tensor)
+            if values.dtype.kind == "f" and not np.isfinite(values).all():
+                raise ModelFileError(f"{self.path}: tensor {tensor.name!r} holds NaN or infinite values; "
+                                     "refusing the model")
 
     def to_config(self) -> dict:
         return {k: v for k, v in self._config.items() if k not in ("format", "version")}
@@ -247,6 +257,6 @@ def load_onnx_model(
     mirror: bool | None = None,
 ) -> OnnxSpeakerModel:
     """:class:`OnnxSpeakerModel` with :func:`~ghostvlad.inference.load_model`'s arguments (CPU and fp32 only)."""
-    if torch.device(device).type != "cpu" or precision != "fp32":
-        raise ValueError(f"{path}: ONNX models run in fp32 on CPU; got device {device!r}, precision {precision!r}")
+    if resolve_device(device).type != "cpu" or precision != "fp32":
+        raise ModelFileError(f"{path}: ONNX models run in fp32 on CPU; got device {device!r}, precision {precision!r}")
     return OnnxSpeakerModel(path, min_duration=min_duration, mirror=mirror)

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import __version__
+from .data.manifest import speaker_name
+from .errors import GhostvladError
 from .scoring.calibration import Decision, DecisionRule
 
 if TYPE_CHECKING:
@@ -51,7 +53,7 @@ CREATE INDEX utterances_speaker ON utterances(speaker_id);
 """
 
 
-class GalleryError(ValueError):
+class GalleryError(GhostvladError):
     """A gallery file that is missing, not ours, made by another model, empty; or a bad enrolment."""
 
 
@@ -114,9 +116,19 @@ def embed_for_enrolment(model: SpeakerModel, items: Sequence[AudioInput], *, ski
     if not found:
         raise GalleryError(f"none of the {len(items)} recordings could be embedded (first: {errors[0]})")
     order = sorted(found)
-    sources = [str(Path(items[i]).absolute()) if isinstance(items[i], (str, os.PathLike)) else "<array>"
+    sources = [_printable(Path(items[i]).absolute()) if isinstance(items[i], (str, os.PathLike)) else "<array>"
                for i in order]
     return np.stack([found[i] for i in order]), sources, errors
+
+
+def _printable(path: Path) -> str:
+    """A path as text SQLite can store: bytes of a name that is not UTF-8 written as ``\\xNN``."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write ``path`` (if it exists) and create files beside it (SQLite's WAL files)."""
+    return os.access(path.absolute().parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -163,6 +175,7 @@ class Gallery:
         self._ready = False  # the schema exists (and was validated)
         self._meta: dict[str, str] = {}
         self._snapshot: _Snapshot | None = None
+        self.read_only = False  # an existing gallery this process cannot write: opened read-only
         if self.path.is_dir():
             raise GalleryError(f"{self.path}: is a folder, not a gallery file")
         if self.path.exists():
@@ -177,11 +190,22 @@ class Gallery:
 
     # -- opening and checking ------------------------------------------------------------------------
     def _connect(self, create: bool) -> sqlite3.Connection:
-        uri = f"{self.path.absolute().as_uri()}?mode={'rwc' if create else 'rw'}"
+        """Open read-write (creating the file if ``create``); an existing gallery this process cannot write (read-only
+        file or folder) opens read-only, as immutable when no writer's WAL file is beside it."""
+        mode = "rwc" if create else "rw"
+        if not create and not _writable(self.path):
+            self.read_only = True
+            wal = self.path.with_name(self.path.name + "-wal")
+            mode = "ro" if wal.exists() else "ro&immutable=1"
+        elif create and not _writable(self.path):
+            raise GalleryError(f"{self.path}: cannot create the gallery: no write permission on its folder")
+        uri = f"{self.path.absolute().as_uri()}?mode={mode}"
         try:
             db = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
         except sqlite3.Error as exc:
             raise GalleryError(f"{self.path}: cannot open the gallery ({exc})") from None
+        if self.read_only:
+            return db
         try:
             db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable commits without an fsync each
         except sqlite3.DatabaseError:
@@ -255,6 +279,9 @@ class Gallery:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (created on first use): everything in it is committed, or nothing."""
+        if self.read_only:
+            raise GalleryError(f"{self.path}: cannot write the gallery: it is read-only (no write permission on the "
+                               "file or its folder)")
         if self._db is None:
             self._db = self._connect(create=True)
         db = self._db
@@ -270,11 +297,13 @@ class Gallery:
             yield db
             db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             if fresh:
                 self._meta = {}
+            if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, read-only file system, ...
+                raise GalleryError(f"{self.path}: cannot write the gallery ({exc}); nothing was changed") from None
             raise
         self._ready = True
 
@@ -307,12 +336,12 @@ class Gallery:
         """Add ``(n, D)`` embeddings per speaker name, all in one transaction; returns utterances added."""
         batch = []
         for name, emb in speakers.items():
-            check_name(name)
+            name, given = check_name(name), name
             emb = np.asarray(emb, dtype=np.float32)
             emb = emb[None] if emb.ndim == 1 else emb
             if emb.ndim != 2 or not len(emb) or not np.isfinite(emb).all() or not np.linalg.norm(emb, axis=1).all():
                 raise GalleryError(f"{name}: embeddings must be a non-empty (n, D) array of finite non-zero rows")
-            names = list((sources or {}).get(name) or ["<array>"] * len(emb))
+            names = list((sources or {}).get(given) or ["<array>"] * len(emb))
             if len(names) != len(emb):
                 raise GalleryError(f"{name}: {len(emb)} embeddings but {len(names)} sources")
             batch.append((name, _unit_rows(emb), names))
@@ -344,6 +373,7 @@ class Gallery:
 
     def remove(self, name: str) -> int:
         """Remove a speaker and all their utterances; returns how many utterances were removed."""
+        name = speaker_name(name)
         if not self._check_ready():
             raise GalleryError(f"{self.path}: no speaker named {name!r} (the gallery is empty)")
         with self._transaction() as db:
@@ -386,6 +416,7 @@ class Gallery:
 
     def speaker(self, name: str) -> SpeakerInfo | None:
         """One enrolled speaker, or None."""
+        name = speaker_name(name)
         if not self._check_ready():
             return None
         with self._read() as db:
@@ -455,7 +486,9 @@ class Gallery:
         return [Match(snapshot.names[i], float(s), int(snapshot.counts[i]), rule(s)) for i, s in zip(idx, scores)]
 
 
-def check_name(name: str) -> None:
-    """Raise :class:`GalleryError` unless ``name`` is usable as a speaker name."""
+def check_name(name: str) -> str:
+    """``name`` in Unicode normal form C (:func:`~ghostvlad.data.manifest.speaker_name`); :class:`GalleryError`
+    unless it is usable as a speaker name."""
     if not isinstance(name, str) or not name.strip() or name != name.strip() or not name.isprintable():
         raise GalleryError(f"invalid speaker name {name!r}: use printable text without surrounding spaces")
+    return speaker_name(name)

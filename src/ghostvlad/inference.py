@@ -17,9 +17,12 @@ import torch
 from .allocator import keep_freed_memory
 from .audio import SAMPLE_RATE, AudioError, audio_duration, load_audio, prepare_waveform
 from .chunked import embed_chunked, steps_per_chunk
+from .devices import resolve_device
+from .errors import describe
 from .features import FrontEndConfig, Spectrogram
 from .modelfile import ModelFileError, read_model, write_model
 from .models import EncoderConfig, SpeakerEncoder
+from .schema import ConfigError, checked, convert
 from .streaming import EmbeddingStream
 
 AudioInput = str | os.PathLike | np.ndarray
@@ -62,6 +65,14 @@ def length_batches(sizes: Sequence[int], frontend: FrontEndConfig, batch_frames:
 
 def _source_name(item: AudioInput) -> str:
     return "<array>" if isinstance(item, np.ndarray) else str(item)
+
+
+def _item_error(item: AudioInput, exc: Exception, failed: str = "cannot read") -> AudioError:
+    """Any failure to read or prepare one item, as that item's :class:`AudioError`."""
+    return exc if isinstance(exc, AudioError) else AudioError(_source_name(item), f"{failed} ({describe(exc)})")
+
+
+NON_FINITE = "the model produced a non-finite embedding (NaN or inf)"
 
 
 class Embedder(ABC):
@@ -120,8 +131,8 @@ class Embedder(ABC):
                 if isinstance(item, np.ndarray):
                     return len(item) if item.ndim == 1 else max(item.shape)
                 return int(audio_duration(item) * SAMPLE_RATE)
-            except AudioError as err:
-                return err
+            except Exception as exc:  # noqa: BLE001 - one bad item never costs the others
+                return _item_error(item, exc)
 
         sizes: list[int] = []
         with ThreadPoolExecutor(max_workers=max(workers, 4)) as pool:  # metadata reads wait on the filesystem
@@ -136,8 +147,8 @@ class Embedder(ABC):
         def load(index: int) -> np.ndarray | AudioError:
             try:
                 return self._load(items[index], sample_rate)
-            except AudioError as err:
-                return err
+            except Exception as exc:  # noqa: BLE001
+                return _item_error(items[index], exc)
 
         with ThreadPoolExecutor(max_workers=workers) as pool:
             pending = [pool.map(load, b) for b in batches[:2]]
@@ -152,11 +163,22 @@ class Embedder(ABC):
                 if ok:
                     emb = self.embed_waveforms([w for _, w in ok])
                     for (i, _), e in zip(ok, emb):
-                        yield EmbedResult(i, _source_name(items[i]), embedding=e)
+                        if np.isfinite(e).all():
+                            yield EmbedResult(i, _source_name(items[i]), embedding=e)
+                        else:
+                            yield EmbedResult(i, _source_name(items[i]), error=AudioError(_source_name(items[i]),
+                                                                                           NON_FINITE))
 
     def embed(self, item: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         """One embedding ``(embed_dim,)``, float32, unit norm. Raises :class:`AudioError` on bad input."""
-        return self.embed_waveforms([self._load(item, sample_rate)])[0]
+        try:
+            wave = self._load(item, sample_rate)
+        except Exception as exc:  # noqa: BLE001 - reported as this item's error
+            raise _item_error(item, exc) from exc
+        emb = self.embed_waveforms([wave])[0]
+        if not np.isfinite(emb).all():
+            raise AudioError(_source_name(item), NON_FINITE)
+        return emb
 
     def embed_windows(
         self, item: AudioInput, window: float = 2.0, hop: float = 0.5, sample_rate: int | None = None
@@ -208,9 +230,9 @@ class SpeakerModel(Embedder):
         channels_last: bool = True,
     ) -> None:
         if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+            raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
         steps_per_chunk(encoder, chunk_frames)  # ValueError if too small for the backbone
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         if self.device.type == "cpu":
             keep_freed_memory()  # what the CLI used to re-exec under glibc tunables for (see .allocator)
         self.encoder = encoder.eval()  # the weights as saved
@@ -308,9 +330,15 @@ def load_model(
     config, state = read_model(path)
     try:
         encoder = SpeakerEncoder(EncoderConfig.from_dict(config["encoder"]))
-        frontend = FrontEndConfig(**config.get("frontend", {}))
+        frontend = FrontEndConfig(**checked(FrontEndConfig, config.get("frontend", {}), "frontend"))
+        threshold = config.get("threshold")
+        if threshold is not None and not convert(threshold, float)[0]:
+            raise ValueError(f"threshold: expected a finite number or null, got {threshold!r}")
+        for key in ("info", "calibration"):
+            if not isinstance(config.get(key) or {}, dict):
+                raise ValueError(f"{key}: expected an object, got {config[key]!r}")
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: bad model config ({exc})") from None
+        raise ModelFileError(f"{path}: bad model config ({describe(exc)})") from None
     expected = encoder.state_dict()
     problems = [f"missing {k}" for k in expected if k not in state]
     problems += [f"unexpected {k}" for k in state if k not in expected]
@@ -328,7 +356,7 @@ def load_model(
     return SpeakerModel(
         encoder,
         frontend,
-        threshold=config.get("threshold"),
+        threshold=threshold,
         info=config.get("info"),
         calibration=config.get("calibration"),
         device=device,

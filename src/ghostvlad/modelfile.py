@@ -12,6 +12,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .errors import GhostvladError
 from .fileio import atomic_write, atomic_write_text
 
 FORMAT = "ghostvlad-model"
@@ -22,7 +23,7 @@ METADATA_KEY = "ghostvlad"
 RUN_MODEL_DIR = "model"  # where a training run exports its best model
 
 
-class ModelFileError(ValueError):
+class ModelFileError(GhostvladError):
     """A model path that is missing, not ours, or inconsistent."""
 
 
@@ -80,12 +81,22 @@ def read_model(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
             config = json.loads(meta[METADATA_KEY])
         except json.JSONDecodeError as exc:
             raise ModelFileError(f"{path}: invalid model metadata ({exc})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{path}: not a ghostvlad model (its config is a JSON {type(config).__name__}, "
+                             "not an object)")
+    if config.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a ghostvlad model (format {config.get('format')!r})")
-    if config.get("version", 0) > VERSION:
-        raise ModelFileError(f"{path}: model format version {config['version']} is newer than this ghostvlad")
+    version = config.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ModelFileError(f"{path}: bad model format version {version!r}")
+    if version > VERSION:
+        raise ModelFileError(f"{path}: model format version {version} is newer than this ghostvlad")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{weights}: unreadable weights ({exc})") from None
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ModelFileError(f"{weights}: tensor {bad[0]!r} holds NaN or infinite values{more}; refusing the model")
     return config, state

@@ -4,6 +4,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Generic, TypeVar
 
+from .schema import ConfigError
+
 T = TypeVar("T")
 
 
@@ -30,7 +32,7 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
+            raise ConfigError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}") from None
 
     def build(self, name: str, **kwargs: Any) -> T:
         """Call the factory ``name`` with the keyword arguments it accepts.

@@ -19,7 +19,7 @@ import numpy as np
 
 from .audio import AudioError, load_audio
 from .features import FrontEndConfig
-from .inference import length_batches
+from .inference import NON_FINITE, length_batches
 
 if TYPE_CHECKING:
     from .inference import Embedder
@@ -137,5 +137,9 @@ def iter_windows(
                 wave = AudioError(source, f"too short for windows: {len(wave)} samples")
             if isinstance(wave, AudioError):
                 yield WindowsResult(index, source, error=wave)
+                continue
+            windows = embed_windows(model, wave, window, hop)
+            if np.isfinite(windows.embeddings).all():
+                yield WindowsResult(index, source, windows=windows)
             else:
-                yield WindowsResult(index, source, windows=embed_windows(model, wave, window, hop))
+                yield WindowsResult(index, source, error=AudioError(source, NON_FINITE))

@@ -171,8 +171,10 @@ def test_expected_config_vlad_and_unknown_field(tmp_path):
     write_keras_h5(path, **CASES["s-vlad"][0])
     with pytest.raises(KerasConversionError, match="vlad_center_assignment: the file has 3 clusters, 8 were asked"):
         read_keras_encoder(path, clusters=8)
-    _, info = read_keras_encoder(path, width=0.3, pooling="vlad", ghost_clusters=2)  # ghosts mean nothing to vlad
+    _, info = read_keras_encoder(path, width=0.3, pooling="vlad", ghost_clusters=0)
     assert info["config"].width == 0.3
+    with pytest.raises(KerasConversionError, match=r"the file has 3 clusters \(3 \+ 0 ghost\), 3 \+ 2 were asked"):
+        read_keras_encoder(path, ghost_clusters=2)  # the flag states an expectation: NetVLAD has no ghosts
     with pytest.raises(TypeError, match="unknown EncoderConfig field"):
         read_keras_encoder(path, heads=3)
 
@@ -182,7 +184,9 @@ def test_tap_file_and_chunked_layer_names(tmp_path, tiny_copy):
     write_keras_h5(path, **CASES["s-tap"][0])
     with pytest.raises(KerasConversionError, match="gvlad_center_assignment: the file has tap pooling, gvlad was"):
         read_keras_encoder(path, pooling="gvlad")
-    assert read_keras_encoder(path, clusters=8)[1]["config"].clusters == 0  # clusters mean nothing to tap
+    assert read_keras_encoder(path, clusters=0)[1]["config"].clusters == 0
+    with pytest.raises(KerasConversionError, match="tap pooling \\(no clusters\\), 8 \\+ 0 clusters were asked"):
+        read_keras_encoder(path, clusters=8)
     with h5py.File(tiny_copy, "a") as f:  # Keras splits attributes above 64 KB into name0, name1, ...
         names = f.attrs["layer_names"]
         del f.attrs["layer_names"]

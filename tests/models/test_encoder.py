@@ -78,7 +78,7 @@ def test_unknown_names_fail_clearly():
         EncoderConfig(backbone="resnet50")
     with pytest.raises(ValueError, match="unknown pooling 'attention'"):
         EncoderConfig(pooling="attention")
-    with pytest.raises(ValueError, match="unknown encoder config keys: foo"):
+    with pytest.raises(ValueError, match="encoder: unknown key\\(s\\) foo"):
         EncoderConfig.from_dict({"foo": 1})
 
 

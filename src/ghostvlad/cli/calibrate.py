@@ -6,7 +6,9 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out
+from .common import (
+    DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, VerifyCacheOpt, app, err, fail, open_model, out, require_stored_model,
+)
 
 OperatingPointOpt = typer.Option(
     None, "--operating-point",
@@ -47,6 +49,7 @@ def calibrate(
     far: list[float] = typer.Option([0.01], "--far", help="False-accept rate of an operating point to store (repeatable)."),
     prior: float = typer.Option(0.5, "--prior", help="Effective target prior the logistic regression is weighted for."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Embedding cache folder (default: ~/.cache/ghostvlad)."),
+    verify_cache: bool = VerifyCacheOpt,
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
     min_duration: float = MinDurOpt,
@@ -60,12 +63,15 @@ def calibrate(
     if not wav_root.is_dir():
         fail(f"{wav_root}: wav root is not a folder")
     model = open_model(model_path, precision, device, min_duration)
+    require_stored_model(model, model_path, "a calibration")
     try:
-        result = evaluate(model, trials, wav_root, cache_dir=cache_dir, progress=True)
+        result = evaluate(model, trials, wav_root, cache_dir=cache_dir, progress=True, verify_cache=verify_cache)
     except (EvalError, TrialsError) as exc:
         fail(str(exc))
     for message in result.bad_files.values():
         err.print(f"skipped {message}", highlight=False, markup=False)
+    if result.cache_error:
+        err.print(f"warning: {result.cache_error}", highlight=False, markup=False)
     try:
         cal = fit_calibration(result.scores, result.labels, prior=prior, fars=tuple(far))
     except ValueError as exc:

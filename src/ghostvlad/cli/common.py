@@ -11,11 +11,53 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from typer.core import TyperGroup
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Speaker recognition with Thin-ResNet34 + GhostVLAD.")
+from ..errors import GhostvladError, describe, one_line
+
 err = Console(stderr=True, soft_wrap=True)  # one message, one line: never wrap
 out = Console(soft_wrap=True)
+
+
+class Commands(TyperGroup):
+    """The command group: any error escaping a command becomes one line on stderr and exit status 1.
+
+    Bad input (:class:`~ghostvlad.errors.GhostvladError`) and paths that cannot be read or written (``OSError``)
+    print ``error: path: reason``; anything else is a bug and says so, with a pointer to ``--debug``, which
+    re-raises it so the traceback is shown.
+    """
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            err.print("interrupted", highlight=False, markup=False)
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the one place that turns errors into messages
+            # usage errors, --help and typer.Exit carry their own exit status: the parser reports them
+            if ctx.params.get("debug") or hasattr(exc, "exit_code") or isinstance(exc, (typer.Exit, typer.Abort)):
+                raise
+            message = describe(exc)
+            if isinstance(exc, MemoryError):
+                message = f"out of memory ({message})"
+            elif not isinstance(exc, (GhostvladError, OSError)):
+                message = f"internal error: {message}; run with --debug for the traceback"
+            err.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(cls=Commands, add_completion=False, no_args_is_help=True,
+                  help="Speaker recognition with Thin-ResNet34 + GhostVLAD.")
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(False, "--debug", help="Show the Python traceback of an unexpected error.")
+             ) -> None:
+    for stream in (sys.stdout, sys.stderr):  # file names that are not UTF-8 print escaped instead of failing
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
 
 # glibc returns big activation buffers to the OS after every layer; these tunables keep them (measured:
 # batched inference ~1.5x faster on CPU). Set before the process starts, hence the re-exec in main(), which is only
@@ -43,7 +85,7 @@ def reexec_with_tunables(argv: list[str]) -> None:
 
 
 def fail(message: str, code: int = 1) -> None:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -54,7 +96,7 @@ def progress_bar() -> Progress:
     )
 
 
-def resolve_device(device: str, precision: str) -> tuple[str, str]:
+def resolve_auto(device: str, precision: str) -> tuple[str, str]:
     """``auto`` device: the GPU (this rank's, under torchrun) if there is one, else the CPU; ``auto`` precision:
     bf16 on a GPU, fp32 on the CPU."""
     if device == "auto":
@@ -81,13 +123,18 @@ def start_ranks():
 def open_model(path: Path, precision: str = "auto", device: str = "auto", min_duration: float = 0.5,
                mirror: Optional[bool] = None):
     from ..inference import load_model
-    from ..modelfile import ModelFileError
 
-    device, precision = resolve_device(device, precision)
-    try:
-        return load_model(path, device=device, precision=precision, min_duration=min_duration, mirror=mirror)
-    except (ModelFileError, ValueError) as exc:
-        fail(str(exc))
+    device, precision = resolve_auto(device, precision)
+    return load_model(path, device=device, precision=precision, min_duration=min_duration, mirror=mirror)
+
+
+def require_stored_model(model, model_path: Path, what: str) -> None:
+    """Fail in one line unless ``model`` can be saved back (ONNX files cannot store a threshold or calibration)."""
+    from ..inference import SpeakerModel
+
+    if not isinstance(model, SpeakerModel):
+        fail(f"{model_path}: cannot store {what} in an ONNX model; store it in the ghostvlad model (directory or "
+             ".safetensors) and export again")
 
 
 ModelOpt = typer.Option(..., "--model", "-m", help="Model directory, .safetensors file, or training run folder.")
@@ -96,4 +143,8 @@ PrecisionOpt = typer.Option("auto", help="fp32, or bf16 (autocast; faster on CPU
 DeviceOpt = typer.Option("auto", help="cpu, cuda, cuda:1, ...; auto: the GPU if there is one (this rank's under "
                          "torchrun), else the CPU.")
 MinDurOpt = typer.Option(0.5, help="Reject clips shorter than this many seconds.")
+VerifyCacheOpt = typer.Option(
+    False, "--verify-cache",
+    help="Trust a cached embedding only while the file's content hash (SHA-256) matches, not its size and "
+         "modification time (for archives rewritten in place; reads each file once more).")
 MirrorOpt = typer.Option(None, "--mirror/--no-mirror", help="Override the model's 'wav + reversed wav' test-time extension.")

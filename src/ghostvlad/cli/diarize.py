@@ -47,12 +47,15 @@ def diarize(
         fail(f"{audio}: {exc}")
     if not segments:
         err.print(f"{audio}: no speech found", highlight=False, markup=False)
+    found = len({s.speaker for s in segments})
+    if speakers is not None and 0 < found < speakers:
+        err.print(f"{audio}: only {found} of the {speakers} speakers asked for could be told apart: the speech gives too "
+                  f"few {window:g} s windows (each window is one speaker)", highlight=False, markup=False)
     if out_path is None:
         for line in rttm_lines(segments, file_id):
             out.print(line, highlight=False, markup=False, soft_wrap=True)
         return
     write_rttm(segments, out_path, file_id)
-    found = len({s.speaker for s in segments})
     how = ("given" if speakers is not None else "estimated with the eigengap" if threshold is None
            else f"estimated with threshold {threshold:.3f}")
     err.print(f"wrote {len(segments)} segments of {found} speaker(s) ({how}) to {out_path}", highlight=False,

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from .common import (DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out, resolve_device,
-                     start_ranks)
+from .common import (DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, VerifyCacheOpt, app, err, fail, open_model, out,
+                     require_stored_model, resolve_auto, start_ranks)
 
 
 def _table(summary: dict):
@@ -39,6 +39,7 @@ def eval_(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", "--cache", help="Embedding cache folder (default: "
                                              "~/.cache/ghostvlad; lock-free part files, safe on network filesystems; "
                                              "with --shard it must be shared by the tasks)."),
+    verify_cache: bool = VerifyCacheOpt,
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
     min_duration: float = MinDurOpt,
@@ -54,6 +55,7 @@ def eval_(
     GPU and rank 0 scores (same results as one process).
     """
     from ..data.trials import TrialsError
+    from ..errors import describe
     from ..evaluate import EvalError, embed_files, evaluate, read_cohort, write_outputs
     from ..modelfile import resolve_model_path
     from ..sharding import Shard, ShardError
@@ -70,9 +72,11 @@ def eval_(
         fail("--shard is for separate jobs; under torchrun the ranks share the files already")
     if ranks is not None and device == "auto":
         device = str(ranks.device)
-    device, precision = resolve_device(device, precision)
+    device, precision = resolve_auto(device, precision)
     model = open_model(model_path, precision, device, min_duration)
     model.batch_frames = batch_frames
+    if store_threshold:
+        require_stored_model(model, model_path, "a threshold")
     if ranks is None or ranks.main:
         err.print(f"embedding on {device}, {precision}"
                   + (f", {ranks.world} ranks" if ranks else f", shard {part}" if part else ""), highlight=False)
@@ -82,14 +86,14 @@ def eval_(
 
             files = [os.path.join(wav_root, f) for f in read_trials(trials).files()]
             done = embed_files(model, [*files, *(read_cohort(cohort) if cohort else [])], cache_dir, progress=True,
-                               workers=workers, shard=part)
+                               workers=workers, shard=part, verify_cache=verify_cache)
             for message in done.errors.values():
                 err.print(f"skipped {message}", highlight=False, markup=False)
             out.print(f"shard {part}: embedded {done.computed} files into the cache, {done.cached} were there, "
                       f"{len(done.errors)} failed; run eval without --shard to score", highlight=False)
             return
         result = evaluate(model, trials, wav_root, cohort=cohort, top_k=top_k, cache_dir=cache_dir, progress=True,
-                          workers=workers, ranks=ranks)
+                          workers=workers, ranks=ranks, verify_cache=verify_cache)
     except (EvalError, TrialsError) as exc:
         fail(str(exc))
     finally:
@@ -99,11 +103,13 @@ def eval_(
         return
     for message in result.bad_files.values():
         err.print(f"skipped {message}", highlight=False, markup=False)
+    if result.cache_error:
+        err.print(f"warning: {result.cache_error}", highlight=False, markup=False)
     out_dir = out_dir or Path("eval") / trials.stem
     try:
         write_outputs(result, out_dir, json_path)
     except OSError as exc:
-        fail(f"cannot write the results: {exc}")
+        fail(f"cannot write the results: {describe(exc)}")
     out.print(_table(result.summary))
     out.print(f"wrote {out_dir}/ (scores, det.png, summary.json); embedded {result.computed} files, "
               f"{result.cached} from the cache", highlight=False)

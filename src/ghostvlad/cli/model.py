@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from .common import (DeviceOpt, MinDurOpt, MirrorOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out, progress_bar,
-                     resolve_device, start_ranks)
+                     resolve_auto, start_ranks)
 
 
 @app.command("convert-keras")
@@ -42,11 +42,12 @@ def convert_keras(
 
 
 def _read_list(path: Path) -> list[str]:
+    """One path per line, exactly as written (spaces kept); blank lines and ``#`` comment lines skipped."""
     try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"{path}: cannot read file list ({exc})")
-    return [ln.split()[0] for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+    except OSError as exc:
+        fail(f"{path}: cannot read the file list ({exc.strerror or exc})")
+    return [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
 @app.command()
@@ -55,7 +56,8 @@ def embed(
     model_path: Path = ModelOpt,
     out_path: Path = typer.Option(..., "--out", "-o", help="Output .npz with 'embeddings' (N, D) and 'paths' (N,); "
                                   "with --window also 'starts' and 'ends' (N,) in seconds."),
-    list_file: Optional[Path] = typer.Option(None, "--list", "-l", help="Text file with one audio path per line."),
+    list_file: Optional[Path] = typer.Option(None, "--list", "-l", help="Text file with one audio path per line, taken "
+                                             "exactly (spaces kept); blank lines and lines starting with # are skipped."),
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
     min_duration: float = MinDurOpt,
@@ -94,7 +96,7 @@ def embed(
             fail("--shard is for separate jobs; under torchrun the ranks share the files already")
         part, device = Shard(ranks.rank, ranks.world), str(ranks.device) if device == "auto" else device
     main = ranks is None or ranks.main
-    device, precision = resolve_device(device, precision)
+    device, precision = resolve_auto(device, precision)
     model = open_model(model_path, precision, device, min_duration, mirror)
     model.batch_frames = batch_frames
     if main:

@@ -14,10 +14,13 @@ def train(
     overrides: list[str] = typer.Argument(None, help="Config overrides, e.g. optim.lr=0.01 train.epochs=10."),
     config: str = typer.Option(..., "--config", "-c", help="Shipped config (paper, paper-amsoftmax, modern, demo) or a YAML file."),
     data: Path = typer.Option(..., "--data", "-d", help="Manifest CSV or shard folder from `ghostvlad prepare`."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder; an existing one is resumed."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Run folder; an existing one is resumed (one training process at a time: RUN/train.lock)."),
     init: Optional[Path] = typer.Option(None, help="Start from this model (converted Keras model or ours; new head)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: this rank's GPU if any, else cpu)."),
-    max_steps: Optional[int] = typer.Option(None, help="Stop (with a checkpoint) after this many global steps."),
+    max_steps: Optional[int] = typer.Option(
+        None, help="Stop (with a checkpoint) once the run has made this many steps in all, counted from its start; "
+                   "the same command without it (or with a larger value) continues exactly as an uninterrupted run. "
+                   "The learning-rate schedule follows the config's epochs, never --max-steps."),
 ) -> None:
     """Train a speaker encoder. One GPU: `ghostvlad train ...`; several: `torchrun --nproc_per_node N -m ghostvlad train ...`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn

@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import torch
 
+from ..errors import GhostvladError
 from ..models.backbones import SPECS
 from ..models.encoder import EncoderConfig, SpeakerEncoder
 
@@ -27,7 +28,7 @@ PARTS = {"reduce": "1x1_reduce", "mid": "3x3", "increase": "1x1_increase", "proj
 BN_WEIGHTS = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 
 
-class KerasConversionError(ValueError):
+class KerasConversionError(GhostvladError):
     """The file is not a Keras weights file of this model, or does not match what was asked."""
 
 
@@ -193,11 +194,15 @@ def _check_expected(kw: _KerasWeights, got: EncoderConfig, expected: dict[str, A
             got.backbone, got.width), _channels(got.backbone, want.width)) if n != m)
         raise kw.fail(f"{conv}: the file has width {got.width:g} ({n} channels here), "
                       f"width {want.width:g} was asked ({m} channels)")
-    if (want.clusters, want.ghost_clusters) != (got.clusters, got.ghost_clusters):
-        if got.pooling == "gvlad":
+    # compared as asked, not normalised: --ghost-clusters 2 for a NetVLAD file is a mismatch, not a no-op
+    clusters, ghosts = expected.get("clusters", got.clusters), expected.get("ghost_clusters", got.ghost_clusters)
+    if (clusters, ghosts) != (got.clusters, got.ghost_clusters):
+        if got.pooling == "tap":
+            raise kw.fail(f"the file has tap pooling (no clusters), {clusters} + {ghosts} clusters were asked")
+        if got.pooling == "gvlad" or ghosts:
             raise kw.fail(f"{layer}: the file has {got.clusters + got.ghost_clusters} clusters ({got.clusters} + "
-                          f"{got.ghost_clusters} ghost), {want.clusters} + {want.ghost_clusters} were asked")
-        raise kw.fail(f"{layer}: the file has {got.clusters} clusters, {want.clusters} were asked")
+                          f"{got.ghost_clusters} ghost), {clusters} + {ghosts} were asked")
+        raise kw.fail(f"{layer}: the file has {got.clusters} clusters, {clusters} were asked")
     if want.descriptor_dim != got.descriptor_dim:
         raise kw.fail(f"x_fc: the file has {got.descriptor_dim} descriptor channels, {want.descriptor_dim} were asked")
     if want.embed_dim != got.embed_dim:

@@ -12,6 +12,7 @@ import csv
 import io
 import multiprocessing
 import os
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
@@ -22,14 +23,15 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import SAMPLE_RATE, load_audio
-from ..fileio import atomic_write, atomic_write_text
+from ..errors import GhostvladError
+from ..fileio import atomic_write_text
 
 AUDIO_SUFFIXES = (".wav", ".m4a", ".flac")
 HEADER = ("path", "speaker", "duration")
 _CHUNK = 32  # files per task sent to a worker process
 
 
-class ManifestError(ValueError):
+class ManifestError(GhostvladError):
     """A manifest or list file that cannot be read; the message names the file (and line)."""
 
 
@@ -93,9 +95,15 @@ def _subdirs(path: Path) -> list[Path]:
         return [Path(e.path) for e in entries if e.is_dir() and not e.name.startswith(".")]
 
 
+def speaker_name(name: str) -> str:
+    """A speaker name in Unicode normal form C: names that differ only by normalisation (NFC "José" and NFD
+    "José", as macOS file systems write folder names) are one speaker, in manifests and in galleries."""
+    return unicodedata.normalize("NFC", name)
+
+
 def speaker_of(path: str | os.PathLike, root: str | os.PathLike) -> str:
-    """The speaker id of a VoxCeleb-layout file: its first path component below ``root``."""
-    return Path(path).absolute().relative_to(Path(root).absolute()).parts[0]
+    """The speaker id of a VoxCeleb-layout file: its first path component below ``root`` (NFC)."""
+    return speaker_name(Path(path).absolute().relative_to(Path(root).absolute()).parts[0])
 
 
 def read_original_list(path: str | os.PathLike, root: str | os.PathLike) -> tuple[list[Path], list[str]]:
@@ -120,7 +128,7 @@ def read_original_list(path: str | os.PathLike, root: str | os.PathLike) -> tupl
         if rel.is_absolute() or len(rel.parts) < 2:
             raise ManifestError(f"{where}: {fields[0]!r} is not a relative '<speaker>/.../<file>' path")
         files.append(root / rel)
-        speakers.append(rel.parts[0])
+        speakers.append(speaker_name(rel.parts[0]))
     if not files:
         raise ManifestError(f"{path}: no entries")
     return files, speakers
@@ -136,7 +144,7 @@ def _is_int(text: str) -> bool:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8", errors="surrogateescape")  # file names that are not UTF-8 kept
     except FileNotFoundError:
         raise ManifestError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -236,7 +244,7 @@ def write_manifest(
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(HEADER)
     writer.writerows((p, s, f"{float(d):.7f}".rstrip("0").rstrip(".")) for p, s, d in zip(paths, speakers, durations))
-    return atomic_write(out_csv, lambda tmp: Path(tmp).write_text(buffer.getvalue(), encoding="utf-8"))
+    return atomic_write_text(out_csv, buffer.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------------------- read
@@ -248,7 +256,9 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
     rows = csv.reader(io.StringIO(_read_text(path), newline=""))
     header = next(rows, None)
     if header is None or tuple(h.strip() for h in header) != HEADER:
-        raise ManifestError(f"{path}: expected the header 'path,speaker,duration', got {','.join(header or [])!r}")
+        got = ",".join(header or [])
+        raise ManifestError(f"{path}: expected the header 'path,speaker,duration', got {got[:60]!r}"
+                            f"{'...' if len(got) > 60 else ''}")
     base = path.absolute().parent
     paths, speakers, durations = [], [], []
     for row in rows:
@@ -267,7 +277,7 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
         if not np.isfinite(seconds) or seconds <= 0:
             raise ManifestError(f"{where}: duration {duration!r} must be a positive number of seconds")
         paths.append(str(base / file))
-        speakers.append(speaker)
+        speakers.append(speaker_name(speaker))
         durations.append(seconds)
     if not paths:
         raise ManifestError(f"{path}: no utterances")

@@ -25,7 +25,8 @@ import numpy as np
 import soundfile as sf
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio
-from ..fileio import atomic_write_text
+from ..errors import GhostvladError
+from ..fileio import atomic_write_text, current_umask
 from .manifest import Manifest, progress_advance
 
 INDEX_NAME = "index.json"
@@ -64,7 +65,7 @@ class ShardSample:
     source: str  # for error messages: original path and shard
 
 
-class ShardError(ValueError):
+class ShardError(GhostvladError):
     """An unreadable shard index or shard sample; the message names it."""
 
 
@@ -108,6 +109,7 @@ class _Writer:
             self.close()
         if self._tar is None:
             fd, self._tmp = tempfile.mkstemp(prefix=".shard-", suffix=".tmp", dir=self.out_dir)
+            os.fchmod(fd, 0o666 & ~current_umask())  # as an ordinary open would, not mkstemp's private 0600
             self._file = os.fdopen(fd, "wb")
             self._tar = self._tar_writer(self._file, encoder=False, mtime=0)
         self._tar.write({"__key__": key, **members})

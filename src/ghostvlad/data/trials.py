@@ -8,11 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import GhostvladError
+
 _NUMERIC = {"0": 0, "1": 1}
 _WORDS = {"nontarget": 0, "target": 1}
 
 
-class TrialsError(ValueError):
+class TrialsError(GhostvladError):
     """A trial list is missing, empty or malformed."""
 
 

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..schema import checked
 from .backbones import BACKBONES, ConvBN
 from .pooling import POOLINGS, Stats
 
@@ -43,11 +44,8 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "EncoderConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown encoder config keys: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        """From a mapping (a model file's ``encoder``), every value type-checked (:class:`ConfigError`)."""
+        return cls(**checked(cls, data, "encoder"))
 
 
 class SpeakerEncoder(nn.Module):

@@ -26,6 +26,7 @@ from numpy.typing import ArrayLike
 from scipy.special import expit, logit
 from sklearn.linear_model import LogisticRegression
 
+from ..errors import GhostvladError
 from .metrics import _check, eer
 
 BAYES = "bayes"
@@ -34,7 +35,7 @@ STORED = "stored"  # the model's plain ``threshold`` (no calibration)
 DEFAULT_POINT = "eer"
 
 
-class CalibrationError(ValueError):
+class CalibrationError(GhostvladError):
     """Scores that cannot be calibrated, an invalid stored calibration, or an unknown operating point."""
 
 
@@ -184,6 +185,8 @@ class DecisionRule:
         if threshold is not None:
             if operating_point is not None:
                 raise CalibrationError("give a threshold or an operating point, not both")
+            if not np.isfinite(threshold):
+                raise CalibrationError(f"threshold must be a finite number, got {threshold}")
             return cls(OperatingPoint(GIVEN, float(threshold)), cal, prior)
         if operating_point is not None:
             if cal is None:

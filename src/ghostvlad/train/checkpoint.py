@@ -7,12 +7,13 @@ from typing import Any
 
 import torch
 
+from ..errors import GhostvladError, describe
 from ..fileio import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(GhostvladError):
     """A missing, corrupt or unsafe checkpoint file."""
 
 
@@ -28,4 +29,4 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({describe(exc)[:300]})") from None

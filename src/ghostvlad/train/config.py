@@ -9,6 +9,8 @@ from typing import Any
 import yaml
 
 from ..models import EncoderConfig
+from ..errors import describe
+from ..schema import ConfigError, checked
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -113,19 +115,24 @@ class TrainConfig:
         return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict, where: str = "config") -> "TrainConfig":
+        """Sections from ``data``, every value checked against its field's type (:class:`ConfigError` naming the
+        key, e.g. ``train.epochs``); ``where`` names the source in messages about the whole mapping."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
         sections = {f.name: f for f in fields(cls)}
-        unknown = set(data) - set(sections)
+        unknown = set(map(str, data)) - set(sections)
         if unknown:
-            raise ValueError(f"unknown config sections: {', '.join(sorted(unknown))}")
+            raise ConfigError(f"{where}: unknown config sections: {', '.join(sorted(unknown))}")
         kwargs = {}
         for name, value in data.items():
             section_type = sections[name].default_factory  # type: ignore[misc]
-            known = {f.name for f in fields(section_type)}
-            bad = set(value or {}) - known
-            if bad:
-                raise ValueError(f"unknown keys in section {name!r}: {', '.join(sorted(bad))}")
-            kwargs[name] = section_type(**(value or {}))
+            try:
+                kwargs[name] = section_type(**checked(section_type, value or {}, name))
+            except ConfigError:
+                raise
+            except (TypeError, ValueError) as exc:  # a section's own checks (e.g. model.clusters)
+                raise ConfigError(f"{name}: {exc}") from None
         return cls(**kwargs)
 
 
@@ -138,15 +145,17 @@ def _read_yaml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     if not path.suffix:
         path = CONFIG_DIR / f"{name_or_path}.yaml"
         if not path.exists():
-            raise ValueError(f"unknown config {name_or_path!r}; shipped: {', '.join(shipped_configs())}, or give a YAML path")
+            raise ConfigError(f"unknown config {name_or_path!r}; shipped: {', '.join(shipped_configs())}, or give a YAML path")
     if not path.exists():
-        raise ValueError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found")
     if str(path) in seen:
-        raise ValueError(f"{path}: circular 'base' chain")
+        raise ConfigError(f"{path}: circular 'base' chain")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: invalid YAML ({exc})") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({describe(exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
     base = data.pop("base", None)
     if base is None:
         return data
@@ -165,7 +174,7 @@ def parse_override(text: str) -> dict:
     key, sep, value = text.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) != 2 or not all(parts):
-        raise ValueError(f"bad override {text!r}: use section.key=value, e.g. optim.lr=0.01")
+        raise ConfigError(f"bad override {text!r}: use section.key=value, e.g. optim.lr=0.01")
     return {parts[0]: {parts[1]: yaml.safe_load(value)}}
 
 

@@ -11,10 +11,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from ..devices import resolve_device
+from ..errors import GhostvladError
+
 DEFAULT_TIMEOUT = 1800.0  # seconds
 
 
-class DistError(RuntimeError):
+class DistError(GhostvladError):
     """A launch environment that cannot work (one line, names what to set)."""
 
 
@@ -63,7 +66,7 @@ def setup(device: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> DistIn
     rank, world, local, local_world = launch_environment()
     if device is None:  # (srun --gpus-per-task 1 shows each task one GPU: cuda:0)
         device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

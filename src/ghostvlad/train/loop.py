@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
+import fcntl
+import io
 import itertools
 import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from ..data.augment import Augmenter, ChannelAugment, chain
 from ..data.dataset import CropDataset, ShardCropDataset, crop_samples, read_bad_files
 from ..data.manifest import read_manifest
 from ..data.shards import INDEX_NAME
+from ..errors import GhostvladError, describe
 from ..evaluate import evaluate
 from ..features import FrontEndConfig, Spectrogram
 from ..fileio import atomic_write_text
@@ -33,12 +37,13 @@ from ..models import HEADS, SpeakerEncoder
 from ..models.heads import AngularPrototypicalLoss
 from ..models.pooling import NetVLAD
 from . import distributed
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_config, load_config
 from .sampler import EpochBatches, SessionBatches
 from .schedules import SCHEDULES
 
 CONFIG_NAME = "config.yaml"
+LOCK_NAME = "train.lock"  # held (flock) by the training process using the run folder; holds its pid
 METRICS_NAME = "metrics.csv"
 SPEAKERS_NAME = "speakers.txt"
 BAD_FILES_NAME = "bad_files.txt"
@@ -49,7 +54,7 @@ SAMPLERS = ("random", "sessions")
 KMEANS_CROPS = 128  # training crops whose frame descriptors the k-means init clusters
 
 
-class TrainError(ValueError):
+class TrainError(GhostvladError):
     """A training setup problem, reported as one line."""
 
 
@@ -78,6 +83,8 @@ class Progress:
     step: int = 0  # next step within the epoch
     global_step: int = 0
     best: float = math.inf  # best validation EER (or training loss when no trials are configured)
+    loss_sum: float = 0.0  # this epoch's losses so far (kept across a resume, for the epoch's mean loss)
+    loss_steps: int = 0
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -179,6 +186,11 @@ class Trainer:
     def __init__(self, config: TrainConfig, data: str | os.PathLike, out: str | os.PathLike,
                  init: str | os.PathLike | None = None, device: str | None = None, progress: bool = True) -> None:
         self.config, self.out, self.progress_bar = config, Path(out), progress
+        if self.out.exists() and not self.out.is_dir():
+            raise TrainError(f"{self.out}: exists and is not a folder (--out names the run folder)")
+        for key in ("batch_size", "checkpoint_every", "log_every"):
+            if getattr(config.train, key) < 1:
+                raise TrainError(f"train.{key} must be at least 1, got {getattr(config.train, key)}")
         self.notices: list[str] = []  # setup adjustments worth telling the user (the CLI prints them)
         self.dist = distributed.setup(device, config.train.dist_timeout)
         self._gpu_settings()
@@ -189,6 +201,9 @@ class Trainer:
         self.dataset.augment = chain(
             Augmenter.from_dirs(config.data.musan, config.data.rir, config.data.augment_prob), channels)
         self.dataset.bad_log = str(self.out / BAD_FILES_NAME)
+        if config.train.batch_size > size:
+            raise TrainError(f"train.batch_size={config.train.batch_size} is larger than the {size} utterances of "
+                             f"{data}; use a batch size of at most {size}")
         self.batches = self._batches(size)
         encoder = SpeakerEncoder(config.model)
         if init is not None:
@@ -313,7 +328,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "progress": {"epoch": s.epoch, "step": s.step, "global_step": s.global_step, "best": s.best},
+            "progress": dataclasses.asdict(s),
             "torch_rng": torch.get_rng_state(),
         }
 
@@ -335,13 +350,38 @@ class Trainer:
         if not path.exists():
             return False
         ckpt = load_checkpoint(path, map_location=self.dist.device)
-        self.net.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = Progress(**ckpt["progress"])
-        torch.set_rng_state(ckpt["torch_rng"].cpu())
+        try:
+            self.net.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            self.state = Progress(**ckpt["progress"])
+            torch.set_rng_state(ckpt["torch_rng"].cpu())
+        except (AttributeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{path}: not a checkpoint of this run ({describe(exc)[:300]})") from None
+        self._trim_metrics()
         return True
+
+    def _trim_metrics(self) -> None:
+        """Drop the metrics rows logged after the checkpoint being resumed (a killed run logged steps that it now
+        runs again), so that ``metrics.csv`` reads as one uninterrupted run."""
+        path = self.out / METRICS_NAME
+        if not self.dist.main or not path.exists():
+            return
+        s = self.state
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        try:  # step rows up to the checkpoint's step; epoch-end rows of the epochs it has finished
+            keep = [r for r in rows
+                    if (int(r["global_step"]) <= s.global_step if r["step"] else int(r["epoch"]) < s.epoch)]
+        except (KeyError, TypeError, ValueError):
+            return  # not our format: leave it alone
+        if len(keep) < len(rows):
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(keep)
+            atomic_write_text(path, buffer.getvalue())
 
     def _prepare_run_folder(self) -> None:
         config_path = self.out / CONFIG_NAME
@@ -429,15 +469,43 @@ class Trainer:
     def total_epochs(self) -> int:
         return self.config.train.epochs + self.config.finetune.epochs
 
+    @contextmanager
+    def _run_folder_lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run folder (main rank); a second process fails at once, naming the holder."""
+        if not self.dist.main:
+            yield
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / LOCK_NAME, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "unknown"
+                raise TrainError(f"{self.out}: run folder in use by another training process (pid {holder})") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"{os.getpid()}\n")
+            fh.flush()
+            yield  # closing the file releases the lock (also when the process dies)
+
     def run(self, max_steps: int | None = None, on_log=None) -> Progress:
-        """Train to the end (or stop after ``max_steps`` global steps); resumes from the run folder if possible.
+        """Train to the end, or stop after ``max_steps`` global steps counted from the start of the run (with a
+        checkpoint; running again continues exactly as if never stopped: the schedule depends on the config only).
+        Resumes from the run folder if possible; one process at a time per run folder.
 
         Loss and accuracy stay on the device between log steps (no host sync per step); each log row holds their
         means over the steps since the previous row, and the number of steps skipped for a non-finite loss or
         gradient.
         """
+        with self._run_folder_lock():
+            return self._train(max_steps, on_log)
+
+    def _train(self, max_steps: int | None, on_log) -> Progress:
         self._prepare_run_folder()
         self._resume()
+        if max_steps is not None and self.state.global_step >= max_steps:
+            return self.state  # already there: nothing to do (not one step more)
         self.net.train()
         device = self.dist.device
         while self.state.epoch < self.total_epochs:
@@ -473,18 +541,29 @@ class Trainer:
                     window.zero_()
                     tick, wait, crops = time.perf_counter(), 0.0, 0
                 if self.state.global_step % self.config.train.checkpoint_every == 0:
+                    self._fold_epoch_loss(epoch_sums)
                     self.save()
                 if max_steps is not None and self.state.global_step >= max_steps:
+                    self._fold_epoch_loss(epoch_sums)
                     self.save()
                     distributed.barrier(self.dist)
                     return self.state
                 fetch = time.perf_counter()
-            loss_sum, finite_steps = distributed.all_sum(epoch_sums, self.dist).tolist()
-            self._end_epoch(epoch, loss_sum / finite_steps if finite_steps else math.inf)
-            self.state.epoch, self.state.step = epoch + 1, 0
+            self._fold_epoch_loss(epoch_sums)
+            s = self.state
+            self._end_epoch(epoch, s.loss_sum / s.loss_steps if s.loss_steps else math.inf)
+            s.epoch, s.step, s.loss_sum, s.loss_steps = epoch + 1, 0, 0.0, 0
             self.save()
         distributed.barrier(self.dist)
         return self.state
+
+    def _fold_epoch_loss(self, sums: torch.Tensor) -> None:
+        """Move the epoch's device-side loss sums (all ranks) into the checkpointed state, so that the epoch loss
+        survives a resume. Every rank calls it at the same step (a collective)."""
+        loss_sum, finite_steps = distributed.all_sum(sums, self.dist).tolist()
+        self.state.loss_sum += loss_sum
+        self.state.loss_steps += int(finite_steps)
+        sums.zero_()
 
     def _step(self, waves: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimisation step. Returns this rank's loss, accuracy and whether the step was taken (a non-finite
