@@ -8,11 +8,13 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
-def calibrated_tiny_model(waves, seed: int = 0, mirror: bool = False, **model_kwargs):
+def calibrated_tiny_model(waves, seed: int = 0, mirror: bool = False, backbone: str = "resnet34s",
+                          pooling: str = "gvlad", **model_kwargs):
     """A random tiny model whose BatchNorm statistics are set on ``waves`` (N equal-length float32 clips).
 
     An untrained model with default statistics embeds everything almost identically; with statistics taken
-    from the test signals, their embeddings differ. ``model_kwargs`` go to :class:`SpeakerModel`.
+    from the test signals, their embeddings differ (and depend on every layer's full reach in time).
+    ``model_kwargs`` go to :class:`SpeakerModel`.
     """
     import numpy as np
 
@@ -21,7 +23,8 @@ def calibrated_tiny_model(waves, seed: int = 0, mirror: bool = False, **model_kw
     from ghostvlad.models import EncoderConfig, SpeakerEncoder
 
     torch.manual_seed(seed)
-    encoder = SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=16, clusters=4, ghost_clusters=2))
+    encoder = SpeakerEncoder(EncoderConfig(backbone=backbone, pooling=pooling, width=0.125, descriptor_dim=16,
+                                           embed_dim=16, clusters=4, ghost_clusters=2))
     for module in encoder.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
@@ -44,3 +47,18 @@ def write_aac(path, samples, rate: int = 16000) -> None:
         frame.sample_rate = rate
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
+
+
+def varied_audio(rng, seconds: float, rate: int = 16000):
+    """Float32 audio whose spectrum changes every 50 ms (random tones over noise): every frame differs, so a
+    wrong frame anywhere shows in an embedding."""
+    import numpy as np
+
+    n = round(seconds * rate)
+    t = np.arange(n) / rate
+    out = rng.normal(0, 0.01, n)
+    for start in range(0, n, rate // 20):
+        part = slice(start, start + rate // 20)
+        for freq in rng.uniform(100, 7000, 3):
+            out[part] += rng.uniform(0.1, 1) * np.sin(2 * np.pi * freq * t[part])
+    return out.astype(np.float32)

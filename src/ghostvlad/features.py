@@ -37,17 +37,19 @@ class FrontEndConfig:
         return 1 + n // self.hop_length
 
 
-def _source_index(lengths: Tensor, width: int, pad: int, mirror: bool) -> tuple[Tensor, Tensor]:
+def _source_index(lengths: Tensor, width: int, pad: int, mirror: bool, start: int = 0) -> tuple[Tensor, Tensor]:
     """Index into each padded waveform for every sample of its mirrored, reflect-padded version.
 
-    Returns ``(index (B, width), valid (B, width) bool)``; ``width`` covers the longest clip.
+    Returns ``(index (B, width), valid (B, width) bool)`` for the samples ``[start, start + width)`` of the
+    mirrored, reflect-padded clips (``start = 0``, ``width`` covering the longest clip: all of them).
     """
     n = lengths[:, None]
     ext = 2 * n if mirror else n
-    q = torch.arange(width, device=lengths.device)[None, :] - pad  # position in the extended clip
+    p = torch.arange(start, start + width, device=lengths.device)[None, :]  # position in the padded clip
+    q = p - pad  # position in the extended clip
     q = torch.where(q < 0, -q, q)  # reflect at the start
     q = torch.where(q >= ext, 2 * (ext - 1) - q, q)  # reflect at the end
-    valid = (q >= 0) & (torch.arange(width, device=lengths.device)[None, :] < ext + 2 * pad)
+    valid = (q >= 0) & (p < ext + 2 * pad)
     if mirror:
         q = torch.where(q >= n, 2 * n - 1 - q, q)
     return q.clamp(min=0), valid
@@ -74,7 +76,14 @@ class Spectrogram(nn.Module):
             raise ValueError(f"clip too short for the front-end: {int(lengths.min())} samples (needs > {pad})")
         width = int(ext.max()) + 2 * pad
         index, valid = _source_index(lengths, width, pad, cfg.mirror)
-        padded = wave.gather(1, index.clamp(max=total - 1)) * valid
+        feats = self._normalised(wave.gather(1, index.clamp(max=total - 1)) * valid)
+        frames = 1 + ext // cfg.hop_length
+        mask = torch.arange(feats.shape[-1], device=wave.device)[None, :] < frames[:, None]
+        return feats * mask[:, None, :], frames
+
+    def _normalised(self, padded: Tensor) -> Tensor:
+        """Normalised magnitude spectra ``(B, 257, frames)`` of reflect-padded waveforms ``(B, samples)``."""
+        cfg = self.config
         spec = torch.stft(
             padded,
             n_fft=cfg.n_fft,
@@ -84,12 +93,32 @@ class Spectrogram(nn.Module):
             center=False,
             return_complex=True,
         ).abs()
-        frames = 1 + ext // cfg.hop_length
         mean = spec.mean(dim=1, keepdim=True)
         std = spec.std(dim=1, keepdim=True, unbiased=False)
-        feats = (spec - mean) / (std + cfg.eps)
-        mask = torch.arange(feats.shape[-1], device=wave.device)[None, :] < frames[:, None]
-        return feats * mask[:, None, :], frames
+        return (spec - mean) / (std + cfg.eps)
+
+    def span(self, wave: Tensor, length: int, first: int, count: int, offset: int = 0) -> Tensor:
+        """Frames ``[first, first + count)`` of one clip of ``length`` samples: ``(1, 257, count)``.
+
+        Equal to those columns of ``forward`` on the whole clip; frames before 0 or past the clip's last are
+        zero (``first`` may be negative). ``wave`` (1-D) holds the clip's samples ``[offset, offset + len(wave))``,
+        which must include every sample the frames read. Work and memory scale with ``count``, not ``length``.
+        """
+        cfg = self.config
+        pad = cfg.n_fft // 2
+        frames = self.config.num_frames(length)
+        lo, hi = max(first, 0), min(first + count, frames)
+        out = torch.zeros(1, cfg.n_freq, count, device=self.window.device)
+        if hi > lo:
+            width = (hi - lo - 1) * cfg.hop_length + cfg.n_fft
+            lengths = torch.tensor([length], device=wave.device)
+            index, valid = _source_index(lengths, width, pad, cfg.mirror, lo * cfg.hop_length)
+            index = index - offset
+            if bool((index[valid] < 0).any() or (index[valid] >= len(wave)).any()):
+                raise ValueError(f"samples [{offset}, {offset + len(wave)}) do not cover frames [{lo}, {hi})")
+            padded = wave.float()[index.clamp(0, len(wave) - 1)] * valid
+            out[..., lo - first : hi - first] = self._normalised(padded.to(self.window.device))
+        return out
 
 
 def train_crop(

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from .audio import SAMPLE_RATE, AudioError, audio_duration, load_audio, prepare_waveform
+from .chunked import embed_chunked, steps_per_chunk
 from .features import FrontEndConfig, Spectrogram
 from .modelfile import ModelFileError, read_model, write_model
 from .models import EncoderConfig, SpeakerEncoder
+from .streaming import EmbeddingStream
 
 AudioInput = str | os.PathLike | np.ndarray
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -180,7 +182,8 @@ class SpeakerModel(Embedder):
 
     ``embed`` / ``embed_batch`` accept file paths or mono float waveforms (``sample_rate`` resamples arrays
     that are not 16 kHz). Batches are bucketed by length and padded; masking keeps each embedding equal to
-    the one computed alone.
+    the one computed alone. Clips longer than ``chunk_frames`` spectrogram frames are embedded chunk by chunk
+    (:mod:`ghostvlad.chunked`: same result, memory bounded by the chunk); :meth:`stream` embeds live audio.
     """
 
     def __init__(
@@ -195,10 +198,12 @@ class SpeakerModel(Embedder):
         precision: str = "fp32",
         min_duration: float = 0.5,
         batch_frames: int = 3200,
+        chunk_frames: int = 3200,
         channels_last: bool = True,
     ) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        steps_per_chunk(encoder, chunk_frames)  # ValueError if too small for the backbone
         self.device = torch.device(device)
         self.encoder = encoder.eval()  # the weights as saved
         self.network = encoder.fused().to(self.device)  # what runs: BatchNorm folded into the convs
@@ -211,6 +216,7 @@ class SpeakerModel(Embedder):
         self.precision = precision
         self.min_duration = min_duration
         self.batch_frames = batch_frames
+        self.chunk_frames = chunk_frames
 
     # -- configuration -------------------------------------------------------------------------------
     @property
@@ -247,14 +253,32 @@ class SpeakerModel(Embedder):
 
     @torch.inference_mode()
     def embed_waveforms(self, waves: Sequence[np.ndarray]) -> np.ndarray:
-        """Embed validated 16 kHz mono waveforms as one padded batch: ``(N, embed_dim)`` float32."""
-        batch, lengths = (torch.from_numpy(a).to(self.device) for a in pad_batch(waves))
-        feats, frames = self.frontend(batch, lengths)
-        if bool((frames == frames[0]).all()):
-            frames = None  # equal lengths: no masking needed
-        with self._autocast():
-            emb = self.network.embed(feats, frames)
-        return torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+        """Embed validated 16 kHz mono waveforms: ``(N, embed_dim)`` float32. Clips of at most ``chunk_frames``
+        frames run as one padded batch, longer ones chunk by chunk."""
+        long = [self.frontend_config.num_frames(len(w)) > self.chunk_frames for w in waves]
+        out = np.empty((len(waves), self.embed_dim), dtype=np.float32)
+        short = [i for i, is_long in enumerate(long) if not is_long]
+        if short:
+            batch, lengths = (torch.from_numpy(a).to(self.device) for a in pad_batch([waves[i] for i in short]))
+            feats, frames = self.frontend(batch, lengths)
+            if bool((frames == frames[0]).all()):
+                frames = None  # equal lengths: no masking needed
+            with self._autocast():
+                emb = self.network.embed(feats, frames)
+            out[short] = torch.nn.functional.normalize(emb.float(), dim=-1).cpu().numpy()
+        for i in (i for i, is_long in enumerate(long) if is_long):
+            wave = torch.from_numpy(np.ascontiguousarray(waves[i], dtype=np.float32))  # no copy of a valid clip
+            emb = embed_chunked(self.frontend, self.network, wave, self.chunk_frames, autocast=self._autocast())
+            out[i] = torch.nn.functional.normalize(emb.float(), dim=-1)[0].cpu().numpy()
+        return out
+
+    def stream(self) -> EmbeddingStream:
+        """A streaming embedder of live 16 kHz mono audio: ``push(samples)``, ``embedding()``, ``reset()``.
+
+        ``embedding()`` equals the offline embedding of all audio pushed so far with the mirror extension off
+        (streaming is causal); see :class:`~ghostvlad.streaming.EmbeddingStream`.
+        """
+        return EmbeddingStream(self)
 
 
 def load_model(

@@ -116,8 +116,13 @@ def _unrolled_stem(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return F.conv2d(shifted, conv.weight.transpose(1, 2), conv.bias, padding=(0, conv.padding[1]))
 
 
-def _time_mask(lengths: Tensor, steps: int, dtype: torch.dtype) -> Tensor:
-    return (torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]).to(dtype)[:, None, None, :]
+def _time_mask(lengths: Tensor, steps: int, dtype: torch.dtype, offset: int = 0) -> Tensor:
+    """``(B, 1, 1, steps)``: 1 where step ``offset + i`` lies in ``[0, length)``."""
+    t = torch.arange(offset, offset + steps, device=lengths.device)[None, :]
+    valid = t < lengths[:, None]
+    if offset < 0:
+        valid &= t >= 0
+    return valid.to(dtype)[:, None, None, :]
 
 
 class ThinResNet(nn.Module):
@@ -144,6 +149,28 @@ class ThinResNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.out_channels = cin
 
+    @property
+    def time_stride(self) -> int:
+        """Input frames per output step (16 for both backbones)."""
+        stride = self.spec.stem_stride * 2
+        for st in self.spec.stages:
+            stride *= st.stride
+        return stride
+
+    @property
+    def time_context(self) -> int:
+        """Frames of context on each side that make :meth:`forward_span` exact: a multiple of
+        :attr:`time_stride` above the receptive-field radius in time (every time kernel's reach plus the
+        stride offsets), plus one step for the stride alignment."""
+        s0 = self.spec.stem_stride
+        reach = 3 + (s0 - 1) + s0  # the 7-wide stem (and its 'SAME' offset), then the 2-wide max-pool
+        scale = 2 * s0
+        for st in self.spec.stages:
+            reach += (st.stride - 1) * scale  # a strided 1x1 conv picks one step of each stride
+            scale *= st.stride
+            reach += st.blocks * scale  # one 3x3 conv per block
+        return (-(-reach // scale) + 1) * scale
+
     def out_lengths(self, lengths: Tensor) -> Tensor:
         """Time steps of the output for inputs of ``lengths`` frames."""
         n = -(-lengths // self.spec.stem_stride) // 2
@@ -156,20 +183,41 @@ class ThinResNet(nn.Module):
             return self._forward_by_parity(x, lengths)
         if lengths is not None:
             x = x[..., : int(lengths.max())]
-        if self.spec.stem_stride > 1:
-            (fb, fa), (tb, ta) = (_same_pad(s, 7, self.spec.stem_stride) for s in x.shape[-2:])
-            x = self.stem(F.pad(x, (tb, ta, fb, fa)))
+        return self._layers(x, _same_pad(x.shape[-1], 7, self.spec.stem_stride), lengths, 0)
+
+    def forward_span(self, x: Tensor, total: int, start: int) -> Tensor:
+        """Output steps ``[start, start + W) / time_stride`` of a clip of ``total`` frames, from its frames
+        ``x (B, 1, F, W)`` = ``[start, start + W)`` (zero outside ``[0, total)``; ``start`` and ``W`` multiples of
+        :attr:`time_stride`, ``start`` may be negative). Inference only.
+
+        Steps at least :attr:`time_context` frames from both ends of the span equal those of ``forward`` on the
+        whole clip; the others read the span's edges and are inexact.
+        """
+        stride = self.time_stride
+        if start % stride or x.shape[-1] % stride:
+            raise ValueError(f"span start {start} and width {x.shape[-1]} must be multiples of {stride}")
+        before = _same_pad(total, 7, self.spec.stem_stride)[0]  # the whole clip's 'SAME' offset
+        lengths = torch.full((x.shape[0],), total, dtype=torch.long, device=x.device)
+        return self._layers(x, (before, 7 - self.spec.stem_stride - before), lengths, start)[0]
+
+    def _layers(self, x: Tensor, stem_pad: tuple[int, int], lengths: Tensor | None, start: int) -> tuple[Tensor, Tensor | None]:
+        """Stem, pools and stages on frames ``[start, start + W)``, masking steps outside ``[0, length)``."""
+        s0 = self.spec.stem_stride
+        if s0 > 1:
+            x = self.stem(F.pad(x, (*stem_pad, *_same_pad(x.shape[-2], 7, s0))))
         elif self.training:
             x = self.stem(x)
         else:  # inference only: oneDNN's backward of this form crashes for some channel counts
             x = self.stem.bn(_unrolled_stem(x, self.stem.conv))
         x = F.relu(F.max_pool2d(x, 2), inplace=True)  # = pool(relu(x)), on 4x fewer values
-        n = None if lengths is None else -(-lengths // self.spec.stem_stride) // 2
+        n = None if lengths is None else -(-lengths // s0) // 2
+        offset = start // (2 * s0)
         for st, blocks in zip(self.spec.stages, self.stages):
             mask = None
+            offset //= st.stride
             if n is not None:
                 n = -(-n // st.stride)
-                mask = _time_mask(n, -(-x.shape[-1] // st.stride), x.dtype)
+                mask = _time_mask(n, -(-x.shape[-1] // st.stride), x.dtype, offset)
             for block in blocks:
                 x = block(x, mask)
         x = F.max_pool2d(x, (3, 1), (2, 1))  # mpool2: frequency only

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbones import BACKBONES, ConvBN
-from .pooling import POOLINGS
+from .pooling import POOLINGS, Stats
 
 CLUSTERED_POOLINGS = frozenset({"vlad", "gvlad"})  # the poolings that take ``clusters``
 
@@ -75,11 +75,28 @@ class SpeakerEncoder(nn.Module):
 
     def forward(self, feats: Tensor, frames: Tensor | None = None) -> Tensor:
         x, steps = self.backbone(feats.unsqueeze(1), frames)
-        f = F.relu(self.descriptor(x)).squeeze(2)  # (B, D, T')
         mask = None
         if steps is not None:
-            mask = torch.arange(f.shape[-1], device=f.device)[None, :] < steps[:, None]
-        return F.relu(self.embedding(self.pooling(x, f, mask)))
+            mask = torch.arange(x.shape[-1], device=x.device)[None, :] < steps[:, None]
+        return F.relu(self.embedding(self.pooling(x, self._descriptors(x), mask)))
+
+    def _descriptors(self, x: Tensor) -> Tensor:
+        return F.relu(self.descriptor(x)).squeeze(2)  # (B, D, T')
+
+    # -- chunked inference (see ghostvlad.chunked): pooling statistics of stretches of time, merged ----------
+    def span_steps(self, feats: Tensor, total: int, start: int) -> Tensor:
+        """Backbone output steps of a clip of ``total`` frames from its spectrogram frames ``[start, start + W)``
+        ``(B, 257, W)``; see :meth:`ThinResNet.forward_span` for which steps are exact."""
+        return self.backbone.forward_span(feats.unsqueeze(1), total, start)
+
+    def statistics(self, steps: Tensor) -> Stats:
+        """Pooling statistics of backbone output steps ``(B, C, H, T')`` (all valid)."""
+        return self.pooling.statistics(steps, self._descriptors(steps))
+
+    def embed_statistics(self, stats: Stats) -> Tensor:
+        """Unit-norm embeddings from (merged) pooling statistics."""
+        pooled = self.pooling.finish(stats).to(self.embedding.weight.dtype)
+        return F.normalize(F.relu(self.embedding(pooled)), dim=-1, eps=1e-6)
 
     def fused(self) -> "SpeakerEncoder":
         """An inference copy with every BatchNorm folded into its conv (same outputs, faster)."""

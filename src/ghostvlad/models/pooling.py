@@ -2,8 +2,9 @@
 
 Every pooling takes the backbone output ``x (B, C, H, T')``, the descriptors ``f (B, D, T')`` (the
 ``x_fc`` output) and an optional validity mask ``(B, T')``; padded steps contribute nothing.
-The statistics poolings (TSTP, ASTP) compute in fp32 whatever the autocast precision: a variance is a
-difference of nearly equal sums.
+Each is a function of sums over time (:class:`Pooling`), so the statistics of consecutive chunks of a long
+recording merge into those of the whole. The sums are fp32 whatever the autocast precision: a variance, and a
+VLAD residual, are differences of nearly equal sums.
 """
 from __future__ import annotations
 
@@ -16,55 +17,112 @@ from ..registry import Registry
 POOLINGS: Registry[nn.Module] = Registry("pooling")
 
 
-class TemporalAveragePooling(nn.Module):
-    """Mean of the descriptors over the valid time steps (a correct TAP; the original's was broken)."""
+Stats = tuple[Tensor, ...]
 
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.out_dim = dim
+
+class Pooling(nn.Module):
+    """A pooling is a function of sums over time: :meth:`statistics` of the steps seen, :meth:`merge` of the
+    statistics of two stretches of time, :meth:`finish` into the pooled vector. ``forward`` is ``finish``
+    of ``statistics``; chunked and streaming inference merge the statistics of consecutive chunks."""
+
+    out_dim: int
+
+    def statistics(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Stats:
+        raise NotImplementedError
+
+    def finish(self, stats: Stats) -> Tensor:
+        raise NotImplementedError
+
+    def merge(self, a: Stats, b: Stats) -> Stats:
+        """Statistics of the steps of ``a`` and of ``b`` (sums add)."""
+        return tuple(u + v for u, v in zip(a, b))
 
     def forward(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Tensor:
-        if mask is None:
-            return f.mean(dim=-1)
-        m = mask.to(f.dtype)[:, None, :]
-        return (f * m).sum(-1) / m.sum(-1).clamp(min=1)
-
-
-def _masked_moments(f: Tensor, weights: Tensor) -> Tensor:
-    """Weighted mean and standard deviation over time, concatenated: ``(B, 2D)``.
-
-    ``weights`` (broadcastable to ``f``) sum to one over the valid steps and are zero on padded ones.
-    """
-    mean = (f * weights).sum(-1)
-    var = (f.square() * weights).sum(-1) - mean.square()
-    return torch.cat([mean, var.clamp(min=1e-6).sqrt()], dim=-1)
+        return self.finish(self.statistics(x, f, mask))
 
 
 def _valid(f: Tensor, mask: Tensor | None) -> Tensor:
-    """The mask as fp32 ``(B, 1, T)`` (all ones without one)."""
+    """The mask as ``(B, 1, T)`` in ``f``'s dtype (all ones without one)."""
     if mask is None:
         return torch.ones_like(f[:, :1, :])
     return mask.to(f.dtype)[:, None, :]
 
 
-class TemporalStatisticsPooling(nn.Module):
-    """Mean and standard deviation of the descriptors over the valid time steps (x-vector statistics pooling)."""
+def _moments(f: Tensor, weights: Tensor) -> Stats:
+    """Total weight ``(B, *)``, weighted mean and weighted sum of squared deviations ``(B, D)`` over time.
+
+    Centred (two passes over the chunk) rather than a difference of sums of squares, which loses the
+    variance of near-constant channels to rounding.
+    """
+    mass = weights.sum(-1)
+    mean = (f * weights).sum(-1) / mass.clamp(min=1e-30)
+    return mass, mean, ((f - mean[..., None]).square() * weights).sum(-1)
+
+
+def _merge_moments(a: Stats, b: Stats) -> Stats:
+    """:func:`_moments` of two stretches of time combined (Chan, Golub and LeVeque's pairwise update)."""
+    (wa, ma, sa), (wb, mb, sb) = a, b
+    mass = wa + wb
+    share = wb / mass.clamp(min=1e-30)
+    delta = mb - ma
+    return mass, ma + delta * share, sa + sb + delta.square() * wa * share
+
+
+def _mean_std(stats: Stats) -> Tensor:
+    """Mean and standard deviation, concatenated ``(B, 2D)``, from :func:`_moments`."""
+    mass, mean, squares = stats
+    var = squares / mass.clamp(min=1e-30)
+    return torch.cat([mean, var.clamp(min=1e-6).sqrt()], dim=-1)
+
+
+class TemporalAveragePooling(Pooling):
+    """Mean of the descriptors over the valid time steps (a correct TAP; the original's was broken).
+
+    Statistics: the sum of the descriptors (fp32) and the step count.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.out_dim = dim
+
+    def statistics(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Stats:
+        f = f.float()
+        m = _valid(f, mask)
+        return (f * m).sum(-1), m.sum(-1)
+
+    def finish(self, stats: Stats) -> Tensor:
+        total, count = stats
+        return total / count.clamp(min=1)
+
+
+class TemporalStatisticsPooling(Pooling):
+    """Mean and standard deviation of the descriptors over the valid time steps (x-vector statistics pooling).
+
+    Statistics (fp32): the step count, the mean and the sum of squared deviations from it.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.out_dim = 2 * dim
 
-    def forward(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Tensor:
+    def statistics(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Stats:
         f = f.float()
-        m = _valid(f, mask)
-        return _masked_moments(f, m / m.sum(-1, keepdim=True).clamp(min=1))
+        return _moments(f, _valid(f, mask))
+
+    def merge(self, a: Stats, b: Stats) -> Stats:
+        return _merge_moments(a, b)
+
+    def finish(self, stats: Stats) -> Tensor:
+        return _mean_std(stats)
 
 
-class AttentiveStatisticsPooling(nn.Module):
+class AttentiveStatisticsPooling(Pooling):
     """Attentive statistics pooling (Okabe et al., 2018) with channel-wise attention.
 
     A small 1x1-conv network scores every step for every channel; a softmax over the valid steps weighs the
     mean and standard deviation. Padded steps get zero weight, so a padded batch equals each clip alone.
+    Statistics (fp32), per channel: the largest score ``m``, then with ``w = exp(score - m)`` (the softmax's
+    numerator) the sum of ``w``, the ``w``-weighted mean and the weighted sum of squared deviations.
     """
 
     def __init__(self, dim: int, bottleneck: int = 128) -> None:
@@ -72,21 +130,33 @@ class AttentiveStatisticsPooling(nn.Module):
         self.attention = nn.Sequential(nn.Conv1d(dim, bottleneck, 1), nn.Tanh(), nn.Conv1d(bottleneck, dim, 1))
         self.out_dim = 2 * dim
 
-    def forward(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Tensor:
+    def statistics(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Stats:
         f = f.float()
         with torch.autocast(f.device.type, enabled=False):
             scores = self.attention(f)
             if mask is not None:
                 scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
-            return _masked_moments(f, scores.softmax(dim=-1))
+            top = scores.amax(dim=-1, keepdim=True)
+            return (top.squeeze(-1), *_moments(f, (scores - top).exp()))
+
+    def merge(self, a: Stats, b: Stats) -> Stats:
+        """Both sets of weights rescaled to the larger maximum score, then combined."""
+        top = torch.maximum(a[0], b[0])
+        scaled = [(s[1] * (s[0] - top).exp(), s[2], s[3] * (s[0] - top).exp()) for s in (a, b)]
+        return (top, *_merge_moments(*scaled))
+
+    def finish(self, stats: Stats) -> Tensor:
+        return _mean_std(stats[1:])
 
 
-class NetVLAD(nn.Module):
+class NetVLAD(Pooling):
     """NetVLAD / GhostVLAD exactly as the original ``VladPooling``.
 
     Soft-assignment over ``clusters + ghost_clusters`` (a (H, 1) conv on the backbone output), residuals of
     the descriptors against the centers, ghost clusters dropped, per-cluster L2 normalisation, cluster-major
     flattening. No input or global normalisation (as the original).
+    Statistics: the residual sums ``(B, K, D)`` (fp32): the assignment-weighted sums of the descriptors less
+    the assignment masses times the centers.
     """
 
     def __init__(self, in_channels: int, dim: int, clusters: int, ghost_clusters: int = 0, height: int = 7) -> None:
@@ -97,12 +167,17 @@ class NetVLAD(nn.Module):
         nn.init.orthogonal_(self.centers)
         self.out_dim = clusters * dim
 
-    def forward(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Tensor:
+    def statistics(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Stats:
         a = self.assignment(x).squeeze(2).softmax(dim=1)[:, : self.clusters]  # (B, K, T)
         if mask is not None:
             a = a * mask.to(a.dtype)[:, None, :]
-        v = torch.einsum("bkt,bdt->bkd", a, f) - a.sum(-1, keepdim=True) * self.centers[: self.clusters]
-        return F.normalize(v, dim=-1, eps=1e-6).flatten(1)  # eps 1e-6 on the norm = TF's 1e-12 on its square
+        with torch.autocast(f.device.type, enabled=False):
+            a = a.float()
+            centers = self.centers[: self.clusters].float()
+            return (torch.einsum("bkt,bdt->bkd", a, f.float()) - a.sum(-1, keepdim=True) * centers,)
+
+    def finish(self, stats: Stats) -> Tensor:
+        return F.normalize(stats[0], dim=-1, eps=1e-6).flatten(1)  # eps 1e-6 on the norm = TF's 1e-12 on its square
 
 
 @POOLINGS.register("tap")
