@@ -373,3 +373,18 @@ def test_duration_errors(tmp_path):
     (tmp_path / "empty.m4a").touch()
     with pytest.raises(AudioError, match="empty file"):
         audio_duration(tmp_path / "empty.m4a")
+
+
+def test_decoding_a_long_mono_file_holds_no_extra_copies(tmp_path):
+    import tracemalloc
+
+    path = tmp_path / "long.wav"
+    sf.write(path, np.random.default_rng(0).normal(0, 0.1, SAMPLE_RATE * 30).astype(np.float32), SAMPLE_RATE,
+             subtype="PCM_16")
+    tracemalloc.start()
+    try:
+        wave = load_audio(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * wave.nbytes  # the samples once, plus a bool mask of them for the finiteness check

@@ -57,7 +57,7 @@ def load_audio(
     """
     source = _check_file(path)
     frames, rate = _decode(Path(source))
-    return _finish(frames.mean(axis=1), rate, sample_rate, min_duration, source)
+    return _finish(_mono(frames), rate, sample_rate, min_duration, source)
 
 
 def prepare_waveform(
@@ -82,7 +82,7 @@ def prepare_waveform(
         raise AudioError(source, f"expected a 1-D or 2-D array, got shape {x.shape}")
     x = _pcm_to_float(x)
     if x.ndim == 2:
-        x = x.mean(axis=int(np.argmin(x.shape)))
+        x = _mono(x.T if x.shape[0] <= x.shape[1] else x)  # the smaller axis is channels
     return _finish(x, sample_rate, target_rate, min_duration, source)
 
 
@@ -188,6 +188,11 @@ def _decode_error(source: str, sf_error: Exception | None, av_error: Exception |
     return AudioError(source, f"cannot decode audio (corrupt, truncated or not audio): {'; '.join(said)}")
 
 
+def _mono(frames: np.ndarray) -> np.ndarray:
+    """``(samples, channels)`` -> ``(samples,)``: the channel mean; a single channel is returned without a copy."""
+    return frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1)
+
+
 def _pcm_to_float(x: np.ndarray) -> np.ndarray:
     """Integer PCM -> float32 in [-1, 1]; float input -> float32."""
     if x.dtype.kind == "f":
@@ -210,7 +215,7 @@ def _finish(wave: np.ndarray, rate: float, target_rate: float, min_duration: flo
     duration = wave.size / rate
     if duration < min_duration:
         raise AudioError(source, f"too short: {duration:.3f} s, minimum is {min_duration:.3f} s")
-    peak = float(np.max(np.abs(wave)))
+    peak = max(float(wave.max()), -float(wave.min()))  # no |wave| copy: long recordings are large
     if peak < SILENCE_PEAK:
         raise AudioError(source, f"silent: peak amplitude {peak:.3g} is below {SILENCE_PEAK:g}")
     if rate != target_rate:
