@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 SOURCE = "<stream>"
 
 
+def pcm16_samples(data: bytes, source: str = SOURCE) -> np.ndarray:
+    """Raw little-endian 16-bit PCM bytes -> float32 samples in [-1, 1]; AudioError for an odd byte count."""
+    if len(data) % 2:
+        raise AudioError(source, f"odd number of bytes ({len(data)}): 16-bit PCM has 2 bytes per sample")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768
+
+
 class EmbeddingStream:
     """The running embedding of a live 16 kHz mono stream (see the module docstring); from ``model.stream()``.
 
