@@ -6,7 +6,8 @@ weights), then for each client count sends WAV uploads to ``/v1/embed`` from tha
 level is bounded in requests (``--requests``, at least 2 per client) and in time (``--level-seconds``). Every
 answer is checked against the offline embedding of the same clip (cosine >= 0.9999). The baseline is
 offline batched ``embed_batch`` over the same clips on the same CPU (best of ``--repeat`` after a warm-up),
-measured before the server starts.
+measured before the server starts. Rates are given per wall-clock second and per CPU-second of the process
+doing the work (the server's, from ``/proc``; Linux), which other load on a shared machine disturbs less.
 
     python bench/serve.py [--clients 1 4 16 64] [--seconds 4] [--requests 64] [--precision fp32] [--no-mirror]
 
@@ -50,6 +51,12 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(model_dir: Path, port: int, args: argparse.Namespace) -> subprocess.Popen:
@@ -122,30 +129,34 @@ def main() -> None:
                    for _ in range(args.clips)]
         waves = [load_audio_bytes(u) for u in uploads]
         model.embed_batch(waves)  # warm-up: oneDNN prepares each batch shape once
-        times = []
+        times, cpu = [], []
         for _ in range(args.repeat):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             offline = model.embed_batch(waves)
             times.append(time.perf_counter() - t0)
-        offline_rate = len(waves) / min(times)
+            cpu.append(time.process_time() - c0)
+        offline_rate, offline_cpu_rate = len(waves) / min(times), len(waves) / min(cpu)
         print(f"torch {torch.__version__}, {args.threads} threads, {args.seconds:g} s clips, {args.precision}, "
               f"mirror {'off' if args.no_mirror else 'on'}, batching wait {args.max_wait_ms:g} ms")
-        print(f"offline embed_batch over {len(waves)} clips: {offline_rate:.2f} emb/s")
+        print(f"offline embed_batch over {len(waves)} clips: {offline_rate:.2f} emb/s, "
+              f"{offline_cpu_rate:.2f} emb per CPU-s")
         del model
         port = free_port()
         server = start_server(model_dir, port, args)
         base = f"http://127.0.0.1:{port}"
         try:
             asyncio.run(load_level(base, 1, uploads, 2, 60))  # warm-up
-            print(f"{'clients':>7} {'requests':>8} {'emb/s':>7} {'x offline':>9} {'p50 ms':>8} {'p99 ms':>8} "
-                  f"{'min cos':>8} {'errors':>6}")
+            print(f"{'clients':>7} {'requests':>8} {'emb/s':>7} {'x offline':>9} {'per CPU-s':>9} {'x offline':>9} "
+                  f"{'p50 ms':>8} {'p99 ms':>8} {'min cos':>8} {'errors':>6}")
             for clients in args.clients:
                 requests = max(args.requests, 2 * clients)
+                c0 = cpu_seconds(server.pid)
                 answers, lat, elapsed, errors = asyncio.run(
                     load_level(base, clients, uploads, requests, args.level_seconds))
-                rate = len(answers) / elapsed
+                rate, cpu_rate = len(answers) / elapsed, len(answers) / (cpu_seconds(server.pid) - c0)
                 cos = min((float(e @ offline[clip]) for clip, e in answers), default=float("nan"))
-                print(f"{clients:7d} {len(lat):8d} {rate:7.2f} {rate / offline_rate:9.2f} "
+                print(f"{clients:7d} {len(lat):8d} {rate:7.2f} {rate / offline_rate:9.2f} {cpu_rate:9.2f} "
+                      f"{cpu_rate / offline_cpu_rate:9.2f} "
                       f"{1000 * np.percentile(lat, 50):8.0f} {1000 * np.percentile(lat, 99):8.0f} {cos:8.5f} "
                       f"{len(errors):6d}")
                 if errors:

@@ -95,3 +95,21 @@ def test_record_enrol_identify_verify_remove_in_chromium(model, serve, browser, 
     bob.find_element("tag name", "button").click()
     wait_text(browser, "speakers", lambda t: "bob" not in t and "alice" in t)
     assert [s["name"] for s in httpx.get(f"{base}/v1/speakers").json()["speakers"]] == ["alice", "carol"]
+
+
+def test_live_view_names_the_speaker_at_the_microphone(model, serve, browser, tmp_path):
+    base = serve(model, tmp_path / "speakers.db")
+    for name in VOICES:  # alice from the file the microphone plays
+        audio = (tmp_path / "mic.wav").read_bytes() if name == "alice" else wav_bytes(voice(VOICES[name], 1.5, seed=2))
+        httpx.post(f"{base}/v1/enroll", data={"name": name}, files={"file": ("x.wav", audio)}).raise_for_status()
+    browser.get(base + "/")
+    wait_text(browser, "speakers", lambda t: "alice" in t)
+    browser.find_element("id", "live-start").click()
+    wait_text(browser, "live-seconds", lambda t: t.endswith("s heard") and float(t.split()[0]) >= 1.5)
+    assert browser.find_element("id", "live-speaker").text == "alice"
+    assert "(no threshold known)" in browser.find_element("id", "live-score").text
+    browser.find_element("id", "live-reset").click()
+    wait_text(browser, "live-seconds", lambda t: float(t.split()[0]) < 1.0)
+    browser.find_element("id", "live-stop").click()
+    assert browser.find_element("id", "live-start").is_enabled()
+    assert browser.find_element("id", "result").get_attribute("class") == "ok"  # no error was shown

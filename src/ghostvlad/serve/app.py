@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Security, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, Security, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -37,6 +37,7 @@ from ..inference import Embedder
 from ..scoring.calibration import CalibrationError, DecisionRule
 from .batcher import DynamicBatcher, QueueFull
 from .limits import BodyLimits
+from .stream import serve_stream
 from .schemas import (Candidate, Embedding, Enrolment, Error, Health, Identification, Point, Removal, Speaker,
                       Speakers, Verification)
 
@@ -68,6 +69,10 @@ class ServeConfig:
     """Recordings per enrolment request."""
     max_connections: int = 256
     """Concurrent connections and requests beyond which uvicorn answers 503."""
+    max_streams: int = 16
+    """Concurrent WebSocket streams."""
+    stream_idle_timeout: float = 30.0
+    """Seconds a WebSocket stream may stay silent before it is closed."""
 
     @property
     def exposed(self) -> bool:
@@ -84,7 +89,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class _Service:
+class Service:
     """What the endpoints share: model, batcher, gallery (on its own thread) and limits."""
 
     def __init__(self, model: Embedder, db: Path | None, config: ServeConfig) -> None:
@@ -96,6 +101,7 @@ class _Service:
         self._gallery_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ghostvlad-gallery")
         # sqlite3 connections belong to the thread that made them: the gallery lives on its thread
         self.gallery = None if db is None else self._gallery_thread.submit(Gallery, db, model).result()
+        self.streams = 0  # live WebSocket streams
 
     def close(self) -> None:
         if self.gallery is not None:
@@ -111,19 +117,29 @@ class _Service:
         """Decode uploads concurrently; the first bad one raises its :class:`AudioError`."""
         return list(await asyncio.gather(*(self.decode(u, _name(u, f)) for u, f in zip(uploads, fields))))
 
+    async def on_gallery_thread(self, fn: Callable[[Gallery], T]) -> T:
+        """``fn(gallery)``, run on the gallery's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._gallery_thread, fn, self.gallery)
+
     async def in_gallery(self, fn: Callable[[Gallery], T]) -> T:
-        """Run ``fn(gallery)`` on the gallery thread; 409 when the server has no gallery."""
+        """:meth:`on_gallery_thread` for a request: 409 without a gallery, 400 for a :class:`GalleryError`."""
         if self.gallery is None:
             raise HTTPException(409, "this server has no speaker gallery (start it with --db)")
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._gallery_thread, fn, self.gallery)
+            return await self.on_gallery_thread(fn)
         except GalleryError as exc:
             raise HTTPException(400, self.gallery_message(exc)) from None
 
     def gallery_message(self, exc: GalleryError) -> str:
         """The error without the server-side path of the gallery file."""
         return str(exc).removeprefix(f"{self.gallery.path}: ")
+
+    def token_matches(self, given: str | None) -> bool:
+        return given is not None and hmac.compare_digest(given.encode(), (self.config.token or "").encode())
+
+    def needs_token(self, always: bool) -> bool:
+        """Whether a request must carry the token: enrol/delete (``always``) when there is one, all when exposed."""
+        return self.config.token is not None and (always or self.config.exposed)
 
     def rule(self, operating_point: str | None, threshold: float | None, prior: float) -> DecisionRule:
         try:
@@ -133,8 +149,9 @@ class _Service:
 
 
 def _name(upload: UploadFile, field: str) -> str:
-    """How an upload is named in errors: its client-side file name (only a label), else the field."""
-    return upload.filename or field
+    """How an upload is named in errors: its client-side file name (only a label: one line, at most 100
+    characters), else the field."""
+    return " ".join((upload.filename or "").split())[:100] or field
 
 
 class _NotFound(Exception):
@@ -144,9 +161,11 @@ class _NotFound(Exception):
 def create_app(model: Embedder, db: str | Path | None = None, config: ServeConfig = ServeConfig()) -> FastAPI:
     """The service for ``model`` with the gallery file ``db`` (opened now: a :class:`GalleryError` is raised
     here for a file that is not a gallery or was made by another model)."""
+    if config.token is not None and not config.token.strip():
+        raise ValueError("the bearer token is empty")
     if config.exposed and not config.token:
         raise ValueError(f"listening on {config.host} (not loopback) needs a bearer token (--token or GHOSTVLAD_TOKEN)")
-    service = _Service(model, None if db is None else Path(db), config)
+    service = Service(model, None if db is None else Path(db), config)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -169,10 +188,7 @@ def create_app(model: Embedder, db: str | Path | None = None, config: ServeConfi
 
     def auth(always: bool):
         async def check(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
-            if config.token is None or not (always or config.exposed):
-                return
-            given = b"" if credentials is None else credentials.credentials.encode()
-            if not hmac.compare_digest(given, config.token.encode()):
+            if service.needs_token(always) and not service.token_matches(credentials and credentials.credentials):
                 raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
         return Depends(check)
 
@@ -290,6 +306,11 @@ def create_app(model: Embedder, db: str | Path | None = None, config: ServeConfi
             return Removal(name=name, removed=await service.in_gallery(drop))
         except _NotFound:
             raise HTTPException(404, f"no speaker named {name!r}") from None
+
+    @app.websocket("/v1/stream")
+    async def stream(websocket: WebSocket) -> None:
+        """Live PCM16 in, running embedding and best matches out (protocol: :mod:`ghostvlad.serve.stream`)."""
+        await serve_stream(websocket, service)
 
     return app
 

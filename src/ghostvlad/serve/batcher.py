@@ -10,13 +10,17 @@ Masking makes each batched embedding equal to the one computed alone. The queue 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from ..inference import Embedder, length_batches
+
+
+T = TypeVar("T")
 
 
 class QueueFull(RuntimeError):
@@ -79,6 +83,10 @@ class DynamicBatcher:
                 job.future.set_exception(QueueFull("the server is shutting down"))
         self._jobs.clear()
         self._pool.shutdown(wait=True)
+
+    async def on_model_thread(self, fn: Callable[..., T], *args) -> T:
+        """``fn(*args)`` run on the model thread, between batches (streams use it: no two model runs at once)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def embed(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Embeddings ``(len(waves), D)`` of validated 16 kHz waveforms, equal to embedding each alone."""

@@ -176,49 +176,47 @@ $("verify").addEventListener("click", () => run(async () => {
 // -- live: who is speaking ---------------------------------------------------------------------------
 let live = null;
 
-function streamUrl() {
-  const base = new URL("v1/stream", location.href);
-  base.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-  return base.href;
+function streamUrl(rate) {
+  const url = new URL("v1/stream", location.href);
+  url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
+  url.searchParams.set("sample_rate", rate);
+  return url.href;
 }
 
 function stopLive(message) {
   if (!live) return;
   const { socket, mic } = live;
   live = null;
-  if (mic) mic.close();
-  if (socket.readyState <= WebSocket.OPEN) socket.close();
+  mic.close();
+  if (socket && socket.readyState <= WebSocket.OPEN) socket.close();
   $("live-start").disabled = false;
   $("live-stop").disabled = $("live-reset").disabled = true;
   if (message) show(message, false);
 }
 
+function showLive(update) {
+  const best = update.matches[0];
+  let who = "(no speakers enrolled)", note = "";
+  if (update.embedding === null) {
+    who = "listening…";
+  } else if (best) {
+    who = best.accepted === false ? "unknown" : best.name;
+    note = (best.accepted === false ? `closest ${best.name}, ` : "") + `score ${best.score.toFixed(3)}` +
+           (best.accepted === null ? " (no threshold known)" : "");
+  }
+  $("live-speaker").textContent = who;
+  $("live-score").textContent = note;
+  $("live-seconds").textContent = `${update.seconds.toFixed(1)} s heard`;
+}
+
 $("live-start").addEventListener("click", () => run(async () => {
-  const socket = new WebSocket(streamUrl());
-  socket.binaryType = "arraybuffer";
-  live = { socket, mic: null };
   $("live-start").disabled = true;
-  $("live-stop").disabled = $("live-reset").disabled = false;
-  socket.addEventListener("message", (event) => {
-    const update = JSON.parse(event.data);
-    if (update.error) return stopLive(update.error);
-    const best = update.matches && update.matches[0];
-    $("live-speaker").textContent = update.identified || (best ? `${best.name}?` : "(no gallery)");
-    $("live-score").textContent = best ? `score ${best.score.toFixed(3)}` : "";
-    $("live-seconds").textContent = `${update.seconds.toFixed(1)} s heard`;
-  });
-  socket.addEventListener("close", (event) => stopLive(event.code === 1000 || event.code === 1005 ? "" : `live view closed: ${event.reason || event.code}`));
-  await new Promise((resolve, reject) => {
-    socket.addEventListener("open", resolve, { once: true });
-    socket.addEventListener("error", () => reject(new Error("cannot open the live stream")), { once: true });
-  });
-  const token = tokenInput.value.trim();
-  if (token) socket.send(JSON.stringify({ token }));
   let pending = [], count = 0;
-  live.mic = await openMicrophone((samples) => {
+  const mic = await openMicrophone((samples) => {   // 16-bit PCM to the server every SEND_SAMPLES samples
     pending.push(samples);
     count += samples.length;
-    if (count < SEND_SAMPLES || socket.readyState !== WebSocket.OPEN) return;
+    const socket = live && live.socket;
+    if (count < SEND_SAMPLES || !socket || socket.readyState !== WebSocket.OPEN) return;
     const pcm = new Int16Array(count);
     let at = 0;
     for (const chunk of pending) for (const x of chunk) pcm[at++] = Math.max(-1, Math.min(1, x)) * 32767;
@@ -226,12 +224,28 @@ $("live-start").addEventListener("click", () => run(async () => {
     pending = [];
     count = 0;
   });
+  const socket = new WebSocket(streamUrl(mic.rate));
+  live = { socket: null, mic };
+  socket.addEventListener("message", (event) => {
+    const update = JSON.parse(event.data);
+    if (update.error) stopLive(update.error);
+    else showLive(update);
+  });
+  socket.addEventListener("close", (event) => stopLive(event.code === 1000 || event.code === 1005 ? ""
+                                                       : `live view closed: ${event.reason || event.code}`));
+  await new Promise((resolve, reject) => {
+    socket.addEventListener("open", resolve, { once: true });
+    socket.addEventListener("error", () => reject(new Error("cannot open the live stream")), { once: true });
+  });
+  const token = tokenInput.value.trim();
+  if (token) socket.send(JSON.stringify({ token }));
+  live.socket = socket;
+  $("live-stop").disabled = $("live-reset").disabled = false;
   show("live: listening", true);
 }));
 
 $("live-reset").addEventListener("click", () => {
-  if (live) live.socket.send(JSON.stringify({ reset: true }));
-  $("live-speaker").textContent = "–";
+  if (live && live.socket) live.socket.send(JSON.stringify({ reset: true }));
 });
 $("live-stop").addEventListener("click", () => stopLive(""));
 
