@@ -142,6 +142,7 @@ def main() -> None:
               f"{offline_cpu_rate:.2f} emb per CPU-s")
         del model
         port = free_port()
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # so that the server is stopped too
         server = start_server(model_dir, port, args)
         base = f"http://127.0.0.1:{port}"
         try:
