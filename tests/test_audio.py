@@ -433,3 +433,13 @@ def test_bytes_longer_than_max_duration_are_refused_before_decoding_them_all(tmp
         with pytest.raises(AudioError, match=r"too long: (1\.5\d\d s, maximum is|more than the maximum) 1\.000 s"):
             audio.load_audio_bytes(data, name, max_duration=1.0)
         assert len(audio.load_audio_bytes(data, name, max_duration=2.0)) > 1.4 * SAMPLE_RATE
+
+
+def test_bytes_any_decoder_failure_is_the_uploads_audio_error(monkeypatch):
+    def fail(*args):
+        raise MemoryError("cannot allocate")
+
+    monkeypatch.setattr(audio, "_decode_memory", fail)
+    with pytest.raises(AudioError) as info:
+        audio.load_audio_bytes(b"RIFF....", "up.wav")
+    assert str(info.value) == "up.wav: cannot read (MemoryError: cannot allocate)"

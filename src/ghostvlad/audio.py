@@ -73,8 +73,13 @@ def load_audio_bytes(
     """
     if not data:
         raise AudioError(source, "empty file (0 bytes)")
-    frames, rate = _decode_memory(data, source, max_duration)
-    return _finish(frames.mean(axis=1), rate, sample_rate, min_duration, source)
+    try:
+        frames, rate = _decode_memory(data, source, max_duration)
+        return _finish(_mono(frames), rate, sample_rate, min_duration, source)
+    except AudioError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises about these bytes is their problem
+        raise AudioError(source, f"cannot read ({type(exc).__name__}: {exc})") from exc
 
 
 def prepare_waveform(

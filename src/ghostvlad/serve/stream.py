@@ -73,8 +73,11 @@ class StreamClosed(Exception):
         self.code = code
 
     async def send(self, websocket: WebSocket) -> None:
-        await websocket.send_json({"error": str(self)})
-        await websocket.close(self.code, str(self)[:120])  # a close reason holds at most 123 bytes
+        try:
+            await websocket.send_json({"error": str(self)})
+            await websocket.close(self.code, str(self)[:120])  # a close reason holds at most 123 bytes
+        except WebSocketDisconnect:  # the client left first
+            pass
 
 
 class LiveStream:
