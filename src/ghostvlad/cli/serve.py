@@ -18,7 +18,8 @@ def serve(
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
     token: Optional[str] = typer.Option(
         None, envvar="GHOSTVLAD_TOKEN", show_envvar=True,
-        help="Bearer token: required for every request when listening beyond loopback, for enrol/delete always."),
+        help="Bearer token: required for every request when listening beyond loopback, for enrol/delete always. "
+             "Prefer the environment variable: other users can read a command line."),
     max_upload_mb: float = typer.Option(25.0, min=0.001, help="Largest request body, in MiB."),
     max_duration: float = typer.Option(60.0, min=0.1, help="Longest recording accepted, in seconds."),
     read_timeout: float = typer.Option(30.0, min=0.1, help="Seconds within which a request body must arrive."),
