@@ -38,7 +38,7 @@ def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
 def test_refuses_a_file_that_is_not_a_gallery(tmp_path):
     db = tmp_path / "notes.db"
     db.write_text("hello")
-    result = runner.invoke(app, ["serve", "--model", str(model_dir(tmp_path)), "--db", str(db)])
+    result = runner.invoke(app, ["serve", "--model", str(model_dir(tmp_path)), "--db", str(db), "--port", "0"])
     assert result.exit_code == 1 and "not a ghostvlad gallery" in result.output
 
 
@@ -72,3 +72,13 @@ def test_serves_on_loopback_and_stops_on_sigterm(tmp_path):
     assert server.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal once shut down
     assert "Application shutdown complete" in output
     assert f"serving {tmp_path / 'model'} on http://127.0.0.1:{port}/" in output and "Traceback" not in output
+
+
+def test_a_port_in_use_is_one_line_before_loading_anything(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = runner.invoke(app, ["serve", "--model", str(tmp_path / "nowhere"), "--port", str(port)])
+    assert result.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in result.output

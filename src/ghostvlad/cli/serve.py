@@ -32,19 +32,24 @@ def serve(
     """Serve the model over HTTP: /v1/embed, /v1/verify, /v1/identify, /v1/enroll, /v1/speakers, /healthz,
     OpenAPI docs at /docs, and a web page at /."""
     from ..gallery import GalleryError
-    from ..serve import ServeConfig, create_app, make_server
+    from ..serve import ServeConfig, bind_socket, create_app, make_server
 
     config = ServeConfig(host=host, port=port, token=token or None, max_upload_bytes=int(max_upload_mb * 2**20),
                          max_duration=max_duration, read_timeout=read_timeout, max_wait=max_wait_ms / 1000,
                          max_queue=max_queue)
     if config.exposed and not config.token:
         fail(f"listening on {host} (not loopback) needs a bearer token: --token or GHOSTVLAD_TOKEN")
-    model = open_model(model_path, precision, device, min_duration)
     try:
-        service = create_app(model, db, config)
-    except GalleryError as exc:
-        fail(str(exc))
-    err.print(f"serving {model_path} on http://{host}:{port}/ (docs at /docs)"
-              + (f", gallery {db}" if db else "") + (", bearer token required" if token else ""),
-              highlight=False, markup=False)
-    make_server(service, config).run()
+        sock = bind_socket(config)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    with sock:
+        model = open_model(model_path, precision, device, min_duration)
+        try:
+            service = create_app(model, db, config)
+        except GalleryError as exc:
+            fail(str(exc))
+        err.print(f"serving {model_path} on http://{host}:{sock.getsockname()[1]}/ (docs at /docs)"
+                  + (f", gallery {db}" if db else "") + (", bearer token required" if token else ""),
+                  highlight=False, markup=False)
+        make_server(service, config).run(sockets=[sock])

@@ -1,6 +1,8 @@
 """Running the service under uvicorn with the limits of a :class:`~ghostvlad.serve.app.ServeConfig`."""
 from __future__ import annotations
 
+import socket
+
 import uvicorn
 from fastapi import FastAPI
 
@@ -18,3 +20,17 @@ def make_server(app: FastAPI, config: ServeConfig, *, log_level: str = "info") -
         app, host=config.host, port=config.port, log_level=log_level, timeout_keep_alive=5,
         limit_concurrency=config.max_connections, ws_max_size=WS_MAX_BYTES, proxy_headers=False,
         server_header=False, timeout_graceful_shutdown=5))
+
+
+def bind_socket(config: ServeConfig) -> socket.socket:
+    """A socket bound to ``config.host:config.port`` for ``server.run(sockets=[...])``; raises :class:`OSError`
+    (address in use, no such address, ...) before anything else starts."""
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((config.host, config.port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
