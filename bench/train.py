@@ -52,8 +52,8 @@ def main() -> None:
             with torch.no_grad():
                 feats, _ = front(waves)
             with autocast:
-                logits = net(feats, labels)
-            loss = F.cross_entropy(logits.float(), labels)
+                logits, extra = net(feats, labels)
+            loss = F.cross_entropy(logits.float(), labels) + extra
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

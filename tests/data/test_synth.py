@@ -59,7 +59,7 @@ def test_layout_and_format(corpora):
     assert not list(root.rglob("*.tmp"))
     assert json.loads((root / "synth.json").read_text())["config"] == {
         "speakers": 4, "test_speakers": 2, "sessions": 2, "utterances": 2,
-        "min_duration": 1.0, "max_duration": 2.0, "trials": 8, "seed": 3,
+        "min_duration": 1.0, "max_duration": 2.0, "trials": 8, "seed": 3, "voices": "all", "channels": "studio",
     }
 
 
@@ -215,3 +215,12 @@ def test_voice_pools_and_field_channels(tmp_path):
             if info["channel"]["narrowband"]:  # a telephone line leaves nothing above 4 kHz
                 spectrum = np.abs(np.fft.rfft(wave)) ** 2
                 assert spectrum[len(spectrum) // 2 + 200 :].sum() < 1e-3 * spectrum.sum()
+
+
+def test_rounds_of_fresh_workers_give_the_same_corpus(corpora, tmp_path, monkeypatch):
+    """Sessions rendered over several rounds of worker processes (as long corpora are) are byte-identical."""
+    from ghostvlad.data import synth
+
+    monkeypatch.setattr(synth, "_SESSIONS_PER_WORKER", 1)
+    synthesize_corpus(tmp_path / "corpus", CONFIG, workers=2)
+    assert _tree(tmp_path / "corpus") == _tree(corpora[0])

@@ -44,3 +44,25 @@ def test_aam_margin_stays_monotonic_near_pi():
     x = torch.tensor([[-1.0, 1e-3]])  # theta ~ pi for class 0
     logit = head(x, torch.tensor([0]))[0, 0]
     assert logit < 30 * math.cos(math.pi - 1e-3) + 1e-3
+
+
+def test_angular_prototypical_loss_against_a_direct_computation():
+    from ghostvlad.models.heads import AngularPrototypicalLoss
+
+    torch.manual_seed(0)
+    x = torch.randn(4 * 3, 8)
+    loss = AngularPrototypicalLoss(per_speaker=3)
+    got = loss(x)
+    # by hand: speaker i's last utterance against every speaker's mean of the other two
+    unit = torch.nn.functional.normalize(x, dim=-1).reshape(4, 3, 8)
+    rows = []
+    for i in range(4):
+        cos = [float(unit[i, 2] @ torch.nn.functional.normalize(unit[j, :2].mean(0), dim=0)) for j in range(4)]
+        logits = [10 * c - 5 for c in cos]
+        rows.append(-logits[i] + math.log(sum(math.exp(v) for v in logits)))
+    assert abs(got.item() - sum(rows) / 4) < 1e-5
+    # grouped identical voices score better than shuffled ones
+    voices = torch.randn(4, 1, 8).repeat(1, 3, 1) + 0.05 * torch.randn(4, 3, 8)
+    assert float(loss(voices.reshape(12, 8))) < float(loss(voices[torch.randperm(4)].transpose(0, 1).reshape(12, 8)))
+    with pytest.raises(ValueError, match="at least 2 utterances"):
+        AngularPrototypicalLoss(per_speaker=1)

@@ -11,10 +11,10 @@ def test_demo_recipe_learns_voices_that_transfer(tmp_path: Path, monkeypatch):
     import ghostvlad.recipes as recipes
 
     # a smaller corpus and cross-domain set, shorter crops: the recipe as `make demo` runs it, in two minutes
-    monkeypatch.setattr(recipes, "DEMO_CORPUS", replace(DEMO_CORPUS, speakers=60, test_speakers=8, trials=400,
+    monkeypatch.setattr(recipes, "DEMO_CORPUS", replace(DEMO_CORPUS, speakers=60, test_speakers=8, trials=360,
                                                         min_duration=1.5, max_duration=3.0, seed=1))
     monkeypatch.setattr(recipes, "CROSS_DOMAIN", replace(CROSS_DOMAIN, speakers=9, test_speakers=8, utterances=2,
-                                                         trials=300, min_duration=1.5, max_duration=3.0))
+                                                         trials=180, min_duration=1.5, max_duration=3.0))
     stages = []
     result = run_demo(tmp_path, seed=1, overrides=["data.frames=120", "train.batch_size=24", "train.epochs=8",
                                                    "data.rooms=8", "train.checkpoint_every=1000"],

@@ -190,7 +190,8 @@ def test_validation_picks_the_model_and_stores_its_threshold(corpus, tmp_path):
 def test_channel_augmentation_speeds_and_session_batches_train(corpus, tmp_path):
     manifest, config_path = corpus
     overrides = ["data.augment={reverb: 0.5, noise: 0.5, babble: 0.3, eq: 0.5, telephone: 0.3, codec: 0.2}",
-                 "data.rooms=4", "data.speeds=[0.9, 1.0, 1.1]", "train.sampler=sessions", "train.per_speaker=2"]
+                 "data.rooms=4", "data.speeds=[0.9, 1.0, 1.1]", "train.sampler=sessions", "train.per_speaker=2",
+                 "head.prototypical=1.0"]
     trainer = Trainer(load_config(config_path, overrides), manifest, tmp_path / "run")
     assert trainer.net.head.weight.shape[0] == 4 * 3  # every speed of a speaker is a class
     state = trainer.run(max_steps=3)
@@ -200,5 +201,8 @@ def test_channel_augmentation_speeds_and_session_batches_train(corpus, tmp_path)
     batch = trainer.batches.batches(0)[0]
     labels = trainer.dataset.labels[batch]
     assert (labels[0::2] == labels[1::2]).all()
+    assert trainer.net.prototypical is not None and trainer.net.prototypical.w.grad is not None
     with pytest.raises(TrainError, match="unknown train.sampler 'fancy'"):
         Trainer(load_config(config_path, ["train.sampler=fancy"]), manifest, tmp_path / "run2")
+    with pytest.raises(TrainError, match="head.prototypical needs train.sampler=sessions"):
+        Trainer(load_config(config_path, ["head.prototypical=0.5"]), manifest, tmp_path / "run3")

@@ -271,9 +271,10 @@ def check_speeds(speeds: Sequence[float]) -> tuple[float, ...]:
     return speeds
 
 
-def speed_draw(speeds: tuple[float, ...], seed: int, epoch: int, index: int) -> int:
-    """Which of ``speeds`` utterance ``index`` plays at in ``epoch`` (uniform, from ``(seed, epoch, index)``)."""
-    return 0 if len(speeds) == 1 else int(np.random.default_rng([seed, epoch, index, 2]).integers(len(speeds)))
+def speed_draw(speeds: tuple[float, ...], seed: int, epoch: int, speaker: int) -> int:
+    """Which of ``speeds`` the utterances of ``speaker`` play at in ``epoch`` (uniform, from ``(seed, epoch,
+    speaker)``: one speed a speaker and epoch, so that utterances grouped by speaker share their class)."""
+    return 0 if len(speeds) == 1 else int(np.random.default_rng([seed, epoch, speaker, 2]).integers(len(speeds)))
 
 
 def speed_frames(frames: int, speed: float) -> int:
@@ -298,8 +299,9 @@ class CropDataset(Dataset):
     label numbering (default: the manifest's sorted speaker ids). Paths are kept in a numpy byte array, so
     forked workers do not copy them page by page through reference counting.
 
-    With several ``speeds`` (speed perturbation), each utterance plays at one of them per epoch, drawn from
-    ``(seed, epoch, i)``, and every speed of a speaker is a class of its own: label ``speaker * len(speeds) + k``.
+    With several ``speeds`` (speed perturbation), a speaker's utterances play at one of them per epoch, drawn from
+    ``(seed, epoch, speaker)``, and every speed of a speaker is a class of its own: label
+    ``speaker * len(speeds) + k``.
     """
 
     def __init__(self, manifest: Manifest, seed: int = 0, frames: int = 250,
@@ -343,7 +345,7 @@ class CropDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
         i = int(i)
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        k = speed_draw(self.speeds, self.seed, self.epoch, i)
+        k = speed_draw(self.speeds, self.seed, self.epoch, int(self.labels[i]))
         speed = self.speeds[k]
         crop = read_crop(os.fsdecode(self.paths[i]), rng, float(self.durations[i]), speed_frames(self.frames, speed))
         crop = play_at(crop, speed, self.frames)
@@ -417,7 +419,7 @@ class ShardCropDataset(IterableDataset):
         shuffle = np.random.default_rng([self.seed, epoch, self.rank, worker, 1])
         for sample in iter_shard_samples(self.index, shards, self.shuffle_buffer, shuffle):
             rng = np.random.default_rng([self.seed, epoch, sample.index])
-            k = speed_draw(self.speeds, self.seed, epoch, sample.index)
+            k = speed_draw(self.speeds, self.seed, epoch, self._labels[sample.speaker])
             crop = crop_soundfile(io.BytesIO(sample.audio), rng, sample.duration,
                                   speed_frames(self.frames, self.speeds[k]), sample.source)
             crop = play_at(crop, self.speeds[k], self.frames)

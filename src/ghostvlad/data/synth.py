@@ -609,20 +609,24 @@ def _init_worker(parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+_SESSIONS_PER_WORKER = 200  # fresh worker processes after this many sessions: every espeak load/unload leaks a few kB
+
+
 def _run(todo: list[_Session], out: Path, workers: int, progress: bool) -> None:
+    """Render ``todo`` in rounds of fresh worker processes (``max_tasks_per_child`` deadlocks CPython 3.11's pool
+    when workers retire while tasks are queued)."""
     columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TextColumn("utterances"), TimeRemainingColumn())
     context = multiprocessing.get_context("spawn")  # espeak-ng is process-global: keep it out of the caller
-    with (
-        Progress(*columns, disable=not progress) as bar,
-        # fresh workers now and then: every espeak load/unload leaks a few kB
-        ProcessPoolExecutor(workers, context, _init_worker, (os.getpid(),), max_tasks_per_child=200) as pool,
-    ):
+    per_round = _SESSIONS_PER_WORKER * workers
+    with Progress(*columns, disable=not progress) as bar:
         task = bar.add_task("synth", total=sum(len(s.durations) for s in todo))
-        futures = {pool.submit(_render_session, s, str(out)): s for s in todo}
-        try:
-            for future in as_completed(futures):
-                future.result()
-                bar.advance(task, len(futures[future].durations))
-        except BaseException:  # e.g. Ctrl-C: drop the queued sessions, let the running ones finish
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+        for first in range(0, len(todo), per_round):
+            with ProcessPoolExecutor(workers, context, _init_worker, (os.getpid(),)) as pool:
+                futures = {pool.submit(_render_session, s, str(out)): s for s in todo[first : first + per_round]}
+                try:
+                    for future in as_completed(futures):
+                        future.result()
+                        bar.advance(task, len(futures[future].durations))
+                except BaseException:  # e.g. Ctrl-C: drop the queued sessions, let the running ones finish
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise

@@ -1,7 +1,8 @@
-"""Classification heads for training: softmax, AM-softmax, AAM-softmax (ArcFace).
+"""Classification heads for training: softmax, AM-softmax, AAM-softmax (ArcFace); the angular prototypical loss.
 
 A head maps encoder outputs ``(B, E)`` and integer labels ``(B,)`` to logits ``(B, classes)`` for a
-cross-entropy loss; margins are applied to the target logit during training only.
+cross-entropy loss; margins are applied to the target logit during training only. The angular prototypical
+loss works on the batch alone (no classes), on groups of utterances of one speaker.
 """
 from __future__ import annotations
 
@@ -70,3 +71,30 @@ def amsoftmax(embed_dim: int, classes: int, margin: float = 0.35, scale: float =
 def aamsoftmax(embed_dim: int, classes: int, margin: float = 0.2, scale: float = 30.0) -> CosineMarginHead:
     """AAM-softmax (ArcFace), the modern choice."""
     return CosineMarginHead(embed_dim, classes, margin, scale, angular=True)
+
+
+class AngularPrototypicalLoss(nn.Module):
+    """Angular prototypical loss (Chung et al., *In defence of metric learning*, 2020) over speaker groups.
+
+    The batch ``(N * M, E)`` holds ``M`` consecutive utterances of each of ``N`` speakers (the sessions sampler's
+    layout). Each speaker's last utterance is scored against every speaker's prototype (the mean of their other
+    utterances) by a learnable affine map of the cosine, ``w * cos + b``; cross-entropy makes the own speaker's
+    prototype win. With utterances from different sessions, it pulls one voice together across channels. Computed
+    in fp32 outside autocast.
+    """
+
+    def __init__(self, per_speaker: int) -> None:
+        super().__init__()
+        if per_speaker < 2:
+            raise ValueError(f"the prototypical loss needs at least 2 utterances a speaker, got {per_speaker}")
+        self.per_speaker = per_speaker
+        self.w = nn.Parameter(torch.tensor(10.0))
+        self.b = nn.Parameter(torch.tensor(-5.0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            groups = F.normalize(x.float(), dim=-1).reshape(-1, self.per_speaker, x.shape[-1])
+            anchor = groups[:, -1]
+            prototype = F.normalize(groups[:, :-1].mean(dim=1), dim=-1)
+            logits = self.w.clamp(min=1e-6) * anchor @ prototype.T + self.b
+            return F.cross_entropy(logits, torch.arange(len(groups), device=x.device))

@@ -18,6 +18,9 @@ class HeadConfig:
     name: str = "softmax"  # softmax | amsoftmax | aamsoftmax
     margin: float | None = None  # None: the head's default (0.35 AM, 0.2 AAM)
     scale: float | None = None  # None: 30
+    # weight of an angular prototypical loss over each batch's speaker groups, added to the head's (0 = off);
+    # needs train.sampler=sessions
+    prototypical: float = 0.0
 
 
 @dataclass

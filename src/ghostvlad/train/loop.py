@@ -29,6 +29,7 @@ from ..fileio import atomic_write_text
 from ..inference import SpeakerModel, load_model
 from ..modelfile import RUN_MODEL_DIR
 from ..models import HEADS, SpeakerEncoder
+from ..models.heads import AngularPrototypicalLoss
 from ..models.pooling import NetVLAD
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -50,14 +51,22 @@ class TrainError(ValueError):
 
 
 class Classifier(nn.Module):
-    """Encoder + classification head, one module so DDP synchronises both."""
+    """Encoder + classification head (+ the optional prototypical loss), one module so DDP synchronises them.
 
-    def __init__(self, encoder: SpeakerEncoder, head: nn.Module) -> None:
+    ``forward`` returns the head's logits and the weighted prototypical loss (0 without one).
+    """
+
+    def __init__(self, encoder: SpeakerEncoder, head: nn.Module, prototypical: AngularPrototypicalLoss | None = None,
+                 prototypical_weight: float = 0.0) -> None:
         super().__init__()
-        self.encoder, self.head = encoder, head
+        self.encoder, self.head, self.prototypical = encoder, head, prototypical
+        self.prototypical_weight = prototypical_weight
 
-    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(feats).float(), labels)
+    def forward(self, feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.encoder(feats)
+        extra = (self.prototypical_weight * self.prototypical(x) if self.prototypical is not None
+                 else x.new_zeros((), dtype=torch.float32))
+        return self.head(x.float(), labels), extra
 
 
 @dataclass
@@ -175,7 +184,12 @@ class Trainer:
         head_kwargs = {k: v for k, v in (("margin", config.head.margin), ("scale", config.head.scale)) if v is not None}
         head = HEADS.build(config.head.name, embed_dim=config.model.embed_dim, classes=self.dataset.classes,
                            **head_kwargs)
-        self.net = Classifier(encoder, head).to(self.dist.device)
+        prototypical = None
+        if config.head.prototypical:
+            if config.train.sampler != "sessions":
+                raise TrainError("head.prototypical needs train.sampler=sessions (speaker groups in every batch)")
+            prototypical = AngularPrototypicalLoss(config.train.per_speaker)
+        self.net = Classifier(encoder, head, prototypical, config.head.prototypical).to(self.dist.device)
         self.frontend = Spectrogram(FrontEndConfig()).to(self.dist.device)
         if config.train.vlad_init not in VLAD_INITS:
             raise TrainError(f"unknown train.vlad_init {config.train.vlad_init!r}; choose {' or '.join(VLAD_INITS)}")
@@ -392,8 +406,8 @@ class Trainer:
         with torch.no_grad():
             feats, _ = self.frontend(waves)
         with self._autocast():
-            logits = self.ddp(feats, labels)
-        loss = F.cross_entropy(logits.float(), labels)
+            logits, extra = self.ddp(feats, labels)
+        loss = F.cross_entropy(logits.float(), labels) + extra
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
