@@ -70,7 +70,7 @@ def test_reset_short_audio_and_no_gallery(model, serve):
 
 
 @pytest.mark.parametrize(("message", "reason"), [
-    (b"\x01\x02\x03", "binary message of 3 bytes: PCM16 needs an even number"),
+    (b"\x01\x02\x03", "binary message: odd number of bytes (3): 16-bit PCM has 2 bytes per sample"),
     ("hello", "text messages must be JSON commands"),
     ('{"volume": 11}', "text messages must be JSON commands"),
 ])

@@ -21,12 +21,12 @@ import asyncio
 import json
 from typing import TYPE_CHECKING
 
-import numpy as np
 import soxr
 from fastapi import WebSocket, WebSocketDisconnect
 
 from ..audio import SAMPLE_RATE, AudioError
 from ..gallery import GalleryError
+from ..streaming import pcm16_samples
 
 if TYPE_CHECKING:
     from .app import Service
@@ -135,9 +135,10 @@ class LiveStream:
         return authorized
 
     async def _audio(self, data: bytes) -> None:
-        if len(data) % 2:
-            raise StreamClosed(BAD_INPUT, f"binary message of {len(data)} bytes: PCM16 needs an even number")
-        samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        try:
+            samples = pcm16_samples(data, "binary message")
+        except AudioError as exc:
+            raise StreamClosed(BAD_INPUT, str(exc)) from None
         if self.resampler is not None:
             samples = self.resampler.resample_chunk(samples)
         try:
