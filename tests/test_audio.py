@@ -388,3 +388,58 @@ def test_decoding_a_long_mono_file_holds_no_extra_copies(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 1.5 * wave.nbytes  # the samples once, plus a bool mask of them for the finiteness check
+
+
+# --- decoding from memory (uploads) ---------------------------------------------------------
+
+
+def _bytes_cases(tmp_path) -> dict[str, Path]:
+    x = sine(440, 22050, 1.5)
+    cases = {"a.wav": tmp_path / "a.wav", "a.flac": tmp_path / "a.flac", "a.ogg": tmp_path / "a.ogg"}
+    for name, path in cases.items():
+        sf.write(path, x, 22050)
+    if "aac" in av.codecs_available:
+        cases["a.m4a"] = encode_pyav(tmp_path / "a.m4a", x, 22050, "aac")
+    if "libmp3lame" in av.codecs_available:
+        cases["a.mp3"] = encode_pyav(tmp_path / "a.mp3", x, 22050, "libmp3lame")
+    return cases
+
+
+def test_bytes_decode_exactly_as_the_file(tmp_path):
+    for name, path in _bytes_cases(tmp_path).items():
+        np.testing.assert_array_equal(audio.load_audio_bytes(path.read_bytes(), name), load_audio(path), err_msg=name)
+
+
+def test_bytes_bad_input_gets_the_reason_the_file_gets(tmp_path):
+    full = tmp_path / "full.wav"
+    sf.write(full, sine(440, SAMPLE_RATE, 2.0), SAMPLE_RATE, subtype="PCM_16")
+    data = full.read_bytes()
+    sf.write(tmp_path / "short.wav", sine(440, SAMPLE_RATE, 0.2), SAMPLE_RATE, subtype="PCM_16")
+    cases = {"cut.wav": data[: len(data) // 2], "text.wav": b"this is not audio\n" * 50, "empty.wav": b"",
+             "short.wav": (tmp_path / "short.wav").read_bytes(), "silent.wav": data[:44] + bytes(len(data) - 44)}
+    for name, content in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(AudioError) as from_file:
+            load_audio(tmp_path / name)
+        with pytest.raises(AudioError) as from_bytes:
+            audio.load_audio_bytes(content, f"upload {name}")
+        assert from_bytes.value.reason == from_file.value.reason, name
+        assert str(from_bytes.value) == f"upload {name}: {from_file.value.reason}"
+
+
+def test_bytes_longer_than_max_duration_are_refused_before_decoding_them_all(tmp_path):
+    for name, path in _bytes_cases(tmp_path).items():
+        data = path.read_bytes()
+        with pytest.raises(AudioError, match=r"too long: (1\.5\d\d s, maximum is|more than the maximum) 1\.000 s"):
+            audio.load_audio_bytes(data, name, max_duration=1.0)
+        assert len(audio.load_audio_bytes(data, name, max_duration=2.0)) > 1.4 * SAMPLE_RATE
+
+
+def test_bytes_any_decoder_failure_is_the_uploads_audio_error(monkeypatch):
+    def fail(*args):
+        raise MemoryError("cannot allocate")
+
+    monkeypatch.setattr(audio, "_decode_memory", fail)
+    with pytest.raises(AudioError) as info:
+        audio.load_audio_bytes(b"RIFF....", "up.wav")
+    assert str(info.value) == "up.wav: cannot read (MemoryError: cannot allocate)"

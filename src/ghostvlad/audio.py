@@ -8,6 +8,7 @@ Multi-channel audio is averaged to mono and resampled with soxr (HQ). Every prob
 
 from __future__ import annotations
 
+import io
 import math
 import numbers
 import os
@@ -15,6 +16,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
@@ -23,7 +25,7 @@ import soxr
 
 from .errors import GhostvladError, describe, one_line
 
-__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "prepare_waveform", "audio_duration"]
+__all__ = ["SAMPLE_RATE", "AudioError", "load_audio", "load_audio_bytes", "prepare_waveform", "audio_duration"]
 
 SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-8
@@ -71,6 +73,26 @@ def load_audio(
     with _as_audio_error(path) as source:
         frames, rate = _decode(Path(source))
         return _finish(_mono(frames), rate, sample_rate, min_duration, source)
+
+
+def load_audio_bytes(
+    data: bytes, source: str = "<upload>", sample_rate: int = SAMPLE_RATE, min_duration: float = 0.5,
+    max_duration: float | None = None,
+) -> np.ndarray:
+    """As :func:`load_audio`, for an audio file held in memory (an upload); ``source`` names it in errors.
+
+    The format is recognised from the content (soundfile first, then PyAV), never from a name, and nothing
+    is read from or written to disk. ``max_duration`` (seconds) rejects longer audio without decoding past it.
+    """
+    if not data:
+        raise AudioError(source, "empty file (0 bytes)")
+    try:
+        frames, rate = _decode_memory(data, source, max_duration)
+        return _finish(_mono(frames), rate, sample_rate, min_duration, source)
+    except AudioError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a decoder raises about these bytes is their problem
+        raise AudioError(source, f"cannot read ({describe(exc)})") from exc
 
 
 def prepare_waveform(
@@ -170,13 +192,37 @@ def _decode(file: Path) -> tuple[np.ndarray, float]:
         else:
             return _read_soundfile(handle, source)
     try:
-        return _read_pyav(source)
+        return _read_pyav(source, source)
     except _PYAV_ERRORS as exc:
         raise _decode_error(source, sf_error, exc) from exc
 
 
-def _read_soundfile(handle: sf.SoundFile, source: str) -> tuple[np.ndarray, float]:
+def _decode_memory(data: bytes, source: str, max_duration: float | None) -> tuple[np.ndarray, float]:
+    """Decode in-memory file bytes: soundfile when libsndfile recognises them (MP3 excepted, as for files)."""
+    sf_error = None
+    try:
+        handle = sf.SoundFile(io.BytesIO(data))
+    except sf.SoundFileError as exc:
+        sf_error = exc
+    else:
+        if handle.format != "MP3":
+            return _read_soundfile(handle, source, max_duration)
+        handle.close()
+    try:
+        return _read_pyav(io.BytesIO(data), source, max_duration)
+    except _PYAV_ERRORS as exc:
+        raise _decode_error(source, sf_error, exc) from exc
+
+
+def _too_long(source: str, max_duration: float, seconds: float | None = None) -> AudioError:
+    found = "more than the maximum" if seconds is None else f"{seconds:.3f} s, maximum is"
+    return AudioError(source, f"too long: {found} {max_duration:.3f} s")
+
+
+def _read_soundfile(handle: sf.SoundFile, source: str, max_duration: float | None = None) -> tuple[np.ndarray, float]:
     with handle:
+        if max_duration is not None and handle.frames > max_duration * handle.samplerate:
+            raise _too_long(source, max_duration, handle.frames / handle.samplerate)
         short = _SHORT_DATA_CHUNK.search(handle.extra_info)
         if short:
             declared, present = map(int, short.groups())
@@ -195,14 +241,25 @@ def _read_soundfile(handle: sf.SoundFile, source: str) -> tuple[np.ndarray, floa
         return frames, handle.samplerate
 
 
-def _read_pyav(source: str) -> tuple[np.ndarray, float]:
-    """Decode the first audio stream with PyAV, converted to planar float by its resampler."""
-    with av.open(source) as container:
+def _read_pyav(file: str | BinaryIO, source: str, max_duration: float | None = None) -> tuple[np.ndarray, float]:
+    """Decode the first audio stream with PyAV, converted to planar float by its resampler.
+
+    With ``max_duration``, a stream declaring more is refused at once and decoding stops once past it.
+    """
+    with av.open(file) as container:
         stream = _audio_stream(container, source)
-        resampler = av.AudioResampler(format="fltp")  # keeps the layout and rate of the first frame
-        decoded = [out for frame in container.decode(stream) for out in resampler.resample(frame)]
-        decoded += resampler.resample(None)
         declared = float(stream.duration * stream.time_base) if stream.duration is not None else None
+        if max_duration is not None and declared is not None and declared > max_duration:
+            raise _too_long(source, max_duration, declared)
+        resampler = av.AudioResampler(format="fltp")  # keeps the layout and rate of the first frame
+        decoded, samples = [], 0
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                decoded.append(out)
+                samples += out.samples
+            if max_duration is not None and decoded and samples > max_duration * decoded[0].sample_rate:
+                raise _too_long(source, max_duration)
+        decoded += resampler.resample(None)
         rate = decoded[0].sample_rate if decoded else stream.rate
     if not decoded:
         return np.zeros((0, 1), np.float32), rate

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from . import calibrate, data, demo, diarize, eval, export, gallery, model, stream, train  # noqa: F401  (each registers its commands)
+from . import calibrate, data, demo, diarize, eval, export, gallery, model, serve, stream, train  # noqa: F401  (each registers its commands)
 from .common import GLIBC_TUNABLES, app, reexec_with_tunables, wants_tunables
 
 __all__ = ["GLIBC_TUNABLES", "app", "main", "reexec_with_tunables"]

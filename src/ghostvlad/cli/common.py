@@ -64,7 +64,7 @@ def _options(debug: bool = typer.Option(False, "--debug", help="Show the Python 
 # for CPU inference: training ranks and their data workers (dozens of processes per node) must not each keep
 # gigabytes of freed memory, and neither must torchrun's ranks.
 GLIBC_TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
-INFERENCE_COMMANDS = frozenset({"embed", "eval", "verify", "enroll", "identify", "diarize", "calibrate", "stream"})
+INFERENCE_COMMANDS = frozenset({"embed", "eval", "verify", "enroll", "identify", "diarize", "calibrate", "stream", "serve"})
 
 
 def wants_tunables(args: list[str]) -> bool:
