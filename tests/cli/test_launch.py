@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ghostvlad.cli.common import resolve_device, wants_tunables
+from ghostvlad.cli.common import resolve_auto, wants_tunables
 
 
 def test_glibc_reexec_only_for_single_process_cpu_inference(monkeypatch):
@@ -22,12 +22,12 @@ def test_glibc_reexec_only_for_single_process_cpu_inference(monkeypatch):
 
 def test_auto_device_and_precision(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto", "auto") == ("cpu", "fp32")
+    assert resolve_auto("auto", "auto") == ("cpu", "fp32")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert resolve_device("auto", "auto") == ("cuda:3", "bf16")
-    assert resolve_device("cpu", "bf16") == ("cpu", "bf16")
-    assert resolve_device("auto", "fp32") == ("cuda:3", "fp32")
+    assert resolve_auto("auto", "auto") == ("cuda:3", "bf16")
+    assert resolve_auto("cpu", "bf16") == ("cpu", "bf16")
+    assert resolve_auto("auto", "fp32") == ("cuda:3", "fp32")
 
 
 @pytest.mark.parametrize("args", [["embed", "--device", "cpu"]])
