@@ -141,10 +141,7 @@ def embed(
         arrays.update(index=np.repeat(np.array([positions[i] for i in order], dtype=np.int64), rows),
                       shard=np.array(str(part)))
     target = out_path if ranks is None else out_path.with_name(f".{out_path.name}.part{ranks.rank}")
-    try:
-        write_npz(target, arrays)
-    except OSError as exc:
-        fail(f"{target}: cannot write the embeddings ({exc})")
+    write_npz(target, arrays)  # an OSError is one line naming the file (the CLI's error handling)
     if ranks is not None:  # rank 0 merges every rank's part (next to --out: a folder all ranks see) into --out
         barrier(ranks)
         counts = gather_to_main(len(failures), ranks)
@@ -159,10 +156,7 @@ def embed(
                 p.unlink(missing_ok=True)
             if len(arrays["embeddings"]) == 0:
                 fail(f"none of the {len(paths)} files could be embedded")
-            try:
-                write_npz(out_path, arrays)
-            except OSError as exc:
-                fail(f"{out_path}: cannot write the embeddings ({exc})")
+            write_npz(out_path, arrays)
             _report(out_path, arrays, window, len(paths), sum(counts))
         return
     what = f"shard {part} of {len(paths)} files: " if part is not None else ""
