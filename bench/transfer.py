@@ -41,7 +41,7 @@ from ghostvlad.recipes import CROSS_DOMAIN, DEMO_CORPUS, score_corpus, synthesiz
 OFF = "data.augment={" + ", ".join(f"{s}: 0" for s in
                                    ("reverb", "noise", "babble", "music", "eq", "bandlimit", "telephone", "codec",
                                     "gain")) + "}"
-RECIPES = {"baseline": [OFF, "data.speeds=[1.0]", "train.sampler=random"], "demo": []}
+RECIPES = {"baseline": [OFF, "data.speeds=[1.0]", "train.sampler=random", "head.prototypical=0"], "demo": []}
 POOLING = {"tap": [], "tstp": [], "astp": [],
            "vlad": ["model.clusters=8"], "gvlad": ["model.clusters=8", "model.ghost_clusters=2"]}
 
