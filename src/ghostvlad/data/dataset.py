@@ -359,12 +359,16 @@ class CropDataset(Dataset):
         try:
             return read_crop(os.fsdecode(self.paths[j]), rng, float(self.durations[j]), self.frames)
         except AudioError as exc:
-            if self.bad_log is None:
-                raise
-            if j not in self._bad:
-                self._bad.add(j)
-                log_bad_file(self.bad_log, exc)
+            self._note_bad(j, exc)
             return np.zeros(crop_samples(self.frames), np.float32)
+
+    def _note_bad(self, j: int, exc: AudioError) -> None:
+        """Log utterance ``j``'s decoding failure once in :attr:`bad_log`; without a log, raise it."""
+        if self.bad_log is None:
+            raise exc
+        if j not in self._bad:
+            self._bad.add(j)
+            log_bad_file(self.bad_log, exc)
 
     @property
     def epoch(self) -> int:
@@ -384,11 +388,7 @@ class CropDataset(Dataset):
             try:
                 crop, k = self._crop(j)
             except AudioError as exc:
-                if self.bad_log is None:
-                    raise
-                if j not in self._bad:
-                    self._bad.add(j)
-                    log_bad_file(self.bad_log, exc)
+                self._note_bad(j, exc)
                 first_error = first_error or exc
                 continue
             return crop, int(self.labels[i]) * len(self.speeds) + k
