@@ -364,7 +364,7 @@ def test_non_finite_window_embeddings_are_that_files_error(tmp_path, model, monk
 
 
 def test_a_cache_that_cannot_be_written_costs_no_results(tmp_path, model, monkeypatch):
-    import sqlite3
+    import errno
 
     from ghostvlad import evaluate as ev
 
@@ -374,16 +374,14 @@ def test_a_cache_that_cannot_be_written_costs_no_results(tmp_path, model, monkey
         sf.write(paths[-1], _voice(k), RATE)
     cache = tmp_path / "cache"
     assert embed_files(model, paths[:1], cache).computed == 1
-    connect = sqlite3.connect
+    write = ev.atomic_write
 
-    def unwritable(*args, **kwargs):  # opens and reads, but every write fails (as on a full or read-only disk)
-        conn = connect(*args, **kwargs)
-        conn.execute("PRAGMA query_only = ON")
-        return conn
+    def full_disk(*args, **kwargs):  # every new cache part fails, as on a full or read-only disk
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ev.sqlite3, "connect", unwritable)
+    monkeypatch.setattr(ev, "atomic_write", full_disk)
     done = embed_files(model, paths, cache)
     assert (done.cached, done.computed, sorted(done.embeddings)) == (1, 2, sorted(paths))
-    assert "embeddings.sqlite: cannot write the embedding cache (attempt to write a readonly" in done.cache_error
-    monkeypatch.setattr(ev.sqlite3, "connect", connect)
+    assert "cannot write the embedding cache" in done.cache_error and "No space left" in done.cache_error
+    monkeypatch.setattr(ev, "atomic_write", write)
     assert embed_files(model, paths, cache).cached == 1  # nothing half-written

@@ -270,8 +270,8 @@ def test_non_finite_step_is_skipped_and_counted_and_never_saved(corpus, tmp_path
 
 def test_prefetch_depth_adapts_to_dev_shm(corpus, tmp_path, monkeypatch):
     manifest, config = corpus
-    trainer = Trainer(load_config(config, ["train.batch_size=160"]), manifest, tmp_path / "run", progress=False)
-    batch = 160 * 49 * 160 * 4  # bytes of one batch of 50-frame crops
+    trainer = Trainer(load_config(config, ["train.batch_size=16"]), manifest, tmp_path / "run", progress=False)
+    batch = 16 * 49 * 160 * 4  # bytes of one batch of 50-frame crops
     free = {"value": 10**12}
     monkeypatch.setattr("ghostvlad.train.loop.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(0, 0, free["value"]))
     assert trainer._prefetch(8) == 4 and trainer.notices == []
