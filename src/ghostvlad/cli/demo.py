@@ -18,8 +18,8 @@ def demo(
     epochs: Optional[int] = typer.Option(None, help="Override the demo config's epochs."),
 ) -> None:
     """Synthesise a multi-speaker corpus, train the `demo` config on it, and evaluate EER/minDCF on held-out
-    speakers of the same voices and channels (in-domain) and of another synthesiser through unseen channel types
-    (cross-domain: telephone lines, speech codecs, saturation)."""
+    speakers of its voices and channels (in-domain) and on unseen speakers heard through channel types the
+    training never saw (cross-domain: telephone lines, speech codecs, saturation)."""
     from rich.table import Table
 
     from ..audio import AudioError
