@@ -32,15 +32,14 @@ from pathlib import Path
 import numpy as np
 from _runtime import add_runtime_options, apply_runtime_options
 
+from ghostvlad.data.augment import STAGE_ORDER
 from ghostvlad.data.engine_set import build_engine_set
 from ghostvlad.data.voices import EngineUnavailable
 from ghostvlad.fileio import atomic_write_text
 from ghostvlad.inference import load_model
 from ghostvlad.recipes import CROSS_DOMAIN, DEMO_CORPUS, score_corpus, synthesize, train_on_corpus
 
-OFF = "data.augment={" + ", ".join(f"{s}: 0" for s in
-                                   ("reverb", "noise", "babble", "music", "eq", "bandlimit", "telephone", "codec",
-                                    "gain")) + "}"
+OFF = "data.augment={" + ", ".join(f"{stage}: 0" for stage in STAGE_ORDER) + "}"
 RECIPES = {"baseline": [OFF, "data.speeds=[1.0]", "train.sampler=random", "head.prototypical=0"], "demo": []}
 POOLING = {"tap": [], "tstp": [], "astp": [],
            "vlad": ["model.clusters=8"], "gvlad": ["model.clusters=8", "model.ghost_clusters=2"]}

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -143,9 +143,9 @@ def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = N
     """
     out = Path(out_dir)
     stage = on_stage or (lambda text: None)
-    corpus_config = DEMO_CORPUS if speakers is None else SynthConfig(
-        **{**asdict(DEMO_CORPUS), "speakers": speakers, "test_speakers": max(2, speakers // 10)})
-    corpus_config = SynthConfig(**{**asdict(corpus_config), "seed": seed})
+    corpus_config = replace(DEMO_CORPUS, seed=seed)
+    if speakers is not None:
+        corpus_config = replace(corpus_config, speakers=speakers, test_speakers=max(2, speakers // 10))
     timings = {}
 
     t0 = time.perf_counter()

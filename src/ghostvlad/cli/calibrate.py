@@ -14,6 +14,7 @@ OperatingPointOpt = typer.Option(
     None, "--operating-point",
     help="eer, far@0.01, ... (stored by 'ghostvlad calibrate'), or bayes (P(same) >= 1/2 at --prior). "
          "Default: eer when calibrated, else the model's stored threshold.")
+ThresholdOpt = typer.Option(None, help="Accept threshold on the cosine score (instead of an operating point).")
 PriorOpt = typer.Option(0.5, "--prior", help="Prior probability of a match, for P(same) and the bayes operating point.")
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .calibrate import OperatingPointOpt, PriorOpt, decision_rule
+from .calibrate import OperatingPointOpt, PriorOpt, ThresholdOpt, decision_rule
 from .common import DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out
 
 DbOpt = typer.Option(..., "--db", help="Speaker gallery file (SQLite; created by the first enrolment).")
@@ -64,7 +64,7 @@ def identify(
     db: Path = DbOpt,
     top: int = typer.Option(5, "--top", min=1, help="How many candidates to list."),
     operating_point: Optional[str] = OperatingPointOpt,
-    threshold: Optional[float] = typer.Option(None, help="Accept threshold on the cosine score (instead of an operating point)."),
+    threshold: Optional[float] = ThresholdOpt,
     prior: float = PriorOpt,
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,

@@ -11,7 +11,7 @@ from typing import Optional
 import numpy as np
 import typer
 
-from .calibrate import OperatingPointOpt, PriorOpt, decision_rule
+from .calibrate import OperatingPointOpt, PriorOpt, ThresholdOpt, decision_rule
 from .common import DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, fail, open_model, out
 
 
@@ -51,7 +51,7 @@ def stream(
     update: float = typer.Option(0.5, "--update", min=0.01, help="Seconds of audio between updates."),
     fast: bool = typer.Option(False, "--fast", help="Read a file as fast as possible instead of in real time."),
     operating_point: Optional[str] = OperatingPointOpt,
-    threshold: Optional[float] = typer.Option(None, help="Accept threshold on the cosine score (instead of an operating point)."),
+    threshold: Optional[float] = ThresholdOpt,
     prior: float = PriorOpt,
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
