@@ -34,7 +34,8 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 from ghostvlad.data.synth import SynthConfig, synthesize_corpus
 from ghostvlad.diarize import diarize, speech_frames
 from ghostvlad.features import FrontEndConfig
-from ghostvlad.inference import SpeakerModel, load_model
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.loading import load_model
 from ghostvlad.models import EncoderConfig, SpeakerEncoder
 
 RATE = 16000

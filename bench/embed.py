@@ -27,7 +27,7 @@ def network_gflop(model: SpeakerModel, frames: int) -> float:
     """FLOPs (2 per multiply-add) of one forward pass of the encoder on ``frames`` frames."""
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        model.network.embed(torch.zeros(1, 257, frames))
+        model.fused_encoder.embed(torch.zeros(1, 257, frames))
     return counter.get_total_flops() / 1e9
 
 

@@ -35,7 +35,8 @@ from _runtime import add_runtime_options, apply_runtime_options
 
 from ghostvlad.audio import load_audio_bytes
 from ghostvlad.features import FrontEndConfig
-from ghostvlad.inference import SpeakerModel, load_model
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.loading import load_model
 from ghostvlad.models import EncoderConfig, SpeakerEncoder
 
 MIN_COSINE = 0.9999

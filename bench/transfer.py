@@ -36,7 +36,7 @@ from ghostvlad.data.augment import STAGE_ORDER
 from ghostvlad.data.engine_set import build_engine_set
 from ghostvlad.data.voices import EngineUnavailable
 from ghostvlad.fileio import atomic_write_text
-from ghostvlad.inference import load_model
+from ghostvlad.loading import load_model
 from ghostvlad.recipes import CROSS_DOMAIN, DEMO_CORPUS, score_corpus, synthesize, train_on_corpus
 
 OFF = "data.augment={" + ", ".join(f"{stage}: 0" for stage in STAGE_ORDER) + "}"

@@ -17,7 +17,7 @@ def model(backbone="resnet34s", pooling="gvlad", mirror=False, **kwargs) -> Spea
 
 
 def minimal_chunk(m: SpeakerModel, steps: int = 1) -> int:
-    backbone = m.network.backbone
+    backbone = m.fused_encoder.backbone
     return 2 * backbone.time_context + steps * backbone.time_stride
 
 
@@ -43,7 +43,7 @@ def test_frontend_span_equals_the_whole_clip_columns(mirror):
 
 @pytest.mark.parametrize("backbone", ["resnet34s", "resnet34l"])
 def test_span_steps_equal_the_whole_clip_steps(backbone):
-    net = model(backbone).network
+    net = model(backbone).fused_encoder
     stride, context = net.backbone.time_stride, net.backbone.time_context
     for total in (611, 612, 803):
         feats = torch.randn(1, 257, total)
@@ -67,7 +67,7 @@ def test_span_steps_equal_the_whole_clip_steps(backbone):
 @pytest.mark.parametrize("mirror", [False, True])
 def test_chunked_embedding_equals_the_whole_clip(backbone, pooling, mirror):
     whole = model(backbone, pooling, mirror, chunk_frames=10**9)
-    chunked = [SpeakerModel(whole.encoder, whole.frontend_config, chunk_frames=minimal_chunk(whole, steps))
+    chunked = [SpeakerModel(whole.saved_encoder, whole.frontend_config, chunk_frames=minimal_chunk(whole, steps))
                for steps in (2, 9)]
     waves = [varied_audio(RNG, n / 16000) for n in LENGTHS]
     expected = whole.embed_waveforms(waves)
@@ -105,8 +105,8 @@ def largest_activations(m: SpeakerModel, run) -> tuple[int, int]:
     def width(module, inputs, output):
         seen["width"] = max(seen["width"], inputs[0].shape[-1])
 
-    hooks = [mod.register_forward_hook(record) for mod in m.network.modules() if mod is not m.network]
-    hooks.append(m.network.backbone.stem.bn.register_forward_hook(width))  # the stem's input: frames in time
+    hooks = [mod.register_forward_hook(record) for mod in m.fused_encoder.modules() if mod is not m.fused_encoder]
+    hooks.append(m.fused_encoder.backbone.stem.bn.register_forward_hook(width))  # the stem's input: frames in time
     try:
         run()
     finally:

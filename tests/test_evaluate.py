@@ -135,7 +135,7 @@ def test_cache_reuses_embeddings_and_tracks_model_and_files(model, corpus, monke
     np.testing.assert_array_equal(second.scores, first.scores)
     assert second.summary == first.summary
 
-    same = SpeakerModel(model.encoder, FrontEndConfig(), threshold=0.5)  # threshold: cache still valid
+    same = SpeakerModel(model.saved_encoder, FrontEndConfig(), threshold=0.5)  # threshold: cache still valid
     assert ev.model_key(same) == ev.model_key(model)
     assert evaluate(same, *args, cache_dir=corpus["cache"]).computed == 0
     os.utime(corpus["root"] / "b/1.wav", ns=(1, 1))  # a changed file is embedded again, alone
@@ -144,7 +144,7 @@ def test_cache_reuses_embeddings_and_tracks_model_and_files(model, corpus, monke
 
     other = evaluate(tiny_model(seed=1), *args, cache_dir=corpus["cache"])
     assert other.computed == 6 and not np.allclose(other.scores, first.scores)
-    bf16 = SpeakerModel(model.encoder, FrontEndConfig(), precision="bf16")
+    bf16 = SpeakerModel(model.saved_encoder, FrontEndConfig(), precision="bf16")
     assert evaluate(bf16, *args, cache_dir=corpus["cache"]).computed == 6
     assert len(list(corpus["cache"].iterdir())) == 3
 

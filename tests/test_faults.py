@@ -18,7 +18,8 @@ from ghostvlad.devices import DeviceError, resolve_device
 from ghostvlad.errors import GhostvladError, describe
 from ghostvlad.evaluate import embed_files
 from ghostvlad.gallery import Gallery, GalleryError
-from ghostvlad.inference import SpeakerModel, load_model
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.loading import load_model
 from ghostvlad.modelfile import ModelFileError
 
 RATE = 16000
@@ -161,14 +162,14 @@ def test_one_failing_item_costs_no_other(tmp_path, model, monkeypatch):
         sf.write(paths[-1], _voice(k), RATE)
     raw = tmp_path / "x.raw"
     raw.write_bytes(_voice().tobytes())
-    real_load = SpeakerModel._load
+    real_load = SpeakerModel.load_item
 
     def load(self, item, sample_rate):
         if str(item).endswith("c1.wav"):
             raise MemoryError()
         return real_load(self, item, sample_rate)
 
-    monkeypatch.setattr(SpeakerModel, "_load", load)
+    monkeypatch.setattr(SpeakerModel, "load_item", load)
     results = {r.source: r for r in model.iter_embeddings([*paths, str(raw)])}
     assert results[paths[1]].error is not None and "out of memory" not in str(results[paths[0]].error or "")
     assert isinstance(results[paths[1]].error, AudioError) and "MemoryError" in str(results[paths[1]].error)
@@ -206,7 +207,7 @@ def test_model_files_with_bad_contents_are_one_line_errors(tmp_path, model):
         with pytest.raises(ModelFileError, match=message):
             load_model(path)
     config.write_text(text)
-    state = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    state = {k: v.clone() for k, v in model.saved_encoder.state_dict().items()}
     name = next(k for k, v in state.items() if v.is_floating_point() and v.ndim > 1)
     state[name][0] = float("nan")
     from ghostvlad.modelfile import write_model

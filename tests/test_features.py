@@ -61,6 +61,40 @@ def test_too_short_raises():
         Spectrogram()(torch.zeros(1, 200))
 
 
+@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("stft", ["torch", "conv"])
+def test_min_samples_is_the_shortest_clip_accepted(mirror, stft):
+    config = FrontEndConfig(mirror=mirror)
+    front = Spectrogram(config, stft=stft)
+    shortest = config.min_samples
+    assert shortest == (129 if mirror else 257)  # reflect padding of n_fft / 2 = 256 needs 257 samples
+    wave = torch.randn(2, shortest + 40)
+    feats, frames = front(wave, torch.tensor([shortest, shortest + 40]))  # the shortest in a batch: fine
+    assert int(frames[0]) == config.num_frames(shortest)
+    with pytest.raises(ValueError, match=f"{shortest - 1} samples .needs at least {shortest}"):
+        front(wave, torch.tensor([shortest - 1, shortest + 40]))
+    with pytest.raises(ValueError, match="too short"):
+        front(torch.zeros(1, shortest - 1))
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_conv_stft_equals_torch_stft_in_batches_and_spans(clips, mirror):
+    config = FrontEndConfig(mirror=mirror)
+    plain, conv = Spectrogram(config), Spectrogram(config, stft="conv")
+    lengths = torch.tensor([len(c) for c in clips])
+    batch = torch.zeros(len(clips), int(lengths.max()))
+    for i, c in enumerate(clips):
+        batch[i, : len(c)] = torch.from_numpy(c)
+    (a, fa), (b, fb) = plain(batch, lengths), conv(batch, lengths)
+    assert torch.equal(fa, fb)
+    torch.testing.assert_close(b, a, atol=2e-5, rtol=0)  # normalised features: 5e-7 on the magnitudes
+    wave = torch.from_numpy(clips[0])
+    torch.testing.assert_close(conv.span(wave, len(wave), -3, 40), plain.span(wave, len(wave), -3, 40),
+                               atol=2e-5, rtol=0)
+    with pytest.raises(ValueError, match="unknown stft"):
+        Spectrogram(config, stft="fft")
+
+
 def test_train_crop_shape_and_content():
     rng = np.random.default_rng(1)
     y = np.arange(30000, dtype=np.float32)

@@ -393,7 +393,7 @@ def test_cli_enroll_identify_list_remove(model, clips, tmp_path):
 
 
 def test_cli_identify_reports_the_calibrated_decision(model, clips, tmp_path):
-    calibrated = SpeakerModel(model.encoder, FrontEndConfig(),
+    calibrated = SpeakerModel(model.saved_encoder, FrontEndConfig(),
                               calibration={"a": 20.0, "b": -18.0, "prior": 0.5, "thresholds": {"eer": 0.9, "far@0.01": 0.95}})
     model_dir = calibrated.save(tmp_path / "model")
     db = tmp_path / "speakers.db"

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from ghostvlad.features import FrontEndConfig
-from ghostvlad.inference import SpeakerModel, load_model
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.loading import load_model
 from ghostvlad.modelfile import ModelFileError, read_model
 from ghostvlad.models import EncoderConfig, SpeakerEncoder
 
@@ -25,8 +26,8 @@ def test_round_trip_is_exact(tmp_path, model, name):
     assert loaded.config == CONFIG
     assert loaded.frontend.config == FrontEndConfig(mirror=True)
     assert loaded.threshold == 0.5 and loaded.info == {"source": "test"}
-    for k, v in model.encoder.state_dict().items():
-        assert torch.equal(v, loaded.encoder.state_dict()[k]), k
+    for k, v in model.saved_encoder.state_dict().items():
+        assert torch.equal(v, loaded.saved_encoder.state_dict()[k]), k
     wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
     np.testing.assert_array_equal(model.embed(wave), loaded.embed(wave))
     assert not list(tmp_path.rglob("*.tmp"))

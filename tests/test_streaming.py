@@ -16,7 +16,7 @@ CALIBRATION = [varied_audio(RNG, 2.0) for _ in range(4)]
 def models(backbone="resnet34s", pooling="gvlad", mirror=False, chunk_frames=400):
     """(streaming model, offline reference with the mirror off and no chunking)."""
     m = calibrated_tiny_model(CALIBRATION, mirror=mirror, backbone=backbone, pooling=pooling, chunk_frames=chunk_frames)
-    return m, SpeakerModel(m.encoder, FrontEndConfig(mirror=False), chunk_frames=10**9)
+    return m, SpeakerModel(m.saved_encoder, FrontEndConfig(mirror=False), chunk_frames=10**9)
 
 
 def check_prefixes(stream, reference, wave, sizes) -> int:
@@ -81,8 +81,8 @@ def test_work_per_update_does_not_grow_with_the_stream():
         per_update.append(largest_activations(stream_model, lambda: update(wave[start : start + 8000])))
     early, late = max(per_update[2:20]), max(per_update[20:])
     assert late == early  # the same largest activation and span width after 5 s and after 40 s
-    assert late[1] < 2 * stream_model.network.backbone.time_context + 8000 // 160 + 64
-    context = stream_model.network.backbone.time_context
+    assert late[1] < 2 * stream_model.fused_encoder.backbone.time_context + 8000 // 160 + 64
+    context = stream_model.fused_encoder.backbone.time_context
     assert len(stream._buffer) <= (2 * context + 16 + 8000 // 160 + 2) * 160  # samples kept: 3 s, not 40
 
 
@@ -127,8 +127,8 @@ def test_bad_pushes_are_rejected_and_leave_the_stream_as_it_was(samples, message
 
 def test_bf16_stream_matches_bf16_offline():
     stream_model, _ = models()
-    bf16 = SpeakerModel(stream_model.encoder, FrontEndConfig(), precision="bf16", chunk_frames=400)
-    offline = SpeakerModel(stream_model.encoder, FrontEndConfig(), precision="bf16")
+    bf16 = SpeakerModel(stream_model.saved_encoder, FrontEndConfig(), precision="bf16", chunk_frames=400)
+    offline = SpeakerModel(stream_model.saved_encoder, FrontEndConfig(), precision="bf16")
     wave = varied_audio(RNG, 5.0)
     stream = bf16.stream()
     for piece in np.array_split(wave, 9):

@@ -66,17 +66,17 @@ def test_batched_windows_equal_windows_embedded_one_by_one(mirror):
     assert not np.allclose(w.embeddings[-1], padded, atol=1e-3)  # the short window is not zero-padded audio
 
 
-def test_model_method_reads_files_and_resamples(model, tmp_path):
+def test_windows_of_loaded_files_and_resampled_arrays(model, tmp_path):
     wave = clip(3.1, seed=2)
     path = tmp_path / "a.wav"
     sf.write(path, wave, RATE, subtype="FLOAT")
-    starts, ends, emb = model.embed_windows(path, window=1.5, hop=0.75)
+    w = embed_windows(model, model.load_item(path), window=1.5, hop=0.75)
     ref = embed_windows(model, wave, 1.5, 0.75)
-    np.testing.assert_allclose(starts, ref.starts)
-    np.testing.assert_allclose(ends, ref.ends)
-    np.testing.assert_allclose(emb, ref.embeddings, atol=1e-5)
-    s8, e8, _ = model.embed_windows(wave[::2], window=1.5, hop=0.75, sample_rate=8000)
-    assert e8[-1] == pytest.approx(3.1, abs=1e-3) and len(s8) == len(starts)
+    np.testing.assert_allclose(w.starts, ref.starts)
+    np.testing.assert_allclose(w.ends, ref.ends)
+    np.testing.assert_allclose(w.embeddings, ref.embeddings, atol=1e-5)
+    w8 = embed_windows(model, model.load_item(wave[::2], sample_rate=8000), window=1.5, hop=0.75)
+    assert w8.ends[-1] == pytest.approx(3.1, abs=1e-3) and len(w8) == len(w)
 
 
 @pytest.mark.parametrize(

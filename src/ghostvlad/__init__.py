@@ -9,7 +9,7 @@ _EXPORTS = {
     "AudioError": "audio",
     "load_audio": "audio",
     "SpeakerModel": "inference",
-    "load_model": "inference",
+    "load_model": "loading",
     "ModelFileError": "modelfile",
     "GhostvladError": "errors",
 }

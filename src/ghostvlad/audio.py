@@ -115,7 +115,7 @@ def prepare_waveform(
         raise AudioError(source, f"unsupported sample dtype {x.dtype}; expected float or integer PCM")
     if x.ndim not in (1, 2):
         raise AudioError(source, f"expected a 1-D or 2-D array, got shape {x.shape}")
-    x = _pcm_to_float(x)
+    x = pcm_to_float(x)
     if x.ndim == 2:
         x = _mono(x.T if x.shape[0] <= x.shape[1] else x)  # the smaller axis is channels
     return _finish(x, sample_rate, target_rate, min_duration, source)
@@ -291,7 +291,7 @@ def _mono(frames: np.ndarray) -> np.ndarray:
     return frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1)
 
 
-def _pcm_to_float(x: np.ndarray) -> np.ndarray:
+def pcm_to_float(x: np.ndarray) -> np.ndarray:
     """Integer PCM -> float32 in [-1, 1]; float input -> float32."""
     if x.dtype.kind == "f":
         return x.astype(np.float32, copy=False)

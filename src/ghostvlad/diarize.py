@@ -41,10 +41,11 @@ from threadpoolctl import threadpool_limits
 
 from .audio import SAMPLE_RATE
 from .fileio import atomic_write_text
-from .windows import check_windows, embed_slices, min_samples, window_bounds
+from .scoring.vectors import unit_rows
+from .windows import embed_slices, window_bounds, window_samples
 
 if TYPE_CHECKING:
-    from .inference import Embedder
+    from .embedding import Embedder
 
 __all__ = [
     "Segment", "VadConfig", "cluster", "count_speakers", "diarize", "speech_frames", "speech_regions", "write_rttm",
@@ -183,7 +184,7 @@ def count_speakers(embeddings: np.ndarray, threshold: float, min_share: float = 
     n = len(embeddings)
     if n == 0:
         return 1
-    sums = (embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)).astype(np.float64)
+    sums = unit_rows(embeddings, "embeddings", np.float64)
     unit, sizes, alive = sums.copy(), np.ones(n), np.ones(n, dtype=bool)
     similarity = unit @ unit.T
     np.fill_diagonal(similarity, -np.inf)
@@ -195,7 +196,7 @@ def count_speakers(embeddings: np.ndarray, threshold: float, min_share: float = 
         sizes[i] += sizes[j]
         alive[j] = False
         similarity[j, :] = similarity[:, j] = -np.inf
-        unit[i] = sums[i] / np.linalg.norm(sums[i])
+        unit[i] = unit_rows(sums[i], "cluster mean")
         row = np.where(alive, unit @ unit[i], -np.inf)
         row[i] = -np.inf
         similarity[i, :] = similarity[:, i] = row
@@ -219,7 +220,7 @@ def cluster(
         raise ValueError(f"speakers must be at least 1, got {speakers}")
     if max_speakers < 1:
         raise ValueError(f"max_speakers must be at least 1, got {max_speakers}")
-    x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    x = unit_rows(embeddings, "embeddings")
     subset = x if len(x) <= max_points else x[np.round(np.linspace(0, len(x) - 1, max_points)).astype(int)]
     if speakers is None and threshold is not None:
         speakers = min(count_speakers(subset, threshold), max_speakers)
@@ -281,7 +282,8 @@ def _frame_labels(starts: np.ndarray, ends: np.ndarray, labels: np.ndarray, fram
     return np.where(covered, votes.argmax(axis=1), -1)
 
 
-def _segments(frame_labels: np.ndarray, hop: float, duration: float) -> list[Segment]:
+def _turns(frame_labels: np.ndarray, hop: float, duration: float) -> list[Segment]:
+    """Speaker turns from per-frame labels (-1: no speech), speakers named in order of appearance."""
     starts, lengths = _runs(frame_labels)
     values = frame_labels[starts]
     keep = values >= 0
@@ -313,10 +315,10 @@ def diarize(
     (default: the model's stored threshold), or from the eigengap when there is none (module docstring). Raises
     :class:`~ghostvlad.audio.AudioError` on unreadable audio and ValueError on bad settings.
     """
-    win, stride = check_windows(model, window, hop)
-    wave = model._load(audio, sample_rate)
+    win, stride = window_samples(model, window, hop)
+    wave = model.load_item(audio, sample_rate)
     rate = model.frontend_config.sample_rate
-    shortest = min_samples(model.frontend_config)
+    shortest = model.frontend_config.min_samples
     step = max(1, round(vad.hop * rate))
     mask = speech_frames(wave, rate, vad)
     bounds = []
@@ -332,7 +334,7 @@ def diarize(
     threshold = model.threshold if threshold is None else threshold
     labels = cluster(embed_slices(model, wave, starts, ends), speakers, max_speakers, threshold=threshold)
     frame_labels = _frame_labels(starts / rate, ends / rate, labels, len(mask), vad.hop)
-    return _segments(np.where(mask, frame_labels, -1), vad.hop, len(wave) / rate)
+    return _turns(np.where(mask, frame_labels, -1), vad.hop, len(wave) / rate)
 
 
 def rttm_lines(segments: list[Segment], file_id: str) -> list[str]:

@@ -24,7 +24,7 @@ from .data.manifest import ManifestError, read_manifest
 from .data.trials import Trials, read_trials
 from .errors import GhostvladError
 from .fileio import atomic_write, atomic_write_text
-from .inference import Embedder
+from .embedding import Embedder
 from .scoring import as_norm, eer, min_dcf
 from .scoring.asnorm import cohort_scores
 from .scoring.det import plot_det

@@ -2,17 +2,18 @@
 
 Both files map ``waveform (B, N)`` float32 at 16 kHz, zero-padded, and ``lengths (B,)`` int64 to unit-norm
 ``embedding (B, D)``. Batch and time are dynamic, and every row equals that clip embedded alone (exact
-masking, as in :class:`~ghostvlad.inference.SpeakerModel`). The front-end is in the graph: each clip's
-reflect padding (and the mirror extension, when the model uses it) is a gather, and the STFT a strided
-conv1d with the windowed DFT basis (within 5e-7 of ``torch.stft``; twice as fast in onnxruntime as its
-STFT op). The ONNX file carries the model's config JSON in its metadata under the key ``ghostvlad``::
+masking, as in :class:`~ghostvlad.inference.SpeakerModel`). The graph is the model's own forward pass, traced:
+the front-end :class:`~ghostvlad.features.Spectrogram` with its ``stft="conv"`` option (the STFT as a strided
+conv1d with the windowed DFT basis, within 5e-7 of ``torch.stft``; twice as fast in onnxruntime as its STFT
+op) and the BatchNorm-folded encoder. The ONNX file carries the model's config JSON in its metadata under the
+key ``ghostvlad``::
 
     import numpy as np, onnxruntime as ort  # wave: float32 16 kHz mono samples
     session = ort.InferenceSession("model.onnx")
     emb = session.run(None, {"waveform": wave[None], "lengths": np.array([len(wave)], np.int64)})[0][0]
 
 :class:`OnnxSpeakerModel` embeds files and arrays through onnxruntime with the interface of
-``SpeakerModel``; :func:`ghostvlad.inference.load_model` returns one for a ``.onnx`` path. onnx and
+``SpeakerModel``; :func:`ghostvlad.loading.load_model` returns one for a ``.onnx`` path. onnx and
 onnxruntime are imported only when used.
 """
 from __future__ import annotations
@@ -27,17 +28,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .devices import resolve_device
+from .embedding import Embedder, pad_batch
 from .errors import one_line
-from .features import FrontEndConfig, _source_index
+from .features import FrontEndConfig, Spectrogram
 from .fileio import atomic_write
-from .inference import Embedder, SpeakerModel, pad_batch
+from .inference import SpeakerModel
 from .modelfile import FORMAT, METADATA_KEY, VERSION, ModelFileError
 from .models import EncoderConfig
-from .models.backbones import ThinResNet, _same_pad, _time_mask, _unrolled_stem
 
 OPSET = 17
 INPUTS = ("waveform", "lengths")
@@ -45,80 +45,17 @@ OUTPUT = "embedding"
 TORCHSCRIPT_CONFIG = "ghostvlad.json"  # name of the config among a TorchScript file's extra files
 
 
-class _FrontEnd(nn.Module):
-    """:class:`~ghostvlad.features.Spectrogram` in traceable ops; widths follow the input's shape."""
-
-    def __init__(self, config: FrontEndConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.offset = (config.n_fft - config.win_length) // 2  # torch.stft centres the window in the frame
-        taps = torch.arange(config.win_length, dtype=torch.float64) + self.offset
-        angle = 2 * torch.pi * torch.arange(config.n_freq, dtype=torch.float64)[:, None] * taps / config.n_fft
-        window = torch.hann_window(config.win_length, periodic=True, dtype=torch.float64)
-        basis = torch.cat([torch.cos(angle), -torch.sin(angle)]) * window  # (2 * n_freq, win_length)
-        self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
-
-    def forward(self, wave: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        cfg = self.config
-        total = wave.shape[1]
-        pad = cfg.n_fft // 2 - self.offset  # only the samples under the window
-        index, valid = _source_index(lengths, (2 * total if cfg.mirror else total) + 2 * pad, pad, cfg.mirror)
-        padded = wave.gather(1, index.clamp(max=total - 1)) * valid
-        parts = F.conv1d(padded[:, None, :], self.basis, stride=cfg.hop_length)
-        real, imag = parts[:, : cfg.n_freq], parts[:, cfg.n_freq :]
-        spec = torch.sqrt(real * real + imag * imag)
-        frames = 1 + (2 * lengths if cfg.mirror else lengths) // cfg.hop_length
-        mean = spec.mean(dim=1, keepdim=True)
-        std = spec.std(dim=1, keepdim=True, unbiased=False)
-        mask = torch.arange(spec.shape[-1], device=wave.device)[None, :] < frames[:, None]
-        return (spec - mean) / (std + cfg.eps) * mask[:, None, :], frames
-
-
-class _Backbone(nn.Module):
-    """``ThinResNet.forward`` for tracing: no data-dependent Python, one pass for any mix of lengths.
-
-    A stride-2 'SAME' stem pads by the parity of the length; a zero frame in front of each odd-length clip
-    aligns it as an even-length one, so one padding fits the whole batch.
-    """
-
-    def __init__(self, net: ThinResNet, height: int) -> None:
-        super().__init__()
-        self.net = net
-        self.height = height
-
-    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        net, stride = self.net, self.net.spec.stem_stride
-        if stride > 1:
-            odd = lengths % 2 == 1
-            x = torch.where(odd[:, None, None, None], F.pad(x, (1, 0)), F.pad(x, (0, 1)))
-            lengths = lengths + odd.long()
-            kernel = net.stem.conv.kernel_size[1]
-            before = (kernel - stride) // 2  # 'SAME' time padding of an even length
-            x = net.stem(F.pad(x, (before, kernel - stride - before, *_same_pad(self.height, kernel, stride))))
-        else:
-            x = net.stem.bn(_unrolled_stem(x, net.stem.conv))
-        x = F.relu(F.max_pool2d(x, 2))
-        n = (lengths + stride - 1) // stride // 2
-        for spec, blocks in zip(net.spec.stages, net.stages):
-            n = (n + spec.stride - 1) // spec.stride
-            mask = _time_mask(n, (x.shape[-1] + spec.stride - 1) // spec.stride, x.dtype)
-            for block in blocks:
-                x = block(x, mask)
-        return F.max_pool2d(x, (3, 1), (2, 1)), n
-
-
 class _Graph(nn.Module):
     """What is exported: waveforms + lengths -> unit-norm embeddings (fp32, CPU, BatchNorm folded)."""
 
     def __init__(self, model: SpeakerModel) -> None:
         super().__init__()
-        self.frontend = _FrontEnd(model.frontend_config)
-        network = copy.deepcopy(model.network).cpu().float().to(memory_format=torch.contiguous_format)
-        network.backbone = _Backbone(network.backbone, model.frontend_config.n_freq)
-        self.network = network.eval()
+        self.frontend = Spectrogram(model.frontend_config, stft="conv")
+        encoder = copy.deepcopy(model.fused_encoder).cpu().float().to(memory_format=torch.contiguous_format)
+        self.encoder = encoder.eval()
 
     def forward(self, waveform: Tensor, lengths: Tensor) -> Tensor:
-        return self.network.embed(*self.frontend(waveform, lengths))
+        return self.encoder.embed(*self.frontend(waveform, lengths))
 
 
 def _example() -> tuple[Tensor, Tensor]:
@@ -242,9 +179,7 @@ class OnnxSpeakerModel(Embedder):
     def embed_waveforms(self, waves: Sequence[np.ndarray]) -> np.ndarray:
         """Embed validated 16 kHz mono waveforms as one padded batch: ``(N, embed_dim)`` float32."""
         batch, lengths = pad_batch(waves)
-        needed = self.frontend_config.n_fft // 2 // (2 if self.frontend_config.mirror else 1)
-        if lengths.min() <= needed:
-            raise ValueError(f"clip too short for the front-end: {lengths.min()} samples (needs > {needed})")
+        self.frontend_config.check_length(int(lengths.min()))
         return self.session.run([OUTPUT], dict(zip(INPUTS, (batch, lengths))))[0]
 
 
@@ -255,8 +190,9 @@ def load_onnx_model(
     precision: str = "fp32",
     min_duration: float = 0.5,
     mirror: bool | None = None,
+    batch_frames: int = 3200,
 ) -> OnnxSpeakerModel:
-    """:class:`OnnxSpeakerModel` with :func:`~ghostvlad.inference.load_model`'s arguments (CPU and fp32 only)."""
+    """:class:`OnnxSpeakerModel` with :func:`~ghostvlad.loading.load_model`'s arguments (CPU and fp32 only)."""
     if resolve_device(device).type != "cpu" or precision != "fp32":
         raise ModelFileError(f"{path}: ONNX models run in fp32 on CPU; got device {device!r}, precision {precision!r}")
-    return OnnxSpeakerModel(path, min_duration=min_duration, mirror=mirror)
+    return OnnxSpeakerModel(path, min_duration=min_duration, batch_frames=batch_frames, mirror=mirror)

@@ -30,10 +30,12 @@ from . import __version__
 from .data.manifest import speaker_name
 from .errors import GhostvladError
 from .scoring.calibration import Decision, DecisionRule
+from .scoring.vectors import unit_rows
 
 if TYPE_CHECKING:
     from .audio import AudioError
-    from .inference import AudioInput, SpeakerModel
+    from .embedding import AudioInput
+    from .inference import SpeakerModel
 
 APPLICATION_ID = 0x47564C47  # "GVLG" in the SQLite header
 SCHEMA_VERSION = 1
@@ -88,12 +90,6 @@ def describe_model(config: dict, key: str) -> str:
             f"{config.get('precision', '?')})")
 
 
-def _model_identity(model: SpeakerModel) -> tuple[str, dict]:
-    from .evaluate import model_key
-
-    return model_key(model), {**model.to_config(), "precision": model.precision}
-
-
 def embed_for_enrolment(model: SpeakerModel, items: Sequence[AudioInput], *, skip_bad: bool = False,
                         sample_rate: int | None = None) -> tuple[np.ndarray, list[str], list[AudioError]]:
     """``(embeddings (n, D), sources, skipped errors)`` in input order.
@@ -131,14 +127,9 @@ def _writable(path: Path) -> bool:
     return os.access(path.absolute().parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / norms).astype(np.float32)
-
-
 def _unit_mean(embeddings: np.ndarray) -> np.ndarray:
     """Mean of unit embeddings, re-normalised to unit length."""
-    return _unit_rows(embeddings.astype(np.float64).mean(axis=0))
+    return unit_rows(embeddings.astype(np.float64).mean(axis=0), "mean embedding", np.float32)
 
 
 def top_matches(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +161,7 @@ class Gallery:
         self.path = Path(path)
         self.model = model
         self.timeout = timeout
-        self._identity = _model_identity(model) if model is not None else None
+        self._identity = model.identity() if model is not None else None
         self._db: sqlite3.Connection | None = None
         self._ready = False  # the schema exists (and was validated)
         self._meta: dict[str, str] = {}
@@ -344,7 +335,7 @@ class Gallery:
             names = list((sources or {}).get(given) or ["<array>"] * len(emb))
             if len(names) != len(emb):
                 raise GalleryError(f"{name}: {len(emb)} embeddings but {len(names)} sources")
-            batch.append((name, _unit_rows(emb), names))
+            batch.append((name, unit_rows(emb, name, np.float32), names))
         if not batch:
             return 0
         with self._transaction() as db:
@@ -482,7 +473,7 @@ class Gallery:
         if q.shape != (snapshot.matrix.shape[1],) or not np.isfinite(q).all() or not np.linalg.norm(q) > 0:
             raise GalleryError(f"query embedding must be a finite non-zero vector of {snapshot.matrix.shape[1]} "
                                f"values, got shape {q.shape}")
-        idx, scores = top_matches(snapshot.matrix, _unit_rows(q), top)
+        idx, scores = top_matches(snapshot.matrix, unit_rows(q, "query", np.float32), top)
         return [Match(snapshot.names[i], float(s), int(snapshot.counts[i]), rule(s)) for i, s in zip(idx, scores)]
 
 

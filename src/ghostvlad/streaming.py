@@ -14,18 +14,17 @@ model with ``mirror=False``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
 
-from .audio import SILENCE_PEAK, AudioError, _pcm_to_float
+from .audio import SILENCE_PEAK, AudioError, pcm_to_float
 from .chunked import merge, span_statistics, steps_per_chunk
 from .features import FrontEndConfig, Spectrogram
+from .models import SpeakerEncoder
 from .models.pooling import Stats
-
-if TYPE_CHECKING:
-    from .inference import SpeakerModel
 
 SOURCE = "<stream>"
 
@@ -43,16 +42,28 @@ class EmbeddingStream:
     ``push(samples)`` adds audio; ``embedding()`` is the unit-norm embedding of everything pushed since the
     start or the last ``reset()``, or None while that is shorter than the model's ``min_duration`` or silent.
     One stream serves one caller at a time; streams of one model may run in parallel threads.
+
+    ``encoder`` runs on ``device`` inside ``autocast()``; ``chunk_frames`` bounds the frames of one backbone run.
     """
 
-    def __init__(self, model: SpeakerModel) -> None:
-        self._model = model
-        config = FrontEndConfig(**{**model.frontend_config.to_dict(), "mirror": False})
-        self._frontend = Spectrogram(config).to(model.device)
-        self._network = model.network
+    def __init__(
+        self,
+        encoder: SpeakerEncoder,
+        frontend: FrontEndConfig,
+        *,
+        device: torch.device | str = "cpu",
+        chunk_frames: int = 3200,
+        min_duration: float = 0.5,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> None:
+        config = FrontEndConfig(**{**frontend.to_dict(), "mirror": False})
+        self._frontend = Spectrogram(config).to(device)
+        self._network = encoder
+        self._min_duration = min_duration
+        self._autocast = autocast
         backbone = self._network.backbone
         self._stride, self._context = backbone.time_stride, backbone.time_context
-        self._step = steps_per_chunk(self._network, model.chunk_frames)
+        self._step = steps_per_chunk(self._network, chunk_frames)
         self._phases = (0, 1) if backbone.spec.stem_stride > 1 else (0,)
         self.reset()
 
@@ -79,7 +90,7 @@ class EmbeddingStream:
         x = np.asarray(samples)
         if x.ndim != 1 or x.dtype.kind not in "fiu":
             raise AudioError(SOURCE, f"expected a 1-D array of samples, got shape {x.shape} and dtype {x.dtype}")
-        x = _pcm_to_float(x)
+        x = pcm_to_float(x)
         bad = x.size - np.count_nonzero(np.isfinite(x))
         if bad:
             raise AudioError(SOURCE, f"contains {bad} NaN or infinite sample(s)")
@@ -95,7 +106,7 @@ class EmbeddingStream:
     def embedding(self) -> np.ndarray | None:
         """Unit-norm embedding ``(embed_dim,)`` float32 of all audio so far, or None (see the class)."""
         cfg = self._frontend.config
-        if (self._samples <= cfg.n_fft // 2 or self.duration < self._model.min_duration
+        if (self._samples < cfg.min_samples or self.duration < self._min_duration
                 or self._peak < SILENCE_PEAK):
             return None
         with torch.inference_mode():
@@ -135,7 +146,7 @@ class EmbeddingStream:
     def _statistics(self, stops: tuple[int, ...], total: int) -> list[Stats]:
         return span_statistics(self._frontend, self._network, torch.from_numpy(self._buffer), self._samples,
                                self._committed, stops, offset=self._offset, total_frames=total,
-                               autocast=self._model._autocast())
+                               autocast=self._autocast())
 
     def _run(self, stop: int, phase: int) -> list[Stats]:
         """Statistics of the final steps ``[committed, stop)`` as seen with a frame count of parity ``phase``

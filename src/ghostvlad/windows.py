@@ -9,20 +9,14 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .audio import AudioError, load_audio
-from .features import FrontEndConfig
-from .inference import NON_FINITE, length_batches
-
-if TYPE_CHECKING:
-    from .inference import Embedder
+from .embedding import NON_FINITE, Embedder, length_batches, prefetch
 
 
 @dataclass
@@ -35,11 +29,6 @@ class Windows:
 
     def __len__(self) -> int:
         return len(self.starts)
-
-
-def min_samples(frontend: FrontEndConfig) -> int:
-    """Shortest slice the front-end accepts (its reflect padding needs more than ``n_fft / 2`` samples)."""
-    return frontend.n_fft // 2 // (2 if frontend.mirror else 1) + 1
 
 
 def window_bounds(num_samples: int, window: int, hop: int, shortest: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -74,13 +63,14 @@ def embed_slices(model: Embedder, wave: np.ndarray, starts: np.ndarray, ends: np
     return out
 
 
-def check_windows(model: Embedder, window: float, hop: float) -> tuple[int, int]:
-    """Window and hop in samples; ValueError (one line) if they are not usable with the model's front-end."""
+def window_samples(model: Embedder, window: float, hop: float) -> tuple[int, int]:
+    """Window and hop (seconds) in samples; ValueError (one line) if they are not usable with the model's
+    front-end."""
     for name, value in (("window", window), ("hop", hop)):
         if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
     rate = model.frontend_config.sample_rate
-    shortest = min_samples(model.frontend_config)
+    shortest = model.frontend_config.min_samples
     if round(window * rate) < shortest:
         raise ValueError(f"window {window} s is too short: the front-end needs at least {shortest} samples")
     return round(window * rate), max(1, round(hop * rate))
@@ -91,8 +81,8 @@ def embed_windows(model: Embedder, wave: np.ndarray, window: float = 2.0, hop: f
 
     ``wave`` is at the model's sample rate (16 kHz); times in the result are in seconds.
     """
-    win, step = check_windows(model, window, hop)
-    shortest = min_samples(model.frontend_config)
+    win, step = window_samples(model, window, hop)
+    shortest = model.frontend_config.min_samples
     if len(wave) < shortest:
         raise ValueError(f"clip too short for windows: {len(wave)} samples, needs at least {shortest}")
     starts, ends = window_bounds(len(wave), win, step, shortest)
@@ -118,7 +108,7 @@ def iter_windows(
 
     Bad files are yielded with their :class:`AudioError`; ValueError for unusable ``window``/``hop``.
     """
-    check_windows(model, window, hop)
+    window_samples(model, window, hop)
 
     def load(path: str | os.PathLike) -> np.ndarray | AudioError:
         try:
@@ -126,14 +116,10 @@ def iter_windows(
         except AudioError as err:
             return err
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = deque(pool.submit(load, path) for path in paths[:workers])  # decode at most `workers` ahead
-        for index, path in enumerate(paths):
-            wave = pending.popleft().result()
-            if index + workers < len(paths):
-                pending.append(pool.submit(load, paths[index + workers]))
+    with closing(prefetch(load, paths, workers=workers, ahead=workers)) as waves:  # decode `workers` files ahead
+        for index, (path, wave) in enumerate(zip(paths, waves)):
             source = str(path)
-            if isinstance(wave, np.ndarray) and len(wave) < min_samples(model.frontend_config):
+            if isinstance(wave, np.ndarray) and len(wave) < model.frontend_config.min_samples:
                 wave = AudioError(source, f"too short for windows: {len(wave)} samples")
             if isinstance(wave, AudioError):
                 yield WindowsResult(index, source, error=wave)

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from ghostvlad import fileio
 from ghostvlad.cli import app
 from ghostvlad.features import FrontEndConfig
-from ghostvlad.inference import SpeakerModel, load_model
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.loading import load_model
 from ghostvlad.models import EncoderConfig, SpeakerEncoder
 
 runner = CliRunner()

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from ghostvlad.cli import app
 from ghostvlad.features import FrontEndConfig
-from ghostvlad.inference import SpeakerModel, load_model
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.loading import load_model
 from ghostvlad.models import EncoderConfig, SpeakerEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 from ghostvlad.cli import app
 from ghostvlad.features import FrontEndConfig
 from ghostvlad.gallery import Gallery
-from ghostvlad.inference import SpeakerModel, load_model
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.loading import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import calibrated_tiny_model, varied_audio  # noqa: E402
@@ -54,7 +55,7 @@ def test_stream_with_a_gallery_names_the_best_match(tmp_path):
     assert res.exit_code == 0, res.output
     last = lines(res.output)[-1]
     assert last[0] == "2.00" and last[2] == "bob" and last[4] == "accepted"
-    offline = SpeakerModel(m.encoder, FrontEndConfig(mirror=False)).embed(str(files[1]))
+    offline = SpeakerModel(m.saved_encoder, FrontEndConfig(mirror=False)).embed(str(files[1]))
     with Gallery(tmp_path / "g.db", m) as gallery:
         expected = gallery.identify_embedding(offline, 1)[0].score
     assert abs(float(last[3]) - expected) < 1e-4

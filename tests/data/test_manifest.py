@@ -83,7 +83,11 @@ def test_build_manifest_reports_and_skips_bad_files(tree, tmp_path):
     root, bad = tree
     files = scan_voxceleb(root)
     out = tmp_path / "data" / "vox2_dev.csv"
-    report = build_manifest(files, [speaker_of(f, root) for f in files], out, workers=2)
+    calls = []
+    report = build_manifest(files, [speaker_of(f, root) for f in files], out, workers=2,
+                            on_progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (len(files), len(files))  # progress reported through the callback
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
     assert report.manifest == out and report.n_ok == len(GOOD)
     assert report.bad_report == tmp_path / "data" / "vox2_dev.bad.txt"
     reasons = dict(report.bad)

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 import ghostvlad.cli.calibrate  # noqa: F401  (registers calibrate)
 from ghostvlad.cli import app
-from ghostvlad.inference import SpeakerModel, load_model
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.loading import load_model
 from ghostvlad.scoring import eer
 from ghostvlad.scoring.calibration import (
     Calibration,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -96,6 +98,14 @@ def progress_bar() -> Progress:
     )
 
 
+@contextmanager
+def progress_callback(description: str) -> Iterator[Callable[[int, int], None]]:
+    """An ``on_progress(done, total)`` callback for the library that draws a progress bar (on a terminal)."""
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 def resolve_auto(device: str, precision: str) -> tuple[str, str]:
     """``auto`` device: the GPU (this rank's, under torchrun) if there is one, else the CPU; ``auto`` precision:
     bf16 on a GPU, fp32 on the CPU."""
@@ -121,11 +131,12 @@ def start_ranks():
 
 
 def open_model(path: Path, precision: str = "auto", device: str = "auto", min_duration: float = 0.5,
-               mirror: Optional[bool] = None):
-    from ..inference import load_model
+               mirror: Optional[bool] = None, batch_frames: int = 3200):
+    from ..loading import load_model
 
     device, precision = resolve_auto(device, precision)
-    return load_model(path, device=device, precision=precision, min_duration=min_duration, mirror=mirror)
+    return load_model(path, device=device, precision=precision, min_duration=min_duration, mirror=mirror,
+                      batch_frames=batch_frames)
 
 
 def require_stored_model(model, model_path: Path, what: str) -> None:

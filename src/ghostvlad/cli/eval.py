@@ -73,8 +73,7 @@ def eval_(
     if ranks is not None and device == "auto":
         device = str(ranks.device)
     device, precision = resolve_auto(device, precision)
-    model = open_model(model_path, precision, device, min_duration)
-    model.batch_frames = batch_frames
+    model = open_model(model_path, precision, device, min_duration, batch_frames=batch_frames)
     if store_threshold:
         require_stored_model(model, model_path, "a threshold")
     if ranks is None or ranks.main:

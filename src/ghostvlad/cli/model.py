@@ -79,7 +79,7 @@ def embed(
 
     from ..sharding import Shard, ShardError, merge_parts, write_npz
     from ..train.distributed import barrier, gather_to_main, teardown
-    from ..windows import Windows, check_windows, iter_windows
+    from ..windows import Windows, iter_windows, window_samples
 
     paths = [str(p) for p in files or []] + (_read_list(list_file) if list_file else [])
     if not paths:
@@ -97,15 +97,14 @@ def embed(
         part, device = Shard(ranks.rank, ranks.world), str(ranks.device) if device == "auto" else device
     main = ranks is None or ranks.main
     device, precision = resolve_auto(device, precision)
-    model = open_model(model_path, precision, device, min_duration, mirror)
-    model.batch_frames = batch_frames
+    model = open_model(model_path, precision, device, min_duration, mirror, batch_frames)
     if main:
         err.print(f"embedding on {device}, {precision}"
                   + (f", {ranks.world} ranks" if ranks else f", shard {part}" if part else ""), highlight=False)
     if window is not None:
         hop = 0.5 if hop is None else hop
         try:
-            check_windows(model, window, hop)
+            window_samples(model, window, hop)
         except ValueError as exc:
             fail(str(exc))
     positions = list(range(len(paths))) if part is None else part.take(range(len(paths)))
@@ -230,5 +229,5 @@ def info(model_path: Path = typer.Argument(..., help="Model directory, .safetens
     model = open_model(model_path, "fp32", "cpu")
     summary = model.to_config()
     if hasattr(model, "encoder"):  # ONNX models carry no parameter tensors we can count
-        summary["parameters"] = sum(p.numel() for p in model.encoder.parameters())
+        summary["parameters"] = sum(p.numel() for p in model.saved_encoder.parameters())
     out.print_json(json.dumps(summary))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import GhostvladError
-from ..models.backbones import SPECS
+from ..models.backbones import SPECS, scaled_channels
 from ..models.encoder import EncoderConfig, SpeakerEncoder
 
 __all__ = ["KerasConversionError", "infer_keras_config", "read_keras_encoder"]
@@ -129,11 +129,11 @@ def _channel_layers(backbone: str) -> list[tuple[str, int]]:
 
 def _channels(backbone: str, width: float) -> list[int]:
     """Channel counts at ``width``, as the backbone computes them."""
-    return [max(1, round(base * width)) for _, base in _channel_layers(backbone)]
+    return [scaled_channels(base, width) for _, base in _channel_layers(backbone)]
 
 
 def _width(kw: _KerasWeights, backbone: str) -> float:
-    """The channel multiplier that reproduces every stage's channel counts (``max(1, round(c * width))``)."""
+    """The channel multiplier that reproduces every stage's channel counts (:func:`scaled_channels`)."""
     pairs = [(base, kw.get(layer, "kernel").shape[-1], layer) for layer, base in _channel_layers(backbone)]
 
     def fits(w: float) -> bool:
@@ -147,9 +147,9 @@ def _width(kw: _KerasWeights, backbone: str) -> float:
         if w > 0 and fits(w):
             return w
     w = stem_width
-    base, n, layer = next(p for p in pairs if max(1, round(p[0] * w)) != p[1])
+    base, n, layer = next(p for p in pairs if scaled_channels(p[0], w) != p[1])
     raise kw.fail(f"{layer}: {n} output channels do not fit the {pairs[0][1]}-channel stem "
-                  f"(width {w:g} gives {max(1, round(base * w))})")
+                  f"(width {w:g} gives {scaled_channels(base, w)})")
 
 
 def _infer(kw: _KerasWeights) -> EncoderConfig:

@@ -65,7 +65,7 @@ def crop_plan(num_samples: int, rng: np.random.Generator, frames: int = 250, hop
     return reverse, 0, min(size, doubled)
 
 
-def _segments(num_samples: int, reverse: bool, start: int, length: int) -> list[tuple[int, int]]:
+def _crop_ranges(num_samples: int, reverse: bool, start: int, length: int) -> list[tuple[int, int]]:
     """``(first, stop)`` ranges of the original clip that make up the crop, in forward order.
 
     Reversing the doubled clip maps its position ``k`` to ``2n - 1 - k``, so a reversed crop is the reversal of the
@@ -127,28 +127,28 @@ def _crop_seek_decode(source: str, rng: np.random.Generator, duration: float, fr
         if stream is None:
             return None
         reverse, start, length = crop_plan(n, rng, frames)
-        segments = _segments(n, reverse, start, length)
-        pieces = _decode_segments(container, stream, segments)
+        ranges = _crop_ranges(n, reverse, start, length)
+        pieces = _decode_ranges(container, stream, ranges)
     if pieces is None:
         wave = _load_whole(source, duration)
-        pieces = [wave[first:stop] for first, stop in segments]
+        pieces = [wave[first:stop] for first, stop in ranges]
     return _assemble(pieces, n, reverse, start, length, crop_samples(frames))
 
 
-def _decode_segments(container: av.container.InputContainer, stream: av.audio.stream.AudioStream,
-                     segments: list[tuple[int, int]]) -> list[np.ndarray] | None:
-    """The segments' samples, decoded in file order (a crop over the join: the clip's start, then a seek forward
+def _decode_ranges(container: av.container.InputContainer, stream: av.audio.stream.AudioStream,
+                   ranges: list[tuple[int, int]]) -> list[np.ndarray] | None:
+    """The ranges' samples, decoded in file order (a crop over the join: the clip's start, then a seek forward
     to its end; a decoder sought back to the start after reaching the end gave a different first frame)."""
     decoded = {}
     try:
-        for first, stop in sorted(segments):
+        for first, stop in sorted(ranges):
             piece = _decode_range(container, stream, first, stop)
             if piece is None:
                 return None
             decoded[first, stop] = piece
     except av.FFmpegError:
         return None
-    return [decoded[segment] for segment in segments]
+    return [decoded[r] for r in ranges]
 
 
 def _exact_aac_stream(container: av.container.InputContainer, n: int) -> av.audio.stream.AudioStream | None:
@@ -205,8 +205,8 @@ def crop_soundfile(file: str | BinaryIO, rng: np.random.Generator, duration: flo
             n = handle.frames
             _check_duration(n, duration, source)
             reverse, start, length = crop_plan(n, rng, frames)
-            segments = _segments(n, reverse, start, length)
-            pieces = [_read(handle, first, stop - first, source) for first, stop in segments]
+            ranges = _crop_ranges(n, reverse, start, length)
+            pieces = [_read(handle, first, stop - first, source) for first, stop in ranges]
     except sf.SoundFileError as exc:
         raise AudioError(source, f"cannot read audio: {getattr(exc, 'error_string', None) or exc}") from None
     except (OSError, RuntimeError) as exc:
@@ -224,7 +224,7 @@ def _read(handle: sf.SoundFile, first: int, count: int | None, source: str) -> n
 
 
 def _assemble(pieces: list[np.ndarray], n: int, reverse: bool, start: int, length: int, size: int) -> np.ndarray:
-    """The crop from the segments read by :func:`_segments`."""
+    """The crop from the ranges read by :func:`_crop_ranges`."""
     if length >= n:  # whole clip read: cut the window from the doubled clip
         window = np.concatenate([pieces[0], pieces[0]])
         window = window[::-1][start : start + length] if reverse else window[start : start + length]

@@ -13,9 +13,8 @@ import io
 import multiprocessing
 import os
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -200,18 +199,17 @@ def build_manifest(
     speakers: Sequence[str],
     out_csv: str | os.PathLike,
     workers: int | None = None,
-    progress: bool = False,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> PrepareReport:
     """Decode every file (in parallel), then write the manifest of the good ones and the report of the bad ones.
 
     Both files are written atomically, so re-running into the same output is safe; a stale report is removed
-    when no file is bad any more.
+    when no file is bad any more. ``on_progress(done, total)`` is called as files are decoded.
     """
     if len(files) != len(speakers):
         raise ValueError(f"{len(files)} files but {len(speakers)} speakers")
     paths = [str(Path(f).absolute()) for f in files]
-    with progress_advance(progress, "decoding", len(paths)) as advance:
-        results = check_files(paths, workers, advance)
+    results = check_files(paths, workers, progress_counter(on_progress, len(paths)))
     ok = [(p, s, n) for p, s, (n, _) in zip(paths, speakers, results) if n is not None]
     bad = [(p, reason) for p, (n, reason) in zip(paths, results) if n is None]
     write_manifest(out_csv, [p for p, _, _ in ok], [s for _, s, _ in ok], [n / SAMPLE_RATE for _, _, n in ok])
@@ -223,17 +221,17 @@ def build_manifest(
     return PrepareReport(Path(out_csv), len(ok), bad, report)
 
 
-@contextmanager
-def progress_advance(show: bool, description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """An ``advance(n)`` callback driving the CLI's progress bar (shown on a terminal only), or doing nothing."""
-    if not show:
-        yield lambda n: None
-        return
-    from ..cli.common import progress_bar
+def progress_counter(on_progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
+    """An ``advance(n)`` callback that counts items done and reports ``on_progress(done, total)``."""
+    done = 0
 
-    with progress_bar() as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.advance(task, n)
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_progress is not None:
+            on_progress(done, total)
+
+    return advance
 
 
 def write_manifest(

@@ -5,7 +5,8 @@ Layers follow the Keras code exactly: bottleneck blocks with the stride on the f
 with eps 1e-3, TensorFlow-SAME padding (asymmetric for the stride-2 stem of ``resnet34l``).
 
 Variable-length batches are exact at inference: padded time steps are zeroed before every conv whose
-kernel spans time, so each clip sees the zeros it would see alone.
+kernel spans time, so each clip sees the zeros it would see alone. :meth:`ThinResNet.forward` is the one
+forward pass: it has no data-dependent Python, so :mod:`ghostvlad.export` traces it as it is.
 """
 from __future__ import annotations
 
@@ -96,10 +97,20 @@ class Bottleneck(nn.Module):
         return F.relu(y, inplace=True)
 
 
+def scaled_channels(channels: int, width: float) -> int:
+    """Channel count of a layer with ``channels`` at width 1, at ``width`` (at least one)."""
+    return max(1, round(channels * width))
+
+
+def _ceil_div(n, d: int):
+    """``ceil(n / d)`` of ints or integer tensors (non-negative ``n``: exported as ONNX integer division)."""
+    return (n + d - 1) // d
+
+
 def _same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow 'SAME' padding (before, after) for one axis."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
+    """TensorFlow 'SAME' padding (before, after) for one axis (``kernel >= stride``: never negative). Plain
+    arithmetic, so that a traced size stays a size in the exported graph."""
+    total = (_ceil_div(size, stride) - 1) * stride + kernel - size
     return total // 2, total - total // 2
 
 
@@ -133,15 +144,12 @@ class ThinResNet(nn.Module):
     def __init__(self, spec: ResNetSpec, width: float = 1.0) -> None:
         super().__init__()
 
-        def ch(n: int) -> int:
-            return max(1, round(n * width))
-
         self.spec = spec
-        stem = ch(spec.stem_channels)
+        stem = scaled_channels(spec.stem_channels, width)
         self.stem = ConvBN(1, stem, 7, stride=spec.stem_stride, padding=3 if spec.stem_stride == 1 else 0)
         stages, cin = [], stem
         for st in spec.stages:
-            filters = tuple(ch(f) for f in st.filters)
+            filters = tuple(scaled_channels(f, width) for f in st.filters)
             blocks = [Bottleneck(cin, filters, st.stride, project=True)]
             blocks += [Bottleneck(filters[2], filters, 1, project=False) for _ in range(st.blocks - 1)]
             stages.append(nn.ModuleList(blocks))
@@ -173,17 +181,27 @@ class ThinResNet(nn.Module):
 
     def out_lengths(self, lengths: Tensor) -> Tensor:
         """Time steps of the output for inputs of ``lengths`` frames."""
-        n = -(-lengths // self.spec.stem_stride) // 2
+        n = _ceil_div(lengths, self.spec.stem_stride) // 2
         for st in self.spec.stages:
-            n = -(-n // st.stride)
+            n = _ceil_div(n, st.stride)
         return n
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        if lengths is not None and self.spec.stem_stride > 1 and bool((lengths % 2 != lengths[0] % 2).any()):
-            return self._forward_by_parity(x, lengths)
-        if lengths is not None:
-            x = x[..., : int(lengths.max())]
-        return self._layers(x, _same_pad(x.shape[-1], 7, self.spec.stem_stride), lengths, 0)
+        """Output ``(B, C, 7, T')`` and its step counts (None without ``lengths``: all clips fill the batch).
+
+        Inference and training alike; steps past each clip's ``lengths`` are masked (module docstring).
+        """
+        s0 = self.spec.stem_stride
+        if lengths is not None and s0 > 1:
+            # A stride-2 'SAME' stem pads by the parity of the length: a zero frame in front of each odd-length
+            # clip aligns it as an even-length one, so one padding fits the whole batch (no per-clip Python).
+            odd = lengths % 2 == 1
+            x = torch.where(odd[:, None, None, None], F.pad(x, (1, 0)), F.pad(x, (0, 1)))
+            lengths = lengths + odd.long()
+            stem_pad = _same_pad(2, 7, s0)  # that of every even length
+        else:
+            stem_pad = _same_pad(x.shape[-1], 7, s0)
+        return self._layers(x, stem_pad, lengths, 0)
 
     def forward_span(self, x: Tensor, total: int, start: int) -> Tensor:
         """Output steps ``[start, start + W) / time_stride`` of a clip of ``total`` frames, from its frames
@@ -210,32 +228,18 @@ class ThinResNet(nn.Module):
         else:  # inference only: oneDNN's backward of this form crashes for some channel counts
             x = self.stem.bn(_unrolled_stem(x, self.stem.conv))
         x = F.relu(F.max_pool2d(x, 2), inplace=True)  # = pool(relu(x)), on 4x fewer values
-        n = None if lengths is None else -(-lengths // s0) // 2
+        n = None if lengths is None else _ceil_div(lengths, s0) // 2
         offset = start // (2 * s0)
         for st, blocks in zip(self.spec.stages, self.stages):
             mask = None
             offset //= st.stride
             if n is not None:
-                n = -(-n // st.stride)
-                mask = _time_mask(n, -(-x.shape[-1] // st.stride), x.dtype, offset)
+                n = _ceil_div(n, st.stride)
+                mask = _time_mask(n, _ceil_div(x.shape[-1], st.stride), x.dtype, offset)
             for block in blocks:
                 x = block(x, mask)
         x = F.max_pool2d(x, (3, 1), (2, 1))  # mpool2: frequency only
         return x, n
-
-    def _forward_by_parity(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """A stride-2 SAME stem pads by the parity of the length: run odd and even clips apart."""
-        outs, groups = [], []
-        for parity in (0, 1):
-            idx = (lengths % 2 == parity).nonzero().squeeze(1)
-            if len(idx):
-                outs.append(self.forward(x[idx], lengths[idx])[0])
-                groups.append(idx)
-        steps = max(o.shape[-1] for o in outs)
-        y = x.new_zeros(x.shape[0], outs[0].shape[1], outs[0].shape[2], steps)
-        for idx, o in zip(groups, outs):
-            y[idx, ..., : o.shape[-1]] = o
-        return y, self.out_lengths(lengths)
 
 
 @BACKBONES.register("resnet34s")

@@ -5,12 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-
-def _unit_rows(x: np.ndarray, name: str) -> np.ndarray:
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if not np.all(norms > 0):
-        raise ValueError(f"{name} has {int((norms == 0).sum())} zero vectors; cosine is undefined")
-    return x / norms
+from .vectors import unit_rows
 
 
 def cohort_scores(emb: np.ndarray, cohort: np.ndarray) -> np.ndarray:
@@ -19,7 +14,7 @@ def cohort_scores(emb: np.ndarray, cohort: np.ndarray) -> np.ndarray:
     if emb.ndim != 2 or cohort.ndim != 2 or emb.shape[1] != cohort.shape[1]:
         raise ValueError(f"need emb (M, D) and cohort (C, D), got shapes {emb.shape} and {cohort.shape}")
     dtype = np.result_type(emb, cohort, np.float32)
-    return _unit_rows(emb.astype(dtype), "emb") @ _unit_rows(cohort.astype(dtype), "cohort").T
+    return unit_rows(emb.astype(dtype), "emb") @ unit_rows(cohort.astype(dtype), "cohort").T
 
 
 def _top_stats(cohort: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -27,7 +27,7 @@ from scipy.special import expit, logit
 from sklearn.linear_model import LogisticRegression
 
 from ..errors import GhostvladError
-from .metrics import _check, eer
+from .metrics import check_scores, eer
 
 BAYES = "bayes"
 GIVEN = "given"  # a threshold given by the caller
@@ -51,7 +51,7 @@ def far_threshold(scores: ArrayLike, labels: ArrayLike, far: float) -> float:
     """
     if not 0.0 < far < 1.0:
         raise CalibrationError(f"false-accept rate must be in (0, 1), got {far}")
-    s, y = _check(scores, labels)
+    s, y = check_scores(scores, labels)
     nontarget = np.sort(s[y == 0])[::-1]
     allowed = int(np.floor(far * len(nontarget) + 1e-9))  # false accepts permitted (< len(nontarget))
     reject = nontarget[allowed]  # must score below the threshold
@@ -61,7 +61,7 @@ def far_threshold(scores: ArrayLike, labels: ArrayLike, far: float) -> float:
 
 def cllr(llr: ArrayLike, labels: ArrayLike) -> float:
     """Log-likelihood-ratio cost in bits: 0 is perfect, 1 is an uninformative system (LLR always 0)."""
-    s, y = _check(llr, labels)
+    s, y = check_scores(llr, labels)
     return float((np.logaddexp(0, -s[y == 1]).mean() + np.logaddexp(0, s[y == 0]).mean()) / (2 * np.log(2)))
 
 
@@ -128,7 +128,7 @@ def _check_prior(prior: float) -> float:
 def fit_calibration(scores: ArrayLike, labels: ArrayLike, *, prior: float = 0.5,
                     fars: tuple[float, ...] = (0.01,)) -> Calibration:
     """Fit ``LLR = a * score + b`` (see the module docstring) and measure the EER and ``far@X`` thresholds."""
-    s, y = _check(scores, labels)
+    s, y = check_scores(scores, labels)
     _check_prior(prior)
     if s[y == 1].min() > s[y == 0].max():
         raise CalibrationError(f"the {len(s)} scores separate targets from non-targets perfectly, so the LLR "

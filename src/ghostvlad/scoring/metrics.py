@@ -13,7 +13,7 @@ from scipy.optimize import brentq
 from sklearn.metrics import roc_curve
 
 
-def _check(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def check_scores(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert to (float64 scores, int8 labels)."""
     try:
         s = np.asarray(scores, dtype=np.float64)
@@ -55,7 +55,7 @@ def eer(scores: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
     The ROC is linearly interpolated and the FPR where FPR = 1 - TPR found with Brent's method;
     the threshold is interpolated on the same ROC points.
     """
-    s, y = _check(scores, labels)
+    s, y = check_scores(scores, labels)
     fpr, tpr, thr = _roc(s, y, drop_intermediate=True)
     tpr_at = interp1d(fpr, tpr)
     rate = brentq(lambda x: 1.0 - x - tpr_at(x), 0.0, 1.0)
@@ -75,7 +75,7 @@ def min_dcf(
         raise ValueError(f"p_target must be in (0, 1), got {p_target}")
     if not (c_miss > 0 and c_fa > 0):
         raise ValueError(f"c_miss and c_fa must be positive, got {c_miss} and {c_fa}")
-    s, y = _check(scores, labels)
+    s, y = check_scores(scores, labels)
     fpr, tpr, thr = _roc(s, y, drop_intermediate=False)
     cost = c_miss * p_target * (1.0 - tpr) + c_fa * (1.0 - p_target) * fpr
     best = int(np.argmin(cost))
@@ -87,6 +87,6 @@ def det_points(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.nda
 
     Ordered from reject-all (0, 1) to accept-all (1, 0).
     """
-    s, y = _check(scores, labels)
+    s, y = check_scores(scores, labels)
     fpr, tpr, _ = _roc(s, y, drop_intermediate=False)
     return fpr, 1.0 - tpr

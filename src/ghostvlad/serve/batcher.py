@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from ..inference import Embedder, length_batches
+from ..embedding import Embedder, length_batches
 
 
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""Running the service under uvicorn with the limits of a :class:`~ghostvlad.serve.app.ServeConfig`."""
+"""Running the service under uvicorn with the limits of a :class:`~ghostvlad.serve.service.ServeConfig`."""
 from __future__ import annotations
 
 import socket
@@ -6,7 +6,7 @@ import socket
 import uvicorn
 from fastapi import FastAPI
 
-from .app import ServeConfig
+from .service import ServeConfig
 
 WS_MAX_BYTES = 2**20
 """Largest WebSocket message accepted."""

@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING
-
 import soxr
 from fastapi import WebSocket, WebSocketDisconnect
 
 from ..audio import SAMPLE_RATE, AudioError
 from ..gallery import GalleryError
 from ..streaming import pcm16_samples
+from .service import Service
 
-if TYPE_CHECKING:
-    from .app import Service
 
 BAD_INPUT, UNAUTHORIZED, IDLE, BUSY = 4400, 4401, 4408, 4503
 

@@ -31,7 +31,8 @@ from ..errors import GhostvladError, describe
 from ..evaluate import evaluate
 from ..features import FrontEndConfig, Spectrogram
 from ..fileio import atomic_write_text
-from ..inference import SpeakerModel, load_model
+from ..inference import SpeakerModel
+from ..loading import load_model
 from ..modelfile import RUN_MODEL_DIR
 from ..models import HEADS, SpeakerEncoder
 from ..models.heads import AngularPrototypicalLoss
@@ -315,7 +316,7 @@ class Trainer:
         model = load_model(init)
         if not isinstance(model, SpeakerModel):
             raise TrainError(f"{init}: --init needs a PyTorch model (directory, .safetensors or run folder)")
-        source = model.encoder
+        source = model.saved_encoder
         if source.config != encoder.config:
             raise TrainError(f"{init}: its network ({source.config}) differs from the config's ({encoder.config})")
         encoder.load_state_dict(source.state_dict())
