@@ -7,7 +7,6 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +21,11 @@ from .errors import describe
 from .features import FrontEndConfig, Spectrogram
 from .modelfile import ModelFileError, read_model, write_model
 from .models import EncoderConfig, SpeakerEncoder
-from .schema import ConfigError, checked, convert
+from .precision import get_precision
+from .schema import checked, convert
 from .streaming import EmbeddingStream
 
 AudioInput = str | os.PathLike | np.ndarray
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -106,7 +105,7 @@ class Embedder(ABC):
         The decision threshold, calibration and free-form info are left out, so storing them keeps caches valid.
         """
         digest = hashlib.sha256()
-        config = {"encoder": self.config.to_dict(), "frontend": self.frontend_config.to_dict(),
+        config = {"encoder": self.config.flat(), "frontend": self.frontend_config.to_dict(),
                   "precision": self.precision}
         digest.update(json.dumps(config, sort_keys=True).encode())
         self._hash_weights(digest)
@@ -229,8 +228,7 @@ class SpeakerModel(Embedder):
         chunk_frames: int = 3200,
         channels_last: bool = True,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        self._precision = get_precision(precision)  # ConfigError naming the choices for an unknown name
         steps_per_chunk(encoder, chunk_frames)  # ValueError if too small for the backbone
         self.device = resolve_device(device)
         if self.device.type == "cpu":
@@ -278,8 +276,7 @@ class SpeakerModel(Embedder):
 
     # -- embedding -----------------------------------------------------------------------------------
     def _autocast(self):
-        dtype = PRECISIONS[self.precision]
-        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+        return self._precision.autocast(self.device.type)
 
     @torch.inference_mode()
     def embed_waveforms(self, waves: Sequence[np.ndarray]) -> np.ndarray:

@@ -1,5 +1,6 @@
 import pytest
 
+from ghostvlad.registry import Component
 from ghostvlad.train.config import TrainConfig, dump_config, load_config, parse_override, shipped_configs
 
 
@@ -12,8 +13,8 @@ def test_shipped_configs_load():
 def test_paper_config_is_the_original_recipe():
     cfg = load_config("paper")
     m = cfg.model
-    assert (m.backbone, m.pooling, m.clusters, m.ghost_clusters, m.descriptor_dim, m.embed_dim) == (
-        "resnet34s", "gvlad", 8, 2, 512, 512)
+    assert m.flat() == {"backbone": "resnet34s", "width": 1.0, "pooling": "gvlad", "clusters": 8,
+                        "ghost_clusters": 2, "descriptor_dim": 512, "embed_dim": 512}
     assert (cfg.head.name, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("softmax", "adam", 1e-3, 2e-4)
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.schedule.name, cfg.schedule.warmup_ratio) == (128, 160, "paper", 0.1)
 
@@ -21,7 +22,7 @@ def test_paper_config_is_the_original_recipe():
 def test_base_inheritance_and_overrides():
     cfg = load_config("paper-amsoftmax", ["optim.lr=0.01", "model.clusters=10", "valid.trials=a b.txt"])
     assert cfg.head.name == "amsoftmax" and cfg.head.margin == 0.35
-    assert cfg.model.pooling == "gvlad" and cfg.model.clusters == 10  # from paper, overridden
+    assert cfg.model.pooling == Component("gvlad", {"clusters": 10, "ghost_clusters": 2})  # from paper, overridden
     assert cfg.optim.lr == 0.01 and cfg.valid.trials == "a b.txt"
 
 

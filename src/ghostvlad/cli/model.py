@@ -35,9 +35,10 @@ def convert_keras(
     model = SpeakerModel(encoder, FrontEndConfig(mirror=mirror), info={"source": "keras", "file": Path(weights).name,
                                                                        "keras_version": info.get("keras_version")})
     model.save(out_path)
-    cfg = encoder.config
-    out.print(f"wrote {out_path}: {cfg.backbone} width {cfg.width:g}, {cfg.pooling} "
-              f"{cfg.clusters}+{cfg.ghost_clusters}, descriptor {cfg.descriptor_dim}, embedding {cfg.embed_dim}"
+    cfg = encoder.config.flat()
+    out.print(f"wrote {out_path}: {cfg['backbone']} width {cfg['width']:g}, {cfg['pooling']} "
+              f"{cfg['clusters']}+{cfg['ghost_clusters']}, descriptor {cfg['descriptor_dim']}, "
+              f"embedding {cfg['embed_dim']}"
               + (f" (skipped: {', '.join(info['skipped'])})" if info.get("skipped") else ""))
 
 
