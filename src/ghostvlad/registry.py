@@ -33,7 +33,7 @@ class Param:
 
 @dataclass(frozen=True)
 class Choice:
-    """One registered component: its name, the first line of its docstring and its config parameters."""
+    """One registered component: its name, the first paragraph of its docstring and its config parameters."""
 
     name: str
     summary: str
@@ -128,8 +128,9 @@ class Registry(Generic[T]):
         return product
 
     def describe(self) -> list[Choice]:
-        """Every choice with the first line of its docstring and its config parameters, by name."""
-        return [Choice(n, (inspect.getdoc(self._items[n]) or "").split("\n")[0], self.params(n)) for n in self.names()]
+        """Every choice with the first paragraph of its docstring and its config parameters, by name."""
+        return [Choice(n, " ".join((inspect.getdoc(self._items[n]) or "").split("\n\n")[0].split()), self.params(n))
+                for n in self.names()]
 
     def _refuse(self, name: str, unknown: list[str]) -> None:
         if unknown:

@@ -197,10 +197,15 @@ def _read_yaml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     return _merge(_read_yaml(base, (*seen, str(path))), data)
 
 
-def _merge(base: dict, top: dict) -> dict:
+def _merge(base: dict, top: dict, depth: int = 0) -> dict:
+    """``top`` over ``base``, mappings merged key by key; a component (``{name: ..., ...}`` inside a section)
+    of another name replaces the base's, whose parameters mean nothing to it."""
     out = dict(base)
     for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        old = out.get(k)
+        both = isinstance(v, dict) and isinstance(old, dict)
+        other = both and depth > 0 and v.get("name", old.get("name")) != old.get("name")
+        out[k] = _merge(old, v, depth + 1) if both and not other else v
     return out
 
 
