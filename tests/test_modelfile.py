@@ -36,7 +36,8 @@ def test_directory_layout_is_safetensors_plus_json(tmp_path, model):
     path = model.save(tmp_path / "m")
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((path / "config.json").read_text())
-    assert config["format"] == "ghostvlad-model" and config["encoder"]["pooling"] == {"name": "gvlad", "clusters": 3, "ghost_clusters": 1}
+    assert config["format"] == "ghostvlad-model"
+    assert config["encoder"]["pooling"] == {"name": "gvlad", "clusters": 3, "ghost_clusters": 1}
 
 
 def test_mirror_override(tmp_path, model):
@@ -69,7 +70,7 @@ def test_errors(tmp_path, model):
 def test_weights_that_do_not_fit_the_config(tmp_path, model):
     path = model.save(tmp_path / "m")
     config = json.loads((path / "config.json").read_text())
-    config["encoder"]["clusters"] = 4
+    config["encoder"]["pooling"]["clusters"] = 4
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelFileError, match="weights do not match the config: .*pooling.assignment.bias has shape \\(4,\\), config needs \\(5,\\)"):
         load_model(path)
