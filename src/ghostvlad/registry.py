@@ -50,6 +50,9 @@ class Component:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.args}
 
+    def __hash__(self) -> int:
+        return hash((self.name, tuple(sorted(self.args.items()))))
+
 
 class Registry(Generic[T]):
     """A named table of factories for one slot.

@@ -15,6 +15,7 @@ from .backbones import BACKBONES, ConvBN
 from .pooling import POOLINGS, Stats
 
 SLOTS = {"backbone": BACKBONES, "pooling": POOLINGS}
+DEFAULTS = {"backbone": "resnet34s", "pooling": "gvlad"}  # the released model's
 # the flat layout of earlier versions' model files, where 0 stood for a parameter the pooling has not
 FLAT_KEYS = ("width", "clusters", "ghost_clusters")
 
@@ -34,7 +35,7 @@ class EncoderConfig:
     descriptor_dim: int  # x_fc filters ("bottleneck_dim" of the original)
     embed_dim: int  # fc6 units
 
-    def __init__(self, backbone: Component | str = "resnet34s", pooling: Component | str = "gvlad",
+    def __init__(self, backbone: Component | str = DEFAULTS["backbone"], pooling: Component | str = DEFAULTS["pooling"],
                  descriptor_dim: int = 512, embed_dim: int = 512, **params: Any) -> None:
         chosen = {"backbone": backbone, "pooling": pooling}
         for slot, registry in SLOTS.items():
@@ -74,7 +75,7 @@ class EncoderConfig:
         params = {str(k): v for k, v in data.items() if k not in known}
         slots = {}
         for slot in SLOTS:
-            value = data.get(slot, "resnet34s" if slot == "backbone" else "gvlad")
+            value = data.get(slot, DEFAULTS[slot])
             args = {}
             if isinstance(value, dict):
                 args = {str(k): v for k, v in value.items() if k != "name"}
