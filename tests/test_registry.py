@@ -8,8 +8,10 @@ from ghostvlad.components import component_slots
 from ghostvlad.models import BACKBONES, HEADS, POOLINGS
 from ghostvlad.models.backbones import Backbone
 from ghostvlad.models.pooling import Pooling
+from ghostvlad.precision import get_precision
 from ghostvlad.registry import Component, Param, Registry
 from ghostvlad.schema import ConfigError
+from ghostvlad.train.optim import OPTIMIZERS
 
 
 def things() -> Registry:
@@ -92,3 +94,26 @@ def test_component_listing_covers_every_registry():
     assert {c.name for c in slots["precision"].choices} == {"fp32", "bf16", "fp16"}
     assert {c.name for c in slots["vlad_init"].choices} == {"orthogonal", "kmeans"}
     assert all(c.summary for slot in slots.values() for c in slot.choices)
+
+
+def test_one_precision_table_for_inference_and_training():
+    with pytest.raises(ConfigError, match="unknown precision 'fp8'; choose one of: bf16, fp16, fp32"):
+        get_precision("fp8")
+    a = torch.randn(4, 4)
+    with get_precision("bf16").autocast("cpu"):
+        assert (a @ a).dtype == torch.bfloat16
+    with get_precision("fp32").autocast("cpu"):
+        assert (a @ a).dtype == torch.float32
+    with pytest.raises(ConfigError, match="fp16 mixed precision needs a GPU; use bf16 on CPU"):
+        get_precision("fp16").check_device("cpu")
+    get_precision("bf16").check_device("cpu")
+    assert get_precision("fp16").scaled and not get_precision("bf16").scaled
+
+
+def test_optimisers_get_their_own_arguments():
+    params = [nn.Parameter(torch.zeros(2))]
+    sgd = OPTIMIZERS.build("sgd", params=params, lr=0.1, fused=False, momentum=0.5)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.5 and sgd.defaults["nesterov"]
+    assert OPTIMIZERS.build("adam", params=params, lr=0.1, fused=False).defaults["eps"] == 1e-7
+    with pytest.raises(ConfigError, match="optimiser 'adam' does not take: momentum"):
+        OPTIMIZERS.build("adam", params=params, lr=0.1, fused=False, momentum=0.9)

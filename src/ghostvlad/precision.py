@@ -13,11 +13,13 @@ from .schema import ConfigError
 
 @dataclass(frozen=True)
 class Precision:
-    """A precision: ``dtype`` of autocast (None: plain fp32), ``gpu_only`` where the CPU has no fast kernels."""
+    """A precision: ``dtype`` of autocast (None: plain fp32); ``gpu_only`` for training where the CPU has no fast
+    kernels; ``scaled`` when training needs a gradient scaler (fp16's narrow range)."""
 
     name: str
     dtype: torch.dtype | None
     gpu_only: bool = False
+    scaled: bool = False
 
     def autocast(self, device_type: str) -> AbstractContextManager:
         """The context that runs a forward pass in this precision on ``device_type``."""
@@ -47,7 +49,7 @@ def bf16() -> Precision:
 @PRECISIONS.register("fp16")
 def fp16() -> Precision:
     """float16 autocast; for training only on a GPU (with a gradient scaler)."""
-    return Precision("fp16", torch.float16, gpu_only=True)
+    return Precision("fp16", torch.float16, gpu_only=True, scaled=True)
 
 
 def get_precision(name: str) -> Precision:

@@ -33,14 +33,14 @@ from ..features import FrontEndConfig, Spectrogram
 from ..fileio import atomic_write_text
 from ..inference import SpeakerModel, load_model
 from ..modelfile import RUN_MODEL_DIR
-from ..precision import get_precision
 from ..models import HEADS, SpeakerEncoder
 from ..models.heads import AngularPrototypicalLoss
+from ..precision import get_precision
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_config, load_config
-from .sampler import EpochBatches, SessionBatches
 from .optim import OPTIMIZERS
+from .sampler import EpochBatches, SessionBatches
 from .schedules import SCHEDULES
 from .vlad_init import KMEANS_CROPS, VLAD_INITS
 
@@ -194,7 +194,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config, self.batches.steps))
         self.precision = get_precision(config.train.precision)
         self.precision.check_device(self.dist.device.type)
-        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.precision.name == "fp16")
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.precision.scaled)
         self.state = Progress()
 
     # -- setup --------------------------------------------------------------------------------------
