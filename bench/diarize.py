@@ -91,9 +91,10 @@ def main() -> None:
     else:
         torch.manual_seed(0)
         model = SpeakerModel(SpeakerEncoder(EncoderConfig()), FrontEndConfig())
-    cfg = model.config
+    cfg = model.config.flat()
     print(f"torch {torch.__version__}, {args.threads} threads, model {args.model or 'EncoderConfig() random weights'}: "
-          f"{cfg.backbone} width {cfg.width:g} {cfg.pooling} {cfg.clusters}+{cfg.ghost_clusters} dim {cfg.embed_dim}, "
+          f"{cfg['backbone']} width {cfg['width']:g} {cfg['pooling']} {cfg['clusters']}+{cfg['ghost_clusters']} "
+          f"dim {cfg['embed_dim']}, "
           f"window {args.window} s hop {args.hop} s")
     with tempfile.TemporaryDirectory() as tmp:
         corpus = args.corpus

@@ -40,7 +40,7 @@ def main() -> None:
     cfg = load_config(args.config)
     device = torch.device(args.device)
     samples = (cfg.data.frames - 1) * 160
-    print(f"config {args.config}: {cfg.model.backbone} x{cfg.model.width} {cfg.model.pooling}, {cfg.head.name}, "
+    print(f"config {args.config}: {cfg.model.backbone.to_dict()} {cfg.model.pooling.to_dict()}, {cfg.head.name}, "
           f"{cfg.data.frames}-frame crops, batch {args.batch}, device {device}, torch threads {torch.get_num_threads()}"
           f"{', compiled' if args.compile else ''}")
     print(f"{'precision':>9} {'crops/s':>8} {'s/step':>7}")

@@ -8,6 +8,16 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+def tiny_config(backbone: str = "resnet34s", pooling: str = "gvlad"):
+    """A tiny encoder config (width 1/8, 16-d); each pooling gets only the parameters it takes."""
+    from ghostvlad.models import EncoderConfig
+    from ghostvlad.registry import Component
+
+    own = {"vlad": {"clusters": 4}, "gvlad": {"clusters": 4, "ghost_clusters": 2}}.get(pooling, {})
+    return EncoderConfig(backbone=Component(backbone, {"width": 0.125}), pooling=Component(pooling, own),
+                         descriptor_dim=16, embed_dim=16)
+
+
 def calibrated_tiny_model(waves, seed: int = 0, mirror: bool = False, backbone: str = "resnet34s",
                           pooling: str = "gvlad", **model_kwargs):
     """A random tiny model whose BatchNorm statistics are set on ``waves`` (N equal-length float32 clips).
@@ -20,11 +30,10 @@ def calibrated_tiny_model(waves, seed: int = 0, mirror: bool = False, backbone: 
 
     from ghostvlad.features import FrontEndConfig, Spectrogram
     from ghostvlad.inference import SpeakerModel
-    from ghostvlad.models import EncoderConfig, SpeakerEncoder
+    from ghostvlad.models import SpeakerEncoder
 
     torch.manual_seed(seed)
-    encoder = SpeakerEncoder(EncoderConfig(backbone=backbone, pooling=pooling, width=0.125, descriptor_dim=16,
-                                           embed_dim=16, clusters=4, ghost_clusters=2))
+    encoder = SpeakerEncoder(tiny_config(backbone, pooling))
     for module in encoder.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()

@@ -15,7 +15,8 @@ from ghostvlad.export import OnnxSpeakerModel, export_onnx, export_torchscript
 from ghostvlad.features import FrontEndConfig
 from ghostvlad.inference import SpeakerModel
 from ghostvlad.modelfile import FORMAT, VERSION
-from ghostvlad.models import EncoderConfig, SpeakerEncoder
+from conftest import tiny_config
+from ghostvlad.models import SpeakerEncoder
 
 # 0.6 s, 1.3 s, 3 s and 1.315 s: odd and even frame counts with and without mirror (the stride-2 stem cares)
 LENGTHS = (9600, 20800, 48000, 21040)
@@ -32,8 +33,7 @@ CASES = {
 
 def tiny_model(pooling: str = "gvlad", backbone: str = "resnet34s", mirror: bool = False) -> SpeakerModel:
     torch.manual_seed(0)
-    enc = SpeakerEncoder(EncoderConfig(backbone=backbone, pooling=pooling, width=0.125, descriptor_dim=16,
-                                       embed_dim=16, clusters=4, ghost_clusters=2))
+    enc = SpeakerEncoder(tiny_config(backbone, pooling))
     with torch.no_grad():  # non-trivial BatchNorm statistics, so that folding them matters
         for m in enc.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

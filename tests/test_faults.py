@@ -201,7 +201,7 @@ def test_model_files_with_bad_contents_are_one_line_errors(tmp_path, model):
     text = config.read_text()
     for bad, message in [("[1, 2]", "its config is a JSON list, not an object"), ('"x"', "JSON str"),
                          (text.replace('"version": 1', '"version": "1"'), "bad model format version '1'"),
-                         (text.replace('"clusters": 4', '"clusters": "four"'), "encoder.clusters: expected an integer"),
+                         (text.replace('"clusters": 4', '"clusters": "four"'), "encoder: pooling 'gvlad': clusters expected an integer"),
                          (text.replace('"threshold": null', '"threshold": "high"'), "threshold: expected a finite")]:
         config.write_text(bad)
         with pytest.raises(ModelFileError, match=message):

@@ -37,7 +37,8 @@ def test_directory_layout_is_safetensors_plus_json(tmp_path, model):
     path = model.save(tmp_path / "m")
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((path / "config.json").read_text())
-    assert config["format"] == "ghostvlad-model" and config["encoder"]["clusters"] == 3
+    assert config["format"] == "ghostvlad-model"
+    assert config["encoder"]["pooling"] == {"name": "gvlad", "clusters": 3, "ghost_clusters": 1}
 
 
 def test_mirror_override(tmp_path, model):
@@ -70,7 +71,25 @@ def test_errors(tmp_path, model):
 def test_weights_that_do_not_fit_the_config(tmp_path, model):
     path = model.save(tmp_path / "m")
     config = json.loads((path / "config.json").read_text())
-    config["encoder"]["clusters"] = 4
+    config["encoder"]["pooling"]["clusters"] = 4
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelFileError, match="weights do not match the config: .*pooling.assignment.bias has shape \\(4,\\), config needs \\(5,\\)"):
+        load_model(path)
+
+
+def test_model_file_of_an_earlier_version_loads(tmp_path, model):
+    """Model files written before slots had their own parameters hold a flat encoder config (today's main
+    wrote this exact dict): they load as the same model, with the same cache key."""
+    path = model.save(tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    config["encoder"] = {"backbone": "resnet34s", "width": 0.125, "pooling": "gvlad", "clusters": 3,
+                         "ghost_clusters": 1, "descriptor_dim": 16, "embed_dim": 8}
+    (path / "config.json").write_text(json.dumps(config))
+    loaded = load_model(path)
+    assert loaded.config == CONFIG and loaded.cache_key() == model.cache_key()
+    wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    np.testing.assert_array_equal(model.embed(wave), loaded.embed(wave))
+    config["encoder"] = {**config["encoder"], "pooling": "tstp", "clusters": 4, "ghost_clusters": 0}
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="pooling 'tstp' does not take: clusters"):
         load_model(path)

@@ -145,7 +145,7 @@ class Embedder(ABC):
         The decision threshold, calibration and free-form info are left out, so storing them keeps caches valid.
         """
         digest = hashlib.sha256()
-        config = {"encoder": self.config.to_dict(), "frontend": self.frontend_config.to_dict(),
+        config = {"encoder": self.config.flat(), "frontend": self.frontend_config.to_dict(),
                   "precision": self.precision}
         digest.update(json.dumps(config, sort_keys=True).encode())
         self._hash_weights(digest)

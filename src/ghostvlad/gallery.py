@@ -85,7 +85,7 @@ class Match:
 
 def describe_model(config: dict, key: str) -> str:
     """``3f2a9c0d1e2b (resnet34s gvlad, 512-d, fp32)``: enough to tell two models apart in a message."""
-    enc = config.get("encoder", {})
+    enc = {k: v.get("name", "?") if isinstance(v, dict) else v for k, v in config.get("encoder", {}).items()}
     return (f"{key[:12]} ({enc.get('backbone', '?')} {enc.get('pooling', '?')}, {enc.get('embed_dim', '?')}-d, "
             f"{config.get('precision', '?')})")
 

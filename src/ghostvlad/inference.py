@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +19,9 @@ from .errors import describe
 from .features import FrontEndConfig, Spectrogram
 from .modelfile import ModelFileError, read_model, write_model
 from .models import EncoderConfig, SpeakerEncoder
-from .schema import ConfigError, checked, convert
+from .precision import get_precision
+from .schema import checked, convert
 from .streaming import EmbeddingStream
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class SpeakerModel(Embedder):
@@ -49,8 +48,7 @@ class SpeakerModel(Embedder):
         chunk_frames: int = 3200,
         channels_last: bool = True,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        self._precision = get_precision(precision)  # ConfigError naming the choices for an unknown name
         steps_per_chunk(encoder, chunk_frames)  # ValueError if too small for the backbone
         self.device = resolve_device(device)
         if self.device.type == "cpu":
@@ -99,8 +97,7 @@ class SpeakerModel(Embedder):
     # -- embedding -----------------------------------------------------------------------------------
     def autocast(self) -> AbstractContextManager:
         """The context the forward pass runs in: autocast to ``precision`` (nothing for fp32)."""
-        dtype = PRECISIONS[self.precision]
-        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+        return self._precision.autocast(self.device.type)
 
     @torch.inference_mode()
     def embed_waveforms(self, waves: Sequence[np.ndarray]) -> np.ndarray:

@@ -15,7 +15,7 @@ class ConfigError(GhostvladError):
     """A bad setting: a configuration value of the wrong type, an unknown key, section or component name."""
 
 
-_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
 
 
 def convert(value: Any, kind: type) -> tuple[bool, Any]:
@@ -46,7 +46,7 @@ def checked(cls: type, data: Any, where: str) -> dict[str, Any]:
     for key, value in data.items():
         hint = hints[key]
         kinds = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-        if not all(k in _NAMES for k in kinds):
+        if not all(k in TYPE_NAMES for k in kinds):
             out[key] = value
             continue
         for kind in kinds:
@@ -55,6 +55,6 @@ def checked(cls: type, data: Any, where: str) -> dict[str, Any]:
                 out[key] = converted
                 break
         else:
-            expected = " or ".join(_NAMES[k] for k in kinds)
+            expected = " or ".join(TYPE_NAMES[k] for k in kinds)
             raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
     return out

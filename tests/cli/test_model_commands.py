@@ -12,6 +12,7 @@ from ghostvlad.features import FrontEndConfig
 from ghostvlad.inference import SpeakerModel
 from ghostvlad.loading import load_model
 from ghostvlad.models import EncoderConfig, SpeakerEncoder
+from ghostvlad.registry import Component
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))
 from keras_fixture import write_keras_h5  # noqa: E402
@@ -68,7 +69,7 @@ def test_convert_keras_then_info_and_verify(tmp_path):
     res = runner.invoke(app, ["convert-keras", str(h5), "--out", str(out)])
     assert res.exit_code == 0, res.output
     model = load_model(out)
-    assert (model.config.pooling, model.config.clusters, model.config.ghost_clusters) == ("gvlad", 3, 1)
+    assert model.config.pooling == Component("gvlad", {"clusters": 3, "ghost_clusters": 1})
     assert model.frontend_config.mirror  # the original's test-time extension is on for converted models
     info = runner.invoke(app, ["info", str(out)])
     assert info.exit_code == 0 and '"clusters": 3' in info.output
@@ -85,3 +86,18 @@ def test_convert_keras_mismatch_names_the_layer(tmp_path):
     assert res.exit_code != 0
     assert "gvlad_center_assignment" in res.output
     assert not (tmp_path / "m").exists()
+
+
+def test_info_components_lists_every_slot_with_parameters_and_defaults():
+    res = runner.invoke(app, ["info", "--components"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    slots = [line.split(":")[0] for line in lines if not line.startswith(" ")]
+    assert slots == ["backbone", "pooling", "head", "optimiser", "schedule", "precision", "vlad_init", "augmentation"]
+    choice = {line.split()[0]: line for line in lines if line.startswith("  ")}
+    assert choice["gvlad"].endswith("[clusters=8, ghost_clusters=2]") and choice["vlad"].endswith("[clusters=8]")
+    assert choice["aamsoftmax"].endswith("[margin=0.2, scale=30.0]") and "[" not in choice["softmax"]
+    assert choice["sgd"].endswith("[momentum=0.9]") and choice["resnet34s"].endswith("[width=1.0]")
+    assert {"tap", "tstp", "astp", "fp16", "kmeans", "orthogonal", "codec", "cosine"} <= set(choice)
+    res = runner.invoke(app, ["info"])
+    assert res.exit_code == 1 and "give a model path, or --components" in res.output

@@ -1,7 +1,11 @@
+import re
+
 import pytest
 import torch
 
 from ghostvlad.models import EncoderConfig, SpeakerEncoder
+from ghostvlad.registry import Component
+from ghostvlad.schema import ConfigError
 
 
 def trainable(module: torch.nn.Module) -> int:
@@ -67,10 +71,56 @@ def test_embeddings_are_non_negative_unit_vectors():
 
 def test_ghost_clusters_change_assignment_not_output_size():
     g = SpeakerEncoder(EncoderConfig(width=0.125, pooling="gvlad", clusters=4, ghost_clusters=2, descriptor_dim=8))
-    v = SpeakerEncoder(EncoderConfig(width=0.125, pooling="vlad", clusters=4, ghost_clusters=2, descriptor_dim=8))
+    v = SpeakerEncoder(EncoderConfig(width=0.125, pooling="vlad", clusters=4, descriptor_dim=8))
     assert g.pooling.assignment.out_channels == 6 and v.pooling.assignment.out_channels == 4
     assert g.embedding.in_features == v.embedding.in_features == 32
-    assert v.config.ghost_clusters == 0
+    assert v.config.pooling == Component("vlad", {"clusters": 4})
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"pooling": "vlad", "ghost_clusters": 2}, "pooling 'vlad' does not take: ghost_clusters"),
+    ({"pooling": "tap", "clusters": 8}, "pooling 'tap' does not take: clusters"),
+    ({"pooling": Component("tstp", {"clusters": 8})}, "pooling 'tstp' does not take: clusters"),
+    ({"backbone": Component("resnet34s", {"depth": 50})}, "backbone 'resnet34s' does not take: depth"),
+    ({"pooling": Component("gvlad", {"clusters": "eight"})}, "pooling 'gvlad': clusters expected an integer"),
+])
+def test_a_parameter_its_component_does_not_take_is_refused(kwargs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        EncoderConfig(**kwargs)
+
+
+def test_each_slot_gets_its_own_defaults():
+    assert EncoderConfig().to_dict() == {"backbone": {"name": "resnet34s", "width": 1.0},
+                                         "pooling": {"name": "gvlad", "clusters": 8, "ghost_clusters": 2},
+                                         "descriptor_dim": 512, "embed_dim": 512}
+    assert EncoderConfig(pooling="tstp").pooling == Component("tstp", {})
+    with pytest.raises(ConfigError, match="pooling needs clusters >= 1"):
+        SpeakerEncoder(EncoderConfig(pooling="vlad", clusters=0, width=0.125))
+    with pytest.raises(ConfigError, match="backbone width must be positive"):
+        SpeakerEncoder(EncoderConfig(width=0.0))
+
+
+# model files written before slots had their own parameters (ghostvlad's encoder JSON up to commit dcf2eec)
+LEGACY = [
+    {"backbone": "resnet34s", "width": 0.125, "pooling": "gvlad", "clusters": 3, "ghost_clusters": 1,
+     "descriptor_dim": 16, "embed_dim": 8},
+    {"backbone": "resnet34l", "width": 0.125, "pooling": "vlad", "clusters": 4, "ghost_clusters": 0,
+     "descriptor_dim": 16, "embed_dim": 8},
+    {"backbone": "resnet34s", "width": 0.25, "pooling": "tstp", "clusters": 0, "ghost_clusters": 0,
+     "descriptor_dim": 64, "embed_dim": 64},
+]
+
+
+@pytest.mark.parametrize("legacy", LEGACY)
+def test_flat_configs_of_earlier_versions_load_and_keep_their_key(legacy):
+    cfg = EncoderConfig.from_dict(legacy)
+    assert cfg.backbone == Component(legacy["backbone"], {"width": legacy["width"]})
+    assert cfg.pooling.name == legacy["pooling"]
+    assert {k: legacy[k] for k in cfg.pooling.args} == dict(cfg.pooling.args)
+    assert cfg.flat() == legacy  # what model keys hash: caches and galleries of earlier versions stay valid
+    assert EncoderConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="encoder: pooling 'tstp' does not take: clusters"):
+        EncoderConfig.from_dict({**LEGACY[2], "clusters": 8})  # a non-zero value is a real setting: refused
 
 
 def test_unknown_names_fail_clearly():
@@ -78,8 +128,10 @@ def test_unknown_names_fail_clearly():
         EncoderConfig(backbone="resnet50")
     with pytest.raises(ValueError, match="unknown pooling 'attention'"):
         EncoderConfig(pooling="attention")
-    with pytest.raises(ValueError, match="encoder: unknown key\\(s\\) foo"):
+    with pytest.raises(ValueError, match="encoder: pooling 'gvlad' does not take: foo"):
         EncoderConfig.from_dict({"foo": 1})
+    with pytest.raises(ValueError, match="encoder.pooling: expected a name or a mapping with a name"):
+        EncoderConfig.from_dict({"pooling": {"clusters": 4}})
 
 
 def test_config_round_trip():

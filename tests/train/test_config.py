@@ -1,5 +1,6 @@
 import pytest
 
+from ghostvlad.registry import Component
 from ghostvlad.train.config import TrainConfig, dump_config, load_config, parse_override, shipped_configs
 
 
@@ -12,8 +13,8 @@ def test_shipped_configs_load():
 def test_paper_config_is_the_original_recipe():
     cfg = load_config("paper")
     m = cfg.model
-    assert (m.backbone, m.pooling, m.clusters, m.ghost_clusters, m.descriptor_dim, m.embed_dim) == (
-        "resnet34s", "gvlad", 8, 2, 512, 512)
+    assert m.flat() == {"backbone": "resnet34s", "width": 1.0, "pooling": "gvlad", "clusters": 8,
+                        "ghost_clusters": 2, "descriptor_dim": 512, "embed_dim": 512}
     assert (cfg.head.name, cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("softmax", "adam", 1e-3, 2e-4)
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.schedule.name, cfg.schedule.warmup_ratio) == (128, 160, "paper", 0.1)
 
@@ -21,7 +22,7 @@ def test_paper_config_is_the_original_recipe():
 def test_base_inheritance_and_overrides():
     cfg = load_config("paper-amsoftmax", ["optim.lr=0.01", "model.clusters=10", "valid.trials=a b.txt"])
     assert cfg.head.name == "amsoftmax" and cfg.head.margin == 0.35
-    assert cfg.model.pooling == "gvlad" and cfg.model.clusters == 10  # from paper, overridden
+    assert cfg.model.pooling == Component("gvlad", {"clusters": 10, "ghost_clusters": 2})  # from paper, overridden
     assert cfg.optim.lr == 0.01 and cfg.valid.trials == "a b.txt"
 
 
@@ -50,3 +51,41 @@ def test_unknown_config_name():
 def test_parse_override_types():
     assert parse_override("train.epochs=3") == {"train": {"epochs": 3}}
     assert parse_override("data.musan=null") == {"data": {"musan": None}}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["head.margin=0.3"], "head 'softmax' does not take: margin"),
+    (["head.scale=30"], "head 'softmax' does not take: scale"),
+    (["finetune.margin=0.5"], "finetune.margin: head 'softmax' has no margin"),
+    (["optim.name=sgd"], "optimiser 'sgd' does not take: eps"),  # demo sets the eps of its adam
+    (["optim.eps=0.1", "optim.name=adamw", "optim.momentum=0.9"], "optimiser 'adamw' does not take: momentum"),
+    (["train.precision=fp8"], "unknown precision 'fp8'; choose one of: bf16, fp16, fp32"),
+    (["train.vlad_init=random"], "unknown vlad_init 'random'; choose one of: kmeans, orthogonal"),
+    (["model.clusters=4"], "model: pooling 'tstp' does not take: clusters"),
+    (["model.pooling={name: tap, bottleneck: 3}"], "model: pooling 'tap' does not take: bottleneck"),
+])
+def test_arguments_a_component_does_not_take_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        load_config("demo", overrides)
+
+
+def test_each_slot_takes_its_own_arguments():
+    cfg = load_config("demo", ["head.name=aamsoftmax", "head.margin=0.3", "finetune.margin=0.5",
+                               "optim.name=sgd", "optim.eps=null", "optim.momentum=0.8"])
+    assert cfg.head.args() == {"margin": 0.3} and cfg.optim.args() == {"momentum": 0.8}
+    cfg = load_config("paper", ["model.pooling=tap"])  # a name alone replaces the whole slot, clusters and all
+    assert cfg.model.pooling == Component("tap", {})
+    cfg = load_config("paper", ["model.pooling={name: vlad, clusters: 4}", "model.width=0.5"])
+    assert (cfg.model.pooling, cfg.model.backbone) == (Component("vlad", {"clusters": 4}),
+                                                       Component("resnet34s", {"width": 0.5}))
+
+
+def test_flat_model_section_of_earlier_versions_loads(tmp_path):
+    """Config files (and run folders' config.yaml) of earlier versions had one flat model section."""
+    path = tmp_path / "old.yaml"
+    path.write_text("base: paper\nmodel: {backbone: resnet34s, width: 1.0, pooling: gvlad, clusters: 8, "
+                    "ghost_clusters: 2, descriptor_dim: 512, embed_dim: 512}\n")
+    assert load_config(path) == load_config("paper")
+    path.write_text("base: demo\nmodel: {backbone: resnet34s, width: 0.25, pooling: tstp, clusters: 0, "
+                    "ghost_clusters: 0, descriptor_dim: 64, embed_dim: 64}\n")
+    assert load_config(path) == load_config("demo")

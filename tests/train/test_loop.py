@@ -20,11 +20,12 @@ from ghostvlad.data.manifest import build_manifest
 from ghostvlad.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ghostvlad.train.config import load_config
 from ghostvlad.data.dataset import read_bad_files
+from ghostvlad.schema import ConfigError
 from ghostvlad.train.loop import BAD_FILES_NAME, KMEANS_CROPS, Trainer, TrainError
 
 TINY = {
-    "model": {"backbone": "resnet34s", "width": 0.0625, "pooling": "gvlad", "clusters": 2, "ghost_clusters": 1,
-              "descriptor_dim": 8, "embed_dim": 8},
+    "model": {"backbone": {"name": "resnet34s", "width": 0.0625}, "pooling": {"name": "gvlad", "clusters": 2,
+              "ghost_clusters": 1}, "descriptor_dim": 8, "embed_dim": 8},
     "head": {"name": "softmax"},
     "optim": {"name": "adam", "lr": 0.003},
     "schedule": {"name": "paper", "warmup_ratio": 0.5, "warmup_epochs": 1},
@@ -134,11 +135,11 @@ def test_kmeans_vlad_init_puts_each_center_at_the_mean_of_its_descriptors(corpus
     for k, center in enumerate(centers):  # k-means' fixed point
         torch.testing.assert_close(center, frames[nearest == k].mean(dim=0), rtol=0, atol=1e-4)
     assert trainer.run(max_steps=2).global_step == 2
-    with pytest.raises(TrainError, match="train.vlad_init=kmeans needs vlad or gvlad pooling, not tap"):
-        Trainer(load_config(config, ["train.vlad_init=kmeans", "model.pooling=tap", "model.clusters=0",
-                                     "model.ghost_clusters=0"]), manifest, tmp_path / "tap", progress=False)
-    with pytest.raises(TrainError, match="unknown train.vlad_init 'random'; choose orthogonal or kmeans"):
-        Trainer(load_config(config, ["train.vlad_init=random"]), manifest, tmp_path / "bad", progress=False)
+    with pytest.raises(ConfigError, match="train.vlad_init=kmeans needs vlad or gvlad pooling, not tap"):
+        Trainer(load_config(config, ["train.vlad_init=kmeans", "model.pooling=tap"]), manifest, tmp_path / "tap",
+                progress=False)
+    with pytest.raises(ConfigError, match="unknown vlad_init 'random'; choose one of: kmeans, orthogonal"):
+        load_config(config, ["train.vlad_init=random"])
 
 
 def test_ddp_two_processes_on_cpu(corpus, tmp_path):

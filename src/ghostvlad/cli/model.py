@@ -35,9 +35,10 @@ def convert_keras(
     model = SpeakerModel(encoder, FrontEndConfig(mirror=mirror), info={"source": "keras", "file": Path(weights).name,
                                                                        "keras_version": info.get("keras_version")})
     model.save(out_path)
-    cfg = encoder.config
-    out.print(f"wrote {out_path}: {cfg.backbone} width {cfg.width:g}, {cfg.pooling} "
-              f"{cfg.clusters}+{cfg.ghost_clusters}, descriptor {cfg.descriptor_dim}, embedding {cfg.embed_dim}"
+    cfg = encoder.config.flat()
+    out.print(f"wrote {out_path}: {cfg['backbone']} width {cfg['width']:g}, {cfg['pooling']} "
+              f"{cfg['clusters']}+{cfg['ghost_clusters']}, descriptor {cfg['descriptor_dim']}, "
+              f"embedding {cfg['embed_dim']}"
               + (f" (skipped: {', '.join(info['skipped'])})" if info.get("skipped") else ""))
 
 
@@ -222,12 +223,33 @@ def verify(
 
 
 @app.command()
-def info(model_path: Path = typer.Argument(..., help="Model directory, .safetensors, .onnx file or run folder.")) -> None:
-    """Print a model's configuration and parameter count."""
+def info(
+    model_path: Optional[Path] = typer.Argument(None, help="Model directory, .safetensors, .onnx file or run folder."),
+    components: bool = typer.Option(False, "--components", help="List every component slot (backbone, pooling, "
+                                    "head, optimiser, ...) with its choices, their parameters and defaults."),
+) -> None:
+    """Print a model's configuration and parameter count, or (--components) the components a config can choose."""
     import json
 
+    if components:
+        _print_components()
+        return
+    if model_path is None:
+        fail("give a model path, or --components")
     model = open_model(model_path, "fp32", "cpu")
     summary = model.to_config()
     if hasattr(model, "encoder"):  # ONNX models carry no parameter tensors we can count
         summary["parameters"] = sum(p.numel() for p in model.saved_encoder.parameters())
     out.print_json(json.dumps(summary))
+
+
+def _print_components() -> None:
+    from ..components import component_slots
+
+    for slot in component_slots():
+        out.print(f"{slot.name}: {slot.key} = {slot.form}", markup=False, highlight=False)
+        width = max(len(c.name) for c in slot.choices)
+        for choice in slot.choices:
+            params = ", ".join(p.name + (f"={p.default!r}" if not p.required else " (required)") for p in choice.params)
+            line = f"  {choice.name:<{width}}  {choice.summary}" + (f"  [{params}]" if params else "")
+            out.print(line, markup=False, highlight=False)

@@ -8,7 +8,7 @@ inferred from the file (layer names and shapes) and every shape is checked again
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,45 +169,49 @@ def _infer(kw: _KerasWeights) -> EncoderConfig:
             raise kw.fail(f"fc6: {fc6.shape[0]} inputs are not k x {dim} descriptor channels for k in 1..{total} "
                           f"({pooling}_center_assignment has {total} outputs)")
     try:
-        return EncoderConfig(backbone=backbone, width=width, pooling=pooling, clusters=clusters,
-                             ghost_clusters=ghosts, descriptor_dim=dim, embed_dim=fc6.shape[1])
+        return EncoderConfig.from_dict(dict(backbone=backbone, width=width, pooling=pooling, clusters=clusters,
+                                            ghost_clusters=ghosts, descriptor_dim=dim, embed_dim=fc6.shape[1]))
     except ValueError as e:
         raise kw.fail(f"unsupported configuration: {e}") from None
 
 
-def _check_expected(kw: _KerasWeights, got: EncoderConfig, expected: dict[str, Any]) -> EncoderConfig:
-    """``got`` if the file matches every field in ``expected`` (an equivalent asked width is kept)."""
-    unknown = set(expected) - {f.name for f in fields(EncoderConfig)}
+def _check_expected(kw: _KerasWeights, config: EncoderConfig, expected: dict[str, Any]) -> EncoderConfig:
+    """``config`` if the file matches every key of ``expected`` (keys of :meth:`EncoderConfig.flat`; an equivalent
+    asked width is kept)."""
+    got = config.flat()
+    unknown = set(expected) - set(got)
     if unknown:
         raise TypeError(f"unknown EncoderConfig field(s): {', '.join(sorted(unknown))}")
-    backbone, pooling = expected.get("backbone", got.backbone), expected.get("pooling", got.pooling)
-    if backbone != got.backbone:
-        has = "with" if got.backbone == "resnet34l" else "without"
-        raise kw.fail(f"conv2_c_1x1_reduce: the file has a {got.backbone} backbone ({has} conv2_c_* layers), "
+    backbone, pooling = expected.get("backbone", got["backbone"]), expected.get("pooling", got["pooling"])
+    if backbone != got["backbone"]:
+        has = "with" if got["backbone"] == "resnet34l" else "without"
+        raise kw.fail(f"conv2_c_1x1_reduce: the file has a {got['backbone']} backbone ({has} conv2_c_* layers), "
                       f"{backbone} was asked")
-    layer = f"{got.pooling if got.pooling != 'tap' else pooling}_center_assignment"
-    if pooling != got.pooling:
-        raise kw.fail(f"{layer}: the file has {got.pooling} pooling, {pooling} was asked")
-    want = replace(got, **expected)  # normalised like any config (e.g. clusters mean nothing to tap)
-    if _channels(got.backbone, want.width) != _channels(got.backbone, got.width):
-        conv, n, m = next((conv, n, m) for (conv, _), n, m in zip(_channel_layers(got.backbone), _channels(
-            got.backbone, got.width), _channels(got.backbone, want.width)) if n != m)
-        raise kw.fail(f"{conv}: the file has width {got.width:g} ({n} channels here), "
-                      f"width {want.width:g} was asked ({m} channels)")
-    # compared as asked, not normalised: --ghost-clusters 2 for a NetVLAD file is a mismatch, not a no-op
-    clusters, ghosts = expected.get("clusters", got.clusters), expected.get("ghost_clusters", got.ghost_clusters)
-    if (clusters, ghosts) != (got.clusters, got.ghost_clusters):
-        if got.pooling == "tap":
+    layer = f"{got['pooling'] if got['pooling'] != 'tap' else pooling}_center_assignment"
+    if pooling != got["pooling"]:
+        raise kw.fail(f"{layer}: the file has {got['pooling']} pooling, {pooling} was asked")
+    want = {**got, **expected}
+    width = want["width"]
+    if _channels(got["backbone"], width) != _channels(got["backbone"], got["width"]):
+        conv, n, m = next((conv, n, m) for (conv, _), n, m in zip(_channel_layers(got["backbone"]), _channels(
+            got["backbone"], got["width"]), _channels(got["backbone"], width)) if n != m)
+        raise kw.fail(f"{conv}: the file has width {got['width']:g} ({n} channels here), "
+                      f"width {width:g} was asked ({m} channels)")
+    # compared as asked: --ghost-clusters 2 for a NetVLAD file is a mismatch, not a no-op
+    clusters, ghosts = want["clusters"], want["ghost_clusters"]
+    if (clusters, ghosts) != (got["clusters"], got["ghost_clusters"]):
+        if got["pooling"] == "tap":
             raise kw.fail(f"the file has tap pooling (no clusters), {clusters} + {ghosts} clusters were asked")
-        if got.pooling == "gvlad" or ghosts:
-            raise kw.fail(f"{layer}: the file has {got.clusters + got.ghost_clusters} clusters ({got.clusters} + "
-                          f"{got.ghost_clusters} ghost), {clusters} + {ghosts} were asked")
-        raise kw.fail(f"{layer}: the file has {got.clusters} clusters, {clusters} were asked")
-    if want.descriptor_dim != got.descriptor_dim:
-        raise kw.fail(f"x_fc: the file has {got.descriptor_dim} descriptor channels, {want.descriptor_dim} were asked")
-    if want.embed_dim != got.embed_dim:
-        raise kw.fail(f"fc6: the file has {got.embed_dim} embedding units, {want.embed_dim} were asked")
-    return replace(got, width=want.width)
+        if got["pooling"] == "gvlad" or ghosts:
+            raise kw.fail(f"{layer}: the file has {got['clusters'] + got['ghost_clusters']} clusters "
+                          f"({got['clusters']} + {got['ghost_clusters']} ghost), {clusters} + {ghosts} were asked")
+        raise kw.fail(f"{layer}: the file has {got['clusters']} clusters, {clusters} were asked")
+    if want["descriptor_dim"] != got["descriptor_dim"]:
+        raise kw.fail(f"x_fc: the file has {got['descriptor_dim']} descriptor channels, {want['descriptor_dim']} "
+                      "were asked")
+    if want["embed_dim"] != got["embed_dim"]:
+        raise kw.fail(f"fc6: the file has {got['embed_dim']} embedding units, {want['embed_dim']} were asked")
+    return EncoderConfig.from_dict({**got, "width": width})
 
 
 def _source(key: str, pooling: str) -> tuple[str, str]:
@@ -248,7 +252,7 @@ def _state_dict(kw: _KerasWeights, encoder: SpeakerEncoder) -> tuple[dict[str, t
     for key, target in state.items():
         if key.endswith("num_batches_tracked"):
             continue
-        layer, suffix = _source(key, encoder.config.pooling)
+        layer, suffix = _source(key, encoder.config.pooling.name)
         value = kw.get(layer, suffix)
         needed = _keras_shape(tuple(target.shape), suffix)
         if value.shape != needed:
@@ -279,8 +283,8 @@ def read_keras_encoder(path: str | Path, **expected: Any) -> tuple[SpeakerEncode
     skipped = sorted(set(kw.weights) - used)
     unknown = [layer for layer in skipped if layer != CLASSIFIER]
     if unknown:
-        raise kw.fail(f"{unknown[0]}: layer with weights that is not part of a {config.backbone} "
-                      f"{config.pooling} encoder")
+        raise kw.fail(f"{unknown[0]}: layer with weights that is not part of a {config.backbone.name} "
+                      f"{config.pooling.name} encoder")
     encoder.load_state_dict(state, strict=True)
     encoder.eval()
     info = {"config": config, "keras_version": kw.keras_version, "layout": kw.layout,

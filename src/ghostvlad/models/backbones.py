@@ -17,8 +17,25 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import Registry
+from ..schema import ConfigError
 
-BACKBONES: Registry[nn.Module] = Registry("backbone")
+
+
+class Backbone(nn.Module):
+    """The backbone slot's interface: ``forward(x (B, 1, F, T), lengths (B,) | None)`` returns the features
+    ``(B, out_channels, out_height, T')`` and their valid step counts (``out_lengths(lengths)``; None without
+    lengths). Masking contract: steps past a clip's length never change its valid steps, so a padded batch
+    equals each clip alone."""
+
+    out_channels: int
+    out_height: int
+    time_stride: int  # input frames per output step
+
+    def out_lengths(self, lengths: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+BACKBONES: Registry[Backbone] = Registry("backbone", base=Backbone)
 
 BN_EPS = 1e-3  # Keras default, used by the released weights
 BN_MOMENTUM = 0.01  # Keras momentum 0.99
@@ -136,13 +153,15 @@ def _time_mask(lengths: Tensor, steps: int, dtype: torch.dtype, offset: int = 0)
     return valid.to(dtype)[:, None, None, :]
 
 
-class ThinResNet(nn.Module):
+class ThinResNet(Backbone):
     """The original 2-D ResNet; ``width`` scales every channel count (1.0 = the paper)."""
 
     out_height = 7  # 257 frequency bins after the stem, max-pools, strides and mpool2
 
     def __init__(self, spec: ResNetSpec, width: float = 1.0) -> None:
         super().__init__()
+        if not width > 0:
+            raise ConfigError(f"backbone width must be positive, got {width}")
 
         self.spec = spec
         stem = scaled_channels(spec.stem_channels, width)

@@ -2,50 +2,94 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..schema import checked
+from ..registry import Component
+from ..schema import ConfigError, checked
 from .backbones import BACKBONES, ConvBN
 from .pooling import POOLINGS, Stats
 
-CLUSTERED_POOLINGS = frozenset({"vlad", "gvlad"})  # the poolings that take ``clusters``
+SLOTS = {"backbone": BACKBONES, "pooling": POOLINGS}
+DEFAULTS = {"backbone": "resnet34s", "pooling": "gvlad"}  # the released model's
+# the flat layout of earlier versions' model files, where 0 stood for a parameter the pooling has not
+FLAT_KEYS = ("width", "clusters", "ghost_clusters")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class EncoderConfig:
-    """Everything needed to rebuild a :class:`SpeakerEncoder` (defaults: the released model)."""
+    """Everything needed to rebuild a :class:`SpeakerEncoder` (defaults: the released model).
 
-    backbone: str = "resnet34s"
-    width: float = 1.0
-    pooling: str = "gvlad"
-    clusters: int = 8
-    ghost_clusters: int = 2
-    descriptor_dim: int = 512  # x_fc filters ("bottleneck_dim" of the original)
-    embed_dim: int = 512  # fc6 units
+    ``backbone`` and ``pooling`` are components, each with its own parameters, defaults filled in from the
+    component's signature. Keyword parameters go to the component that takes them:
+    ``EncoderConfig(pooling="gvlad", clusters=8, ghost_clusters=2, width=0.5)``; one that neither takes is a
+    :class:`ConfigError` naming it (``pooling 'tap' does not take: clusters``).
+    """
 
-    def __post_init__(self) -> None:
-        BACKBONES.get(self.backbone)
-        POOLINGS.get(self.pooling)
-        if self.pooling not in CLUSTERED_POOLINGS:
-            object.__setattr__(self, "clusters", 0)
-        if self.pooling != "gvlad":
-            object.__setattr__(self, "ghost_clusters", 0)
-        if self.pooling in CLUSTERED_POOLINGS and self.clusters < 1:
-            raise ValueError(f"{self.pooling} needs clusters >= 1, got {self.clusters}")
-        if min(self.descriptor_dim, self.embed_dim) < 1 or self.width <= 0:
-            raise ValueError("descriptor_dim, embed_dim and width must be positive")
+    backbone: Component
+    pooling: Component
+    descriptor_dim: int  # x_fc filters ("bottleneck_dim" of the original)
+    embed_dim: int  # fc6 units
+
+    def __init__(self, backbone: Component | str = DEFAULTS["backbone"], pooling: Component | str = DEFAULTS["pooling"],
+                 descriptor_dim: int = 512, embed_dim: int = 512, **params: Any) -> None:
+        chosen = {"backbone": backbone, "pooling": pooling}
+        for slot, registry in SLOTS.items():
+            component = Component(chosen[slot]) if isinstance(chosen[slot], str) else chosen[slot]
+            takes = {p.name for p in registry.params(component.name)}
+            args = {**component.args, **{k: params.pop(k) for k in list(params) if k in takes}}
+            object.__setattr__(self, slot, registry.resolve(component.name, args))
+        if params:
+            raise ConfigError(f"pooling {self.pooling.name!r} does not take: {', '.join(params)} "
+                              f"(nor does backbone {self.backbone.name!r})")
+        if min(descriptor_dim, embed_dim) < 1:
+            raise ConfigError("descriptor_dim and embed_dim must be positive")
+        object.__setattr__(self, "descriptor_dim", descriptor_dim)
+        object.__setattr__(self, "embed_dim", embed_dim)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"backbone": self.backbone.to_dict(), "pooling": self.pooling.to_dict(),
+                "descriptor_dim": self.descriptor_dim, "embed_dim": self.embed_dim}
+
+    def flat(self) -> dict:
+        """The flat view of earlier versions' model files: ``{backbone, width, pooling, clusters, ghost_clusters,
+        descriptor_dim, embed_dim}``, 0 for a parameter the pooling has not. Model keys hash it, so caches and
+        galleries made by earlier versions stay valid; ``from_dict`` reads it back."""
+        return {"backbone": self.backbone.name, **dict.fromkeys(FLAT_KEYS, 0), **self.backbone.args,
+                "pooling": self.pooling.name, **self.pooling.args,
+                "descriptor_dim": self.descriptor_dim, "embed_dim": self.embed_dim}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "EncoderConfig":
-        """From a mapping (a model file's ``encoder``), every value type-checked (:class:`ConfigError`)."""
-        return cls(**checked(cls, data, "encoder"))
+    def from_dict(cls, data: dict, where: str = "encoder") -> "EncoderConfig":
+        """From a mapping (a model file's ``encoder``, a config's ``model`` section), every value type-checked
+        (:class:`ConfigError` naming the key). A slot is a name or ``{name: ..., param: value, ...}``; other keys
+        are parameters for the slot that takes them (the flat layout of earlier versions, or an override such as
+        ``model.clusters=10``)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping of keys to values, got {type(data).__name__} {data!r}")
+        known = {"backbone", "pooling", "descriptor_dim", "embed_dim"}
+        params = {str(k): v for k, v in data.items() if k not in known}
+        slots = {}
+        for slot in SLOTS:
+            value = data.get(slot, DEFAULTS[slot])
+            args = {}
+            if isinstance(value, dict):
+                args = {str(k): v for k, v in value.items() if k != "name"}
+                value = value.get("name")
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}.{slot}: expected a name or a mapping with a name, got {value!r}")
+            slots[slot] = Component(value, args)
+        takes = {p.name for slot, c in slots.items() for p in SLOTS[slot].params(c.name)}
+        params = {k: v for k, v in params.items() if k in takes or not (k in FLAT_KEYS and v == 0)}
+        values = checked(cls, {k: v for k, v in data.items() if k in known - set(SLOTS)}, where)
+        try:
+            return cls(**slots, **values, **params)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 class SpeakerEncoder(nn.Module):
@@ -58,17 +102,11 @@ class SpeakerEncoder(nn.Module):
     def __init__(self, config: EncoderConfig = EncoderConfig()) -> None:
         super().__init__()
         self.config = config
-        self.backbone = BACKBONES.build(config.backbone, width=config.width)
-        c, h = self.backbone.out_channels, self.backbone.out_height
+        self.backbone = BACKBONES.build(config.backbone.name, **config.backbone.args)
+        c, h = self.backbone.out_channels, self.backbone.out_height  # the backbone's output size, for the pooling
         self.descriptor = nn.Conv2d(c, config.descriptor_dim, (h, 1))
-        self.pooling = POOLINGS.build(
-            config.pooling,
-            in_channels=c,
-            dim=config.descriptor_dim,
-            clusters=config.clusters,
-            ghost_clusters=config.ghost_clusters,
-            height=h,
-        )
+        self.pooling = POOLINGS.build(config.pooling.name, in_channels=c, height=h, dim=config.descriptor_dim,
+                                      **config.pooling.args)
         self.embedding = nn.Linear(self.pooling.out_dim, config.embed_dim)
 
     def forward(self, feats: Tensor, frames: Tensor | None = None) -> Tensor:

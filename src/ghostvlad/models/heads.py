@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..registry import Registry
 
-HEADS: Registry[nn.Module] = Registry("head")
+HEADS: Registry[nn.Module] = Registry("head", base=nn.Module, context=("embed_dim", "classes"))
 
 
 class SoftmaxHead(nn.Module):
@@ -65,6 +65,7 @@ class CosineMarginHead(nn.Module):
 
 @HEADS.register("softmax")
 def softmax(embed_dim: int, classes: int) -> SoftmaxHead:
+    """Softmax over the speakers (the paper's), no margin."""
     return SoftmaxHead(embed_dim, classes)
 
 

@@ -13,19 +13,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import Registry
-
-POOLINGS: Registry[nn.Module] = Registry("pooling")
-
+from ..schema import ConfigError
 
 Stats = tuple[Tensor, ...]
 
 
 class Pooling(nn.Module):
-    """A pooling is a function of sums over time: :meth:`statistics` of the steps seen, :meth:`merge` of the
-    statistics of two stretches of time, :meth:`finish` into the pooled vector. ``forward`` is ``finish``
-    of ``statistics``; chunked and streaming inference merge the statistics of consecutive chunks."""
+    """The pooling slot's interface. A pooling is a function of sums over time: :meth:`statistics` of the steps
+    seen, :meth:`merge` of the statistics of two stretches of time, :meth:`finish` into the pooled vector of
+    :attr:`out_dim` values. ``forward(x, f, mask)`` is ``finish`` of ``statistics``; chunked and streaming
+    inference merge the statistics of consecutive chunks.
 
-    out_dim: int
+    Registered factories take the encoder's sizes, ``in_channels`` and ``height`` of the backbone output and
+    the descriptor size ``dim``, then their own config parameters (with defaults).
+    """
+
+    out_dim: int  # size of the pooled vector
 
     def statistics(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Stats:
         raise NotImplementedError
@@ -161,6 +164,8 @@ class NetVLAD(Pooling):
 
     def __init__(self, in_channels: int, dim: int, clusters: int, ghost_clusters: int = 0, height: int = 7) -> None:
         super().__init__()
+        if clusters < 1 or ghost_clusters < 0:
+            raise ConfigError(f"pooling needs clusters >= 1 and ghost_clusters >= 0, got {clusters} and {ghost_clusters}")
         self.clusters = clusters
         self.assignment = nn.Conv2d(in_channels, clusters + ghost_clusters, (height, 1))
         self.centers = nn.Parameter(torch.empty(clusters + ghost_clusters, dim))
@@ -180,26 +185,34 @@ class NetVLAD(Pooling):
         return F.normalize(stats[0], dim=-1, eps=1e-6).flatten(1)  # eps 1e-6 on the norm = TF's 1e-12 on its square
 
 
+POOLINGS: Registry[Pooling] = Registry("pooling", base=Pooling, context=("in_channels", "height", "dim"))
+
+
 @POOLINGS.register("tap")
-def tap(dim: int) -> TemporalAveragePooling:
+def tap(in_channels: int, height: int, dim: int) -> TemporalAveragePooling:
+    """Temporal average pooling: the mean of the descriptors (dim values)."""
     return TemporalAveragePooling(dim)
 
 
 @POOLINGS.register("tstp")
-def tstp(dim: int) -> TemporalStatisticsPooling:
+def tstp(in_channels: int, height: int, dim: int) -> TemporalStatisticsPooling:
+    """Temporal statistics pooling: mean and standard deviation (2 dim values)."""
     return TemporalStatisticsPooling(dim)
 
 
 @POOLINGS.register("astp")
-def astp(dim: int) -> AttentiveStatisticsPooling:
+def astp(in_channels: int, height: int, dim: int) -> AttentiveStatisticsPooling:
+    """Attentive statistics pooling: attention-weighted mean and standard deviation (2 dim values)."""
     return AttentiveStatisticsPooling(dim)
 
 
 @POOLINGS.register("vlad")
-def vlad(in_channels: int, dim: int, clusters: int, height: int = 7) -> NetVLAD:
+def vlad(in_channels: int, height: int, dim: int, clusters: int = 8) -> NetVLAD:
+    """NetVLAD: residuals to `clusters` centers (clusters x dim values)."""
     return NetVLAD(in_channels, dim, clusters, 0, height)
 
 
 @POOLINGS.register("gvlad")
-def gvlad(in_channels: int, dim: int, clusters: int, ghost_clusters: int, height: int = 7) -> NetVLAD:
+def gvlad(in_channels: int, height: int, dim: int, clusters: int = 8, ghost_clusters: int = 2) -> NetVLAD:
+    """GhostVLAD: NetVLAD with `ghost_clusters` more clusters whose residuals are dropped (the paper's)."""
     return NetVLAD(in_channels, dim, clusters, ghost_clusters, height)

@@ -8,30 +8,52 @@ from typing import Any
 
 import yaml
 
-from ..models import EncoderConfig
 from ..errors import describe
+from ..models import HEADS, EncoderConfig
+from ..precision import PRECISIONS
 from ..schema import ConfigError, checked
+from .optim import OPTIMIZERS
+from .vlad_init import VLAD_INITS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+def _given(config: object, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The component arguments a config section sets (None: the component's default)."""
+    return {k: getattr(config, k) for k in keys if getattr(config, k) is not None}
+
+
 @dataclass
 class HeadConfig:
-    name: str = "softmax"  # softmax | amsoftmax | aamsoftmax
-    margin: float | None = None  # None: the head's default (0.35 AM, 0.2 AAM)
-    scale: float | None = None  # None: 30
+    name: str = "softmax"  # softmax | amsoftmax | aamsoftmax (`ghostvlad info --components`)
+    margin: float | None = None  # None: the head's default (0.35 AM, 0.2 AAM); only heads with a margin take one
+    scale: float | None = None  # None: 30; only the margin heads take one
     # weight of an angular prototypical loss over each batch's speaker groups, added to the head's (0 = off);
     # needs train.sampler=sessions
     prototypical: float = 0.0
 
+    def __post_init__(self) -> None:
+        HEADS.resolve(self.name, self.args())  # refuses an argument the head does not take, naming it
+
+    def args(self) -> dict[str, Any]:
+        """The head's arguments this section sets."""
+        return _given(self, ("margin", "scale"))
+
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # adam | adamw | sgd
+    name: str = "adam"  # adam | adamw | sgd (`ghostvlad info --components`)
     lr: float = 1e-3
     weight_decay: float = 2e-4  # on conv/linear kernels only; coupled L2 (Keras l2(1e-4) == 2e-4) unless adamw
-    momentum: float = 0.9  # sgd (nesterov)
-    eps: float = 1e-7  # Keras' Adam epsilon
+    momentum: float | None = None  # sgd only (nesterov); None: 0.9
+    eps: float | None = None  # adam and adamw only; None: 1e-7 (Keras')
+
+    def __post_init__(self) -> None:
+        OPTIMIZERS.resolve(self.name, self.args())
+
+    def args(self) -> dict[str, Any]:
+        """The optimiser's own arguments this section sets."""
+        return _given(self, ("momentum", "eps"))
 
 
 @dataclass
@@ -82,6 +104,10 @@ class RunConfig:
     sync_bn: bool = False
     dist_timeout: float = 1800.0  # seconds a rank waits in a collective (validation, checkpoints) before failing
 
+    def __post_init__(self) -> None:
+        PRECISIONS.get(self.precision)
+        VLAD_INITS.get(self.vlad_init)
+
 
 @dataclass
 class ValidConfig:
@@ -111,8 +137,14 @@ class TrainConfig:
     valid: ValidConfig = field(default_factory=ValidConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
+    def __post_init__(self) -> None:
+        if self.finetune.margin is not None and "margin" not in {p.name for p in HEADS.params(self.head.name)}:
+            raise ConfigError(f"finetune.margin: head {self.head.name!r} has no margin; choose a margin head "
+                              "(amsoftmax, aamsoftmax) or leave finetune.margin unset")
+
     def to_dict(self) -> dict:
-        return {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: section.to_dict() if isinstance(section := getattr(self, f.name), EncoderConfig)
+                else dataclasses.asdict(section) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "config") -> "TrainConfig":
@@ -128,10 +160,13 @@ class TrainConfig:
         for name, value in data.items():
             section_type = sections[name].default_factory  # type: ignore[misc]
             try:
-                kwargs[name] = section_type(**checked(section_type, value or {}, name))
+                if section_type is EncoderConfig:
+                    kwargs[name] = EncoderConfig.from_dict(value or {}, name)
+                else:
+                    kwargs[name] = section_type(**checked(section_type, value or {}, name))
             except ConfigError:
                 raise
-            except (TypeError, ValueError) as exc:  # a section's own checks (e.g. model.clusters)
+            except (TypeError, ValueError) as exc:  # a section's own checks
                 raise ConfigError(f"{name}: {exc}") from None
         return cls(**kwargs)
 
@@ -162,10 +197,15 @@ def _read_yaml(name_or_path: str, seen: tuple[str, ...] = ()) -> dict:
     return _merge(_read_yaml(base, (*seen, str(path))), data)
 
 
-def _merge(base: dict, top: dict) -> dict:
+def _merge(base: dict, top: dict, depth: int = 0) -> dict:
+    """``top`` over ``base``, mappings merged key by key; a component (``{name: ..., ...}`` inside a section)
+    of another name replaces the base's, whose parameters mean nothing to it."""
     out = dict(base)
     for k, v in top.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        old = out.get(k)
+        both = isinstance(v, dict) and isinstance(old, dict)
+        other = both and depth > 0 and v.get("name", old.get("name")) != old.get("name")
+        out[k] = _merge(old, v, depth + 1) if both and not other else v
     return out
 
 

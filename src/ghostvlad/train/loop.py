@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +36,14 @@ from ..loading import load_model
 from ..modelfile import RUN_MODEL_DIR
 from ..models import HEADS, SpeakerEncoder
 from ..models.heads import AngularPrototypicalLoss
-from ..models.pooling import NetVLAD
+from ..precision import get_precision
 from . import distributed
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_config, load_config
+from .optim import OPTIMIZERS
 from .sampler import EpochBatches, SessionBatches
 from .schedules import SCHEDULES
+from .vlad_init import KMEANS_CROPS, VLAD_INITS
 
 CONFIG_NAME = "config.yaml"
 LOCK_NAME = "train.lock"  # held (flock) by the training process using the run folder; holds its pid
@@ -50,9 +52,7 @@ SPEAKERS_NAME = "speakers.txt"
 BAD_FILES_NAME = "bad_files.txt"
 METRIC_FIELDS = ["time", "epoch", "step", "global_step", "loss", "acc", "lr", "crops_per_s", "data_wait", "valid_eer",
                  "skipped"]
-VLAD_INITS = ("orthogonal", "kmeans")
 SAMPLERS = ("random", "sessions")
-KMEANS_CROPS = 128  # training crops whose frame descriptors the k-means init clusters
 
 
 class TrainError(GhostvladError):
@@ -99,15 +99,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def _optimizer(model: nn.Module, config: TrainConfig, fused: bool) -> torch.optim.Optimizer:
     """``fused``: one kernel per step that also skips the step on a device-side ``found_inf`` flag (no host sync)."""
     o = config.optim
-    groups = _param_groups(model, o.weight_decay)
-    extra = {"fused": True} if fused else {}
-    if o.name == "adam":
-        return torch.optim.Adam(groups, lr=o.lr, eps=o.eps, **extra)
-    if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=o.lr, eps=o.eps, **extra)
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True, **extra)
-    raise TrainError(f"unknown optimizer {o.name!r}; choose adam, adamw or sgd")
+    return OPTIMIZERS.build(o.name, params=_param_groups(model, o.weight_decay), lr=o.lr, fused=fused, **o.args())
 
 
 def _lr_factor(config: TrainConfig, steps_per_epoch: int):
@@ -122,7 +114,7 @@ def _lr_factor(config: TrainConfig, steps_per_epoch: int):
 
 
 def _head_margin(head: nn.Module, margin: float | None) -> None:
-    if margin is not None and hasattr(head, "margin"):
+    if margin is not None:  # only heads with a margin get one (checked by TrainConfig)
         head.margin = margin
 
 
@@ -143,42 +135,6 @@ def _validate(encoder: SpeakerEncoder, config: TrainConfig, info: distributed.Di
     if not distributed.all_true(problem is None, info):
         raise TrainError(problem or "validation failed on another rank")
     return None if result is None else (result.summary["eer"], result.summary["threshold"])
-
-
-def kmeans_init_centers(encoder: SpeakerEncoder, frontend: Spectrogram, waves: torch.Tensor, seed: int = 0,
-                        chunk: int = 32) -> None:
-    """Set the VLAD centers to a k-means clustering of the frame descriptors of ``waves`` (training crops).
-
-    The initialisation of the NetVLAD paper. With the original's unit-norm orthogonal centers, descriptors (ReLU
-    outputs, norm about 7 at the start here) dwarf them, every cluster's residual sum points the same way and the
-    pooling starts as a copy of one average. Descriptors come from training-mode forward passes (batch statistics);
-    the BatchNorm running statistics those passes update are put back.
-    """
-    from sklearn.cluster import KMeans
-
-    pooling = encoder.pooling
-    if not isinstance(pooling, NetVLAD):
-        raise TrainError(f"train.vlad_init=kmeans needs vlad or gvlad pooling, not {encoder.config.pooling}")
-    descriptors: list[torch.Tensor] = []
-    hook = pooling.register_forward_hook(lambda module, args, out: descriptors.append(args[1].detach()))
-    saved = copy.deepcopy(encoder.state_dict())
-    training = encoder.training
-    try:
-        encoder.train()
-        with torch.no_grad():
-            for part in waves.split(chunk):
-                encoder(frontend(part)[0])
-    finally:
-        hook.remove()
-        encoder.load_state_dict(saved)
-        encoder.train(training)
-    frames = torch.cat([d.float().transpose(1, 2).reshape(-1, d.shape[1]) for d in descriptors]).cpu().numpy()
-    clusters = pooling.centers.shape[0]
-    if len(frames) < clusters:
-        raise TrainError(f"train.vlad_init=kmeans: {len(frames)} descriptors for {clusters} clusters")
-    centers = KMeans(clusters, n_init=3, random_state=seed).fit(frames.astype(np.float64)).cluster_centers_
-    with torch.no_grad():
-        pooling.centers.copy_(torch.from_numpy(centers))
 
 
 class Trainer:
@@ -212,9 +168,8 @@ class Trainer:
         for module in encoder.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.momentum = config.train.bn_momentum
-        head_kwargs = {k: v for k, v in (("margin", config.head.margin), ("scale", config.head.scale)) if v is not None}
         head = HEADS.build(config.head.name, embed_dim=config.model.embed_dim, classes=self.dataset.classes,
-                           **head_kwargs)
+                           **config.head.args())
         prototypical = None
         if config.head.prototypical:
             if config.train.sampler != "sessions":
@@ -222,11 +177,10 @@ class Trainer:
             prototypical = AngularPrototypicalLoss(config.train.per_speaker)
         self.net = Classifier(encoder, head, prototypical, config.head.prototypical).to(self.dist.device)
         self.frontend = Spectrogram(FrontEndConfig()).to(self.dist.device)
-        if config.train.vlad_init not in VLAD_INITS:
-            raise TrainError(f"unknown train.vlad_init {config.train.vlad_init!r}; choose {' or '.join(VLAD_INITS)}")
         fresh = init is None and not (self.out / CHECKPOINT_NAME).exists()  # --init and resumed runs have centers
-        if config.train.vlad_init == "kmeans" and fresh and self.dist.main:  # DDP below copies rank 0's to the others
-            kmeans_init_centers(encoder, self.frontend, self._first_crops(KMEANS_CROPS), config.train.seed)
+        if fresh and self.dist.main:  # DDP below copies rank 0's to the others
+            VLAD_INITS.build(config.train.vlad_init, encoder=encoder, frontend=self.frontend, seed=config.train.seed,
+                             crops=lambda: self._first_crops(KMEANS_CROPS))
         if config.train.channels_last and min(m.out_channels for m in self.net.modules() if isinstance(m, nn.Conv2d)) >= 8:
             # (oneDNN's channels-last conv backward crashes on CPU with very thin layers, e.g. width 0.125)
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -239,12 +193,9 @@ class Trainer:
         self._fused = self.dist.device.type == "cuda"
         self.optimizer = _optimizer(self.net, config, fused=self._fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(config, self.batches.steps))
-        precision = config.train.precision
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise TrainError(f"unknown precision {precision!r}; choose fp32, bf16 or fp16")
-        if precision == "fp16" and self.dist.device.type != "cuda":
-            raise TrainError("fp16 mixed precision needs a GPU; use bf16 on CPU")
-        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=precision == "fp16")
+        self.precision = get_precision(config.train.precision)
+        self.precision.check_device(self.dist.device.type)
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.precision.scaled)
         self.state = Progress()
 
     # -- setup --------------------------------------------------------------------------------------
@@ -404,10 +355,7 @@ class Trainer:
 
     # -- training ------------------------------------------------------------------------------------
     def _autocast(self):
-        if self.config.train.precision == "fp32":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.config.train.precision == "bf16" else torch.float16
-        return torch.autocast(self.dist.device.type, dtype=dtype)
+        return self.precision.autocast(self.dist.device.type)
 
     def _loader(self, epoch: int, start: int) -> Iterable:
         """This rank's batches of ``epoch`` from step ``start`` on (same batches whatever the worker count)."""

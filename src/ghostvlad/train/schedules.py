@@ -8,7 +8,7 @@ from ..registry import Registry
 from .config import ScheduleConfig
 
 Schedule = Callable[[float], float]
-SCHEDULES: Registry[Schedule] = Registry("schedule")
+SCHEDULES: Registry[Schedule] = Registry("schedule", context=("epochs", "config"))  # settings: the schedule section
 
 
 @SCHEDULES.register("paper")
@@ -64,4 +64,5 @@ def onecycle(epochs: int, config: ScheduleConfig) -> Schedule:
 
 @SCHEDULES.register("constant")
 def constant(epochs: int, config: ScheduleConfig) -> Schedule:
+    """The base LR after the linear warm-up."""
     return lambda epoch: _warmup(epoch, config.warmup_epochs)
