@@ -45,13 +45,13 @@ def test_every_package_error_derives_from_one_root():
     import ghostvlad.gallery as gallery
     import ghostvlad.scoring.calibration as calibration
     import ghostvlad.train.checkpoint as checkpoint
-    import ghostvlad.train.loop as loop
+    import ghostvlad.train.build as build
     from ghostvlad.data.manifest import ManifestError
     from ghostvlad.schema import ConfigError
 
     for cls in (AudioError, ModelFileError, keras.KerasConversionError, shards.ShardError, trials.TrialsError,
                 evaluate.EvalError, gallery.GalleryError, calibration.CalibrationError, checkpoint.CheckpointError,
-                loop.TrainError, ManifestError, ConfigError, DeviceError):
+                build.TrainError, ManifestError, ConfigError, DeviceError):
         assert issubclass(cls, GhostvladError) and issubclass(cls, ValueError), cls
 
 

@@ -23,7 +23,7 @@ from .data.synth import SynthConfig, synthesize_corpus
 from .evaluate import EvalResult, embed_files, evaluate, write_outputs
 from .inference import Embedder, load_model
 from .train.config import load_config
-from .train.loop import Trainer
+from .train.loop import LogRow, Trainer
 
 # Training corpus of the demo: many speakers, few utterances each, every utterance of a session through one channel
 DEMO_CORPUS = SynthConfig(speakers=200, test_speakers=20, sessions=4, utterances=2, min_duration=2.0,
@@ -33,7 +33,6 @@ CROSS_DOMAIN = SynthConfig(speakers=13, test_speakers=12, sessions=3, utterances
                            max_duration=5.0, trials=600, seed=1000, voices="all", channels="field")
 
 Stage = Callable[[str], None]
-LogRow = Callable[[dict, int], None]
 
 
 @dataclass
@@ -71,8 +70,7 @@ def train_on_corpus(corpus: str | os.PathLike, run: str | os.PathLike, config: s
     manifest = build_manifest(files, [speaker_of(f, corpus / "dev") for f in files], corpus / "dev.csv",
                               progress=progress)
     valid = [f"valid.trials={corpus / 'trials.txt'}", f"valid.wav_root={corpus / 'test'}"] if validate else []
-    Trainer(load_config(config, [*valid, *overrides]), manifest.manifest, run, device="cpu",
-            progress=progress).run(on_log=on_log)
+    Trainer(load_config(config, [*valid, *overrides]), manifest.manifest, run, device="cpu").run(on_log=on_log)
     return run
 
 

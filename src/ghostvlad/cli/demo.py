@@ -24,7 +24,7 @@ def demo(
 
     from ..audio import AudioError
     from ..recipes import run_demo
-    from ..train.loop import TrainError
+    from ..train.build import TrainError
 
     steps = iter(range(1, 4))
 
