@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import app, err, fail, out
+from .common import app, err, fail, out, progress_bar
 
 
 @app.command()
@@ -90,7 +90,10 @@ def synth(
                          min_duration=min_duration, max_duration=max_duration, trials=trials, seed=seed,
                          voices=voices, channels=channels)
     try:
-        summary = synthesize_corpus(out_dir, config, workers=workers, progress=err.is_terminal)
+        with progress_bar() as bar:
+            task = bar.add_task("synth (utterances)", total=None)
+            summary = synthesize_corpus(out_dir, config, workers=workers,
+                                        on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     except (ValueError, OSError) as exc:
         fail(str(exc))
     out.print(f"wrote {out_dir}: {summary['utterances']} utterances ({summary['synthesized']} synthesised now) of "
