@@ -30,7 +30,6 @@ NOISES = ("white", "pink", "brown", "babble")
 NOISE_EXPONENT = {"white": 0.0, "pink": 1.0, "brown": 2.0}
 
 
-
 @dataclass(frozen=True)
 class Channel:
     """A session's recording channel."""
@@ -120,4 +119,3 @@ def field_effects(x: np.ndarray, channel: Channel) -> np.ndarray:
         encoder, container, rate, _ = FIELD_CODECS[name]
         x = codec_round_trip(0.5 * x / (np.max(np.abs(x)) + 1e-12), encoder, container, rate, int(bit_rate) or None)
     return x
-

@@ -83,4 +83,3 @@ def synthesize_corpus(
         "audio_seconds": round(sum(round(d * SAMPLE_RATE) for s in sessions for d in s.durations) / SAMPLE_RATE, 3),
         "wall_seconds": round(time.perf_counter() - start, 3),
     }
-

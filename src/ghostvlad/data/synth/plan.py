@@ -16,7 +16,6 @@ from .trials import trial_capacity
 _ID_CHARS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"))
 
 
-
 @dataclass(frozen=True)
 class SynthConfig:
     """Size and seed of a synthetic corpus."""
@@ -99,7 +98,7 @@ class Session:
         return [f"{self.directory}/{u + 1:05d}.wav" for u in range(len(self.durations))]
 
 
-def session_id(rng: np.random.Generator) -> str:
+def _session_id(rng: np.random.Generator) -> str:
     first = rng.choice(_ID_CHARS[:62])  # no leading '-' or '_'
     return str(first) + "".join(rng.choice(_ID_CHARS, 10))
 
@@ -112,7 +111,7 @@ def plan_speaker(seed: int, index: int, speaker: str, split: str, voice: SpeechS
     out = []
     for s in range(sessions):
         rng = keyed_rng(seed, SESSION, index, s)
-        name = session_id(rng)
+        name = _session_id(rng)
         session_voice = drift(voice, rng)
         lengths = tuple(round(float(keyed_rng(seed, UTTERANCE, index, s, u).uniform(*durations)), 3)
                         for u in range(utterances))
@@ -122,10 +121,11 @@ def plan_speaker(seed: int, index: int, speaker: str, split: str, voice: SpeechS
 
 
 def plan_corpus(config: SynthConfig) -> list[Session]:
+    """Every session of a corpus: speakers ``id00001...`` (the last ``test_speakers`` of them held out for test),
+    each with an espeak-ng voice of ``config.voices`` and sessions planned by :func:`plan_speaker`."""
     n_dev = config.speakers - config.test_speakers
     return [session for k in range(config.speakers)
             for session in plan_speaker(config.seed, k, f"id{k + 1:05d}", "dev" if k < n_dev else "test",
                                         draw_voice(keyed_rng(config.seed, SPEAKER, k), config.voices), config.sessions,
                                         config.utterances, (config.min_duration, config.max_duration),
                                         config.channels, drift_voice)]
-

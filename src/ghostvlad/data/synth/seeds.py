@@ -10,4 +10,3 @@ SPEAKER, SESSION, SESSION_SIGNAL, UTTERANCE, UTTERANCE_SIGNAL, TRIALS = range(6)
 
 def keyed_rng(seed: int, *key: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
-

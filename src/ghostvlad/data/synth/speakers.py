@@ -46,7 +46,6 @@ VOICE_POOLS = {
 }
 
 
-
 @dataclass(frozen=True)
 class Voice:
     """A speaker's voice: espeak-ng ``language+variant`` and perceptual targets (after the warp)."""
@@ -112,4 +111,3 @@ def drift_voice(voice: Voice, rng: np.random.Generator) -> Voice:
         pitch=round(float(np.clip(voice.pitch + rng.normal(0, 2.5), 0, 100)), 1),
         rate=round(voice.rate * float(rng.uniform(0.93, 1.07)), 1),
     )
-

@@ -56,4 +56,3 @@ def trial_files(sessions: Sequence[Session]) -> np.ndarray:
     speakers = list(dict.fromkeys(s.speaker for s in test))
     files = [f.removeprefix("test/") for s in test for f in s.files()]
     return np.array(files).reshape(len(speakers), -1, len(test[0].durations))
-

@@ -34,8 +34,8 @@ _TEMPLATES = (
 )
 
 
-
 def sentence(rng: np.random.Generator) -> str:
+    """One random sentence (a template filled from the word lists), capitalised and punctuated."""
     words = [str(rng.choice(_WORDS[tok])) if tok in _WORDS else tok for tok in rng.choice(_TEMPLATES).split()]
     text = " ".join(words).replace(" ,", ",").replace(" ?", "?")
     return text[0].upper() + text[1:] + ("" if text.endswith("?") else ".")
@@ -47,4 +47,3 @@ def speech_text(rng: np.random.Generator, seconds: float, rate: float) -> str:
     while sum(len(s.split()) for s in sentences) < 1.4 * seconds * rate / 60 + 3:
         sentences.append(sentence(rng))
     return " ".join(sentences)
-
