@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import app, err, fail, out, progress_bar
+from .common import app, err, fail, out
 
 
 @app.command()
@@ -85,6 +85,7 @@ def synth(
 ) -> None:
     """Synthesise a VoxCeleb-layout corpus of espeak-ng speakers heard through random channels."""
     from ..data.synth import SynthConfig, synthesize_corpus
+    from .common import progress_bar
 
     config = SynthConfig(speakers=speakers, test_speakers=test_speakers, sessions=sessions, utterances=utterances,
                          min_duration=min_duration, max_duration=max_duration, trials=trials, seed=seed,
