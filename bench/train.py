@@ -19,7 +19,7 @@ from ghostvlad.cli import reexec_with_tunables
 from ghostvlad.features import FrontEndConfig, Spectrogram
 from ghostvlad.models import HEADS, SpeakerEncoder
 from ghostvlad.train.config import load_config
-from ghostvlad.train.loop import Classifier, _optimizer
+from ghostvlad.train.build import Classifier, build_optimizer
 
 
 def main() -> None:
@@ -50,7 +50,7 @@ def main() -> None:
                                                                  classes=args.classes)).to(device)
         net = net.to(memory_format=torch.channels_last).train()
         front = Spectrogram(FrontEndConfig()).to(device)
-        opt = _optimizer(net, cfg, fused=device.type == "cuda")
+        opt = build_optimizer(net, cfg, fused=device.type == "cuda")
         forward = torch.compile(net) if args.compile else net
         waves = torch.randn(args.batch, samples, device=device) * 0.1
         labels = torch.randint(0, args.classes, (args.batch,), device=device)

@@ -20,7 +20,8 @@ import torch
 
 from ghostvlad.data.manifest import build_manifest
 from ghostvlad.train.config import load_config
-from ghostvlad.train.loop import METRICS_NAME, Trainer
+from ghostvlad.train.loop import Trainer
+from ghostvlad.train.run_folder import METRICS_NAME
 
 
 def write_corpus(folder: Path, files: int, speakers: int) -> Path:
@@ -55,7 +56,7 @@ def main() -> None:
                                         f"train.precision={args.precision}", f"train.log_every={args.log_every}",
                                         f"train.compile={str(args.compile).lower()}",
                                         f"train.checkpoint_every={10 * args.steps}"])
-        trainer = Trainer(cfg, manifest, folder / "run", device=args.device, progress=False)
+        trainer = Trainer(cfg, manifest, folder / "run", device=args.device)
         for note in trainer.notices:
             print(f"note: {note}")
         trainer.run(max_steps=args.steps)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -107,7 +108,8 @@ def main() -> None:
     apply_runtime_options(args)
     if args.engines is not None:
         try:
-            built = build_engine_set(args.engines, progress=True)
+            built = build_engine_set(args.engines, on_progress=lambda done, total: print(
+                f"\rengines set: {done}/{total} utterances", end="\n" if done == total else "", file=sys.stderr))
         except (EngineUnavailable, ValueError) as err:
             raise SystemExit(f"--engines {args.engines}: {err}") from None
         print(f"engines set {args.engines}: {built['speakers']} voices, {built['trials']} trials"

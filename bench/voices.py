@@ -13,8 +13,9 @@ import time
 
 import numpy as np
 
-from ghostvlad.data import synth, voices
+from ghostvlad.data import voices
 from ghostvlad.data.synth import SAMPLE_RATE
+from ghostvlad.data.synth.words import sentence
 
 
 def main() -> None:
@@ -22,7 +23,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=6)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    texts = [synth._sentence(rng) for _ in range(args.sentences)]
+    texts = [sentence(rng) for _ in range(args.sentences)]
     engines = {
         "mbrola": (voices.speak_mbrola, [voices.MbrolaVoice(n) for n in ("mb-us1", "mb-us2", "mb-en1", "mb-de4-en")]),
         "pico": (voices.speak_pico, [voices.PicoVoice(lang) for lang in ("en-US", "en-GB", "de-DE")]),

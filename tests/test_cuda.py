@@ -62,8 +62,8 @@ def test_two_training_steps_on_gpu(corpus, tmp_path, name, precision):  # noqa: 
 
     manifest, config = corpus
     cfg = load_config(config, [f"head.name={name}", f"train.precision={precision}", "train.channels_last=true"])
-    trainer = Trainer(cfg, manifest, tmp_path / "run", device="cuda", progress=False)
+    trainer = Trainer(cfg, manifest, tmp_path / "run", device="cuda")
     assert trainer.run(max_steps=2).global_step == 2
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert [r["skipped"] for r in rows] == ["0", "0"]
-    assert all(torch.isfinite(t).all() for t in trainer.net.state_dict().values() if t.is_floating_point())
+    assert all(torch.isfinite(t).all() for t in trainer.parts.net.state_dict().values() if t.is_floating_point())

@@ -40,19 +40,20 @@ def model():
 # -- errors ------------------------------------------------------------------------------------------
 def test_every_package_error_derives_from_one_root():
     import ghostvlad.convert.keras as keras
+    import ghostvlad.data.espeak as espeak
     import ghostvlad.data.shards as shards
     import ghostvlad.data.trials as trials
     import ghostvlad.evaluate as evaluate
     import ghostvlad.gallery as gallery
     import ghostvlad.scoring.calibration as calibration
     import ghostvlad.train.checkpoint as checkpoint
-    import ghostvlad.train.loop as loop
+    import ghostvlad.train.build as build
     from ghostvlad.data.manifest import ManifestError
     from ghostvlad.schema import ConfigError
 
     for cls in (AudioError, ModelFileError, keras.KerasConversionError, shards.ShardError, trials.TrialsError,
                 evaluate.EvalError, gallery.GalleryError, calibration.CalibrationError, checkpoint.CheckpointError,
-                loop.TrainError, ManifestError, ConfigError, DeviceError):
+                build.TrainError, ManifestError, ConfigError, DeviceError, espeak.EspeakUnavailable):
         assert issubclass(cls, GhostvladError) and issubclass(cls, ValueError), cls
 
 
@@ -289,14 +290,14 @@ def test_manifest_keeps_file_names_that_are_not_utf8(tmp_path):
 
 
 def test_read_only_gallery_is_searched_read_only_and_refuses_writes_with_the_reason(tmp_path, model, monkeypatch):
-    from ghostvlad import gallery as gallery_module
+    from ghostvlad.gallery import store as gallery_store
 
     sf.write(tmp_path / "a.wav", _voice(0), RATE)
     db = tmp_path / "g.db"
     with Gallery(db, model) as gallery:
         gallery.enroll("ann", [tmp_path / "a.wav"])
     # tests run as root, where permissions do not stop writes: the permission check is what is replaced
-    monkeypatch.setattr(gallery_module, "_writable", lambda path: False)
+    monkeypatch.setattr(gallery_store, "_writable", lambda path: False)
     with Gallery(db, model) as gallery:
         assert gallery.read_only and [s.name for s in gallery.speakers()] == ["ann"]
         assert gallery.identify(tmp_path / "a.wav", 1)[0].name == "ann"
@@ -312,14 +313,16 @@ def test_full_gallery_is_a_one_line_error_and_changes_nothing(tmp_path, model, m
     db = tmp_path / "g.db"
     with Gallery(db, model) as gallery:
         gallery.enroll("ann", [tmp_path / "a.wav"])
-    connect = Gallery._connect
+    from ghostvlad.gallery.store import GalleryStore
+
+    connect = GalleryStore._connect
 
     def full(self, create):  # a disk with no page left for this database
         conn = connect(self, create)
         conn.execute(f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0]}")
         return conn
 
-    monkeypatch.setattr(Gallery, "_connect", full)
+    monkeypatch.setattr(GalleryStore, "_connect", full)
     with Gallery(db, model) as gallery:
         with pytest.raises(GalleryError, match="g.db: cannot write the gallery \\(database or disk is full\\)"):
             gallery.add_embeddings({f"s{k}": np.eye(model.embed_dim, dtype=np.float32) for k in range(300)})

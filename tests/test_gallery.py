@@ -13,7 +13,7 @@ from conftest import calibrated_tiny_model
 from typer.testing import CliRunner
 
 import ghostvlad.cli.gallery  # noqa: F401  (registers enroll, identify, gallery)
-from ghostvlad import gallery as gallery_module
+from ghostvlad.gallery import store as gallery_store
 from ghostvlad.cli import app
 from ghostvlad.evaluate import model_key
 from ghostvlad.features import FrontEndConfig
@@ -236,8 +236,8 @@ def test_failure_inside_the_transaction_rolls_back(model, clips, tmp_path, monke
                 raise KeyboardInterrupt
             return original(emb)
 
-        original = gallery_module._unit_mean
-        monkeypatch.setattr(gallery_module, "_unit_mean", failing)
+        original = gallery_store.speaker_mean
+        monkeypatch.setattr(gallery_store, "speaker_mean", failing)
         with pytest.raises(KeyboardInterrupt):
             gallery.add_embeddings({"bob": np.ones((2, 16)), "carol": np.ones((1, 16)), "alice": np.ones((1, 16))})
         assert _state(db) == before and len(calls) == 2
@@ -256,14 +256,15 @@ def test_killed_writer_leaves_the_gallery_as_it_was(tmp_path):
     script = f"""
 import time, numpy as np
 from ghostvlad import gallery as g
-original, calls = g._unit_mean, []
+from ghostvlad.gallery import store
+original, calls = store.speaker_mean, []
 def slow(emb):
     calls.append(1)
     if len(calls) == 50:
         open({str(flag)!r}, "w").close()
         time.sleep(60)
     return original(emb)
-g._unit_mean = slow
+store.speaker_mean = slow
 with g.Gallery({str(db)!r}) as gal:
     gal.add_embeddings({{f"s{{i}}": np.ones((2, 16)) for i in range(100)}})
 """
@@ -410,3 +411,26 @@ def test_cli_identify_reports_the_calibrated_decision(model, clips, tmp_path):
     verdict = "identified: alice" if score >= 0.95 else "unknown speaker: best match alice does not pass"
     assert (f"{verdict} (operating point far@0.01, threshold 0.9500; LLR {llr:.2f}, P(same)={p:.3f} at prior 0.1)"
             in _output(res))
+
+
+def test_speaker_index_searches_and_decides_without_a_database():
+    """The index (speaker means, top-k, decisions) stands apart from the SQLite store: a matrix is enough."""
+    from ghostvlad.gallery.index import SpeakerIndex, speaker_mean
+    from ghostvlad.scoring.calibration import DecisionRule
+
+    rng = np.random.default_rng(0)
+    utterances = {name: _unit(rng.normal(size=(3, 16))) for name in ("ann", "ben", "cy")}
+    means = np.stack([speaker_mean(e) for e in utterances.values()])
+    np.testing.assert_allclose(means, _unit(np.stack([e.mean(axis=0) for e in utterances.values()])), atol=1e-6)
+    index = SpeakerIndex(7, list(utterances), np.array([3, 3, 3]), means)
+    query = utterances["ben"][0] * 5.0  # not unit: normalised by the search
+    rule = DecisionRule.for_model(None, threshold=0.5)
+    matches = index.search(query, 2, rule)
+    scores = means @ _unit(query)
+    assert [m.name for m in matches] == [list(utterances)[i] for i in np.argsort(-scores)[:2]]
+    assert [m.score for m in matches] == pytest.approx(np.sort(scores)[::-1][:2], abs=1e-6)
+    assert [m.accepted for m in matches] == [s >= 0.5 for s in np.sort(scores)[::-1][:2]]
+    with pytest.raises(GalleryError, match="top must be at least 1"):
+        index.search(query, 0, rule)
+    with pytest.raises(GalleryError, match="finite non-zero vector of 16 values"):
+        index.search(np.full(16, np.nan), 1, rule)

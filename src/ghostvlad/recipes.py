@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from .data.manifest import build_manifest, scan_voxceleb, speaker_of
-from .data.synth import SynthConfig, synthesize_corpus
+from .data.synth import OnProgress, SynthConfig, synthesize_corpus
 from .evaluate import EvalResult, embed_files, evaluate, write_outputs
 from .embedding import Embedder
 from .loading import load_model
 from .train.config import load_config
-from .train.loop import Trainer
+from .train.loop import LogRow, Trainer
 
 # Training corpus of the demo: many speakers, few utterances each, every utterance of a session through one channel
 DEMO_CORPUS = SynthConfig(speakers=200, test_speakers=20, sessions=4, utterances=2, min_duration=2.0,
@@ -34,7 +34,6 @@ CROSS_DOMAIN = SynthConfig(speakers=13, test_speakers=12, sessions=3, utterances
                            max_duration=5.0, trials=600, seed=1000, voices="all", channels="field")
 
 Stage = Callable[[str], None]
-LogRow = Callable[[dict, int], None]
 
 
 @dataclass
@@ -56,9 +55,9 @@ class TransferScores:
 
 
 def synthesize(root: str | os.PathLike, config: SynthConfig, workers: int | None = None,
-               progress: bool = False) -> Path:
+               on_progress: OnProgress | None = None) -> Path:
     """A synthetic corpus at ``root`` (resumes; see :func:`ghostvlad.data.synth.synthesize_corpus`)."""
-    synthesize_corpus(root, config, workers=workers, progress=progress)
+    synthesize_corpus(root, config, workers=workers, on_progress=on_progress)
     return Path(root)
 
 
@@ -71,8 +70,7 @@ def train_on_corpus(corpus: str | os.PathLike, run: str | os.PathLike, config: s
     files = scan_voxceleb(corpus / "dev")
     manifest = build_manifest(files, [speaker_of(f, corpus / "dev") for f in files], corpus / "dev.csv")
     valid = [f"valid.trials={corpus / 'trials.txt'}", f"valid.wav_root={corpus / 'test'}"] if validate else []
-    Trainer(load_config(config, [*valid, *overrides]), manifest.manifest, run, device="cpu",
-            progress=progress).run(on_log=on_log)
+    Trainer(load_config(config, [*valid, *overrides]), manifest.manifest, run, device="cpu").run(on_log=on_log)
     return run
 
 
@@ -135,11 +133,13 @@ class DemoResult:
 
 def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = None, epochs: int | None = None,
              overrides: Sequence[str] = (), on_stage: Stage | None = None, on_log: LogRow | None = None,
-             progress: bool = False) -> DemoResult:
+             on_synth: OnProgress | None = None, progress: bool = False) -> DemoResult:
     """Synthesise the demo corpus and the cross-domain set, train the ``demo`` config, evaluate both.
 
     Every stage resumes when re-run into the same ``out_dir``. The model (threshold stored) is written to
-    ``out_dir/run/model``; scores, DET plots and ``summary.json`` files to ``out_dir/eval``.
+    ``out_dir/run/model``; scores, DET plots and ``summary.json`` files to ``out_dir/eval``. ``on_stage(text)``
+    announces each stage, ``on_synth(done, total)`` counts synthesised utterances (per corpus), ``on_log(row,
+    steps)`` reports training's logged rows.
     """
     out = Path(out_dir)
     stage = on_stage or (lambda text: None)
@@ -151,8 +151,8 @@ def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = N
     t0 = time.perf_counter()
     stage(f"synthesising {corpus_config.speakers} training/test speakers and {CROSS_DOMAIN.test_speakers} "
           "cross-domain speakers")
-    corpus = synthesize(out / "corpus", corpus_config, progress=progress)
-    cross = synthesize(out / "cross", CROSS_DOMAIN, progress=progress)
+    corpus = synthesize(out / "corpus", corpus_config, on_progress=on_synth)
+    cross = synthesize(out / "cross", CROSS_DOMAIN, on_progress=on_synth)
     timings["synthesis"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

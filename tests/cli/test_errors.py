@@ -195,12 +195,12 @@ def test_diarize_says_when_fewer_speakers_than_asked_can_be_found(tmp_path, mode
 
 
 def test_gallery_in_a_read_only_folder_is_searched_and_enrolment_says_why_not(tmp_path, model_dir, monkeypatch):
-    from ghostvlad import gallery
+    from ghostvlad.gallery import store as gallery_store
 
     a = clip(tmp_path / "a.wav")
     db = tmp_path / "g.db"
     assert runner.invoke(app, ["enroll", "ann", a, "-m", str(model_dir), "--db", str(db)]).exit_code == 0
-    monkeypatch.setattr(gallery, "_writable", lambda path: False)  # as a read-only folder for a non-root user
+    monkeypatch.setattr(gallery_store, "_writable", lambda path: False)  # as a read-only folder for a non-root user
     res = runner.invoke(app, ["identify", a, "-m", str(model_dir), "--db", str(db)])
     assert res.exit_code == 0 and "ann" in res.output, res.output
     assert runner.invoke(app, ["gallery", "list", "--db", str(db)]).exit_code == 0

@@ -219,8 +219,50 @@ def test_voice_pools_and_field_channels(tmp_path):
 
 def test_rounds_of_fresh_workers_give_the_same_corpus(corpora, tmp_path, monkeypatch):
     """Sessions rendered over several rounds of worker processes (as long corpora are) are byte-identical."""
-    from ghostvlad.data import synth
+    from ghostvlad.data.synth import render
 
-    monkeypatch.setattr(synth, "_SESSIONS_PER_WORKER", 1)
+    monkeypatch.setattr(render, "_SESSIONS_PER_WORKER", 1)
     synthesize_corpus(tmp_path / "corpus", CONFIG, workers=2)
     assert _tree(tmp_path / "corpus") == _tree(corpora[0])
+
+
+def test_progress_goes_to_the_callback_and_nothing_is_printed(corpora, tmp_path, capfd):
+    """The library reports progress through ``on_progress(done, total)`` (the CLI draws the bar) and prints nothing;
+    a resumed corpus counts only what it makes."""
+    root, _, _ = corpora
+    copy = tmp_path / "corpus"
+    shutil.copytree(root, copy)
+    for wav in (copy / "dev" / "id00001").rglob("*.wav"):  # 2 sessions of 2 utterances to redo
+        wav.unlink()
+    calls = []
+    summary = synthesize_corpus(copy, CONFIG, workers=1, on_progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 4), (2, 4), (4, 4)] and summary["synthesized"] == 4
+    assert capfd.readouterr() == ("", "")
+    assert _tree(copy) == _tree(root)
+
+
+def test_without_espeak_synthesis_is_one_clear_line_and_the_rest_imports(tmp_path, monkeypatch):
+    """espeak-ng is the optional ``synth`` extra: without it ghostvlad (CLI included) imports and works, and synthesis
+    fails before writing anything, saying what to install."""
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from ghostvlad.cli import app
+    from ghostvlad.data.espeak import EspeakUnavailable
+
+    monkeypatch.setitem(sys.modules, "espeakng_loader", None)  # import espeakng_loader now raises ImportError
+    with pytest.raises(EspeakUnavailable, match=r"espeak-ng is not installed: pip install 'ghostvlad\[synth\]'"):
+        synthesize_corpus(tmp_path / "corpus", CONFIG, workers=1)
+    assert not (tmp_path / "corpus").exists()
+    res = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "cli"), "--speakers", "4", "--test-speakers", "2",
+                                   "--trials", "0"])
+    assert res.exit_code == 1 and "espeak-ng is not installed" in res.output and "Traceback" not in res.output
+    script = ("import sys; sys.modules['espeakng_loader'] = None\n"
+              "import ghostvlad, ghostvlad.cli, ghostvlad.recipes, ghostvlad.data.synth, ghostvlad.data.engine_set\n"
+              "from ghostvlad.cli import app\n"
+              "from typer.testing import CliRunner\n"
+              "assert CliRunner().invoke(app, ['--help']).exit_code == 0\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

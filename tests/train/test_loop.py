@@ -21,7 +21,10 @@ from ghostvlad.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ghostvlad.train.config import load_config
 from ghostvlad.data.dataset import read_bad_files
 from ghostvlad.schema import ConfigError
-from ghostvlad.train.loop import BAD_FILES_NAME, KMEANS_CROPS, Trainer, TrainError
+from ghostvlad.train.build import TrainError, first_crops
+from ghostvlad.train.loop import Trainer
+from ghostvlad.train.run_folder import BAD_FILES_NAME
+from ghostvlad.train.vlad_init import KMEANS_CROPS
 
 TINY = {
     "model": {"backbone": {"name": "resnet34s", "width": 0.0625}, "pooling": {"name": "gvlad", "clusters": 2,
@@ -66,10 +69,10 @@ def cli(*args: str) -> list[str]:
 def test_stop_and_resume_equals_uninterrupted(corpus, tmp_path):
     manifest, config = corpus
     cfg = load_config(config)
-    Trainer(cfg, manifest, tmp_path / "full", progress=False).run()
-    Trainer(cfg, manifest, tmp_path / "split", progress=False).run(max_steps=7)
+    Trainer(cfg, manifest, tmp_path / "full").run()
+    Trainer(cfg, manifest, tmp_path / "split").run(max_steps=7)
     assert load_checkpoint(tmp_path / "split" / CHECKPOINT_NAME)["progress"]["global_step"] == 7
-    state = Trainer(cfg, manifest, tmp_path / "split", progress=False).run()
+    state = Trainer(cfg, manifest, tmp_path / "split").run()
     assert state.global_step == 20 and state.epoch == 4
     full, split = weights(tmp_path / "full"), weights(tmp_path / "split")
     for k in full:
@@ -110,24 +113,24 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(corpus, tmp_p
 
 def test_changed_config_on_an_existing_run_is_refused(corpus, tmp_path):
     manifest, config = corpus
-    Trainer(load_config(config), manifest, tmp_path / "run", progress=False).run(max_steps=1)
+    Trainer(load_config(config), manifest, tmp_path / "run").run(max_steps=1)
     with pytest.raises(ValueError, match="different config \\(optim.lr\\)"):
-        Trainer(load_config(config, ["optim.lr=0.1"]), manifest, tmp_path / "run", progress=False).run()
+        Trainer(load_config(config, ["optim.lr=0.1"]), manifest, tmp_path / "run").run()
 
 
 def test_kmeans_vlad_init_puts_each_center_at_the_mean_of_its_descriptors(corpus, tmp_path):
     manifest, config = corpus
-    plain = Trainer(load_config(config), manifest, tmp_path / "plain", progress=False)
-    trainer = Trainer(load_config(config, ["train.vlad_init=kmeans"]), manifest, tmp_path / "kmeans", progress=False)
-    encoder = trainer.net.encoder
-    before, after = plain.net.encoder.state_dict(), encoder.state_dict()
+    plain = Trainer(load_config(config), manifest, tmp_path / "plain")
+    trainer = Trainer(load_config(config, ["train.vlad_init=kmeans"]), manifest, tmp_path / "kmeans")
+    encoder = trainer.parts.net.encoder
+    before, after = plain.parts.net.encoder.state_dict(), encoder.state_dict()
     for name in before:  # same seed: only the centers differ (BatchNorm statistics put back too)
         assert torch.equal(before[name], after[name]) == (name != "pooling.centers"), name
     probe = copy.deepcopy(encoder).train()
     seen = []
     probe.pooling.register_forward_hook(lambda module, args, out: seen.append(args[1]))
     with torch.no_grad():
-        probe(trainer.frontend(trainer._first_crops(KMEANS_CROPS))[0])
+        probe(trainer.parts.frontend(first_crops(trainer.parts.dataset, KMEANS_CROPS, trainer.dist.device))[0])
     frames = seen[0].transpose(1, 2).reshape(-1, seen[0].shape[1]).double()
     centers = encoder.pooling.centers.detach().double()
     nearest = torch.cdist(frames, centers).argmin(dim=1)
@@ -136,8 +139,7 @@ def test_kmeans_vlad_init_puts_each_center_at_the_mean_of_its_descriptors(corpus
         torch.testing.assert_close(center, frames[nearest == k].mean(dim=0), rtol=0, atol=1e-4)
     assert trainer.run(max_steps=2).global_step == 2
     with pytest.raises(ConfigError, match="train.vlad_init=kmeans needs vlad or gvlad pooling, not tap"):
-        Trainer(load_config(config, ["train.vlad_init=kmeans", "model.pooling=tap"]), manifest, tmp_path / "tap",
-                progress=False)
+        Trainer(load_config(config, ["train.vlad_init=kmeans", "model.pooling=tap"]), manifest, tmp_path / "tap")
     with pytest.raises(ConfigError, match="unknown vlad_init 'random'; choose one of: kmeans, orthogonal"):
         load_config(config, ["train.vlad_init=random"])
 
@@ -160,21 +162,21 @@ def test_augmentation_folders_reach_the_dataset(corpus, tmp_path):
     noise.mkdir(parents=True)
     sf.write(noise / "n.wav", np.random.default_rng(0).normal(0, 0.1, 32000).astype(np.float32), 16000)
     trainer = Trainer(load_config(config, [f"data.musan={tmp_path / 'musan'}", "data.augment_prob=1.0"]), manifest,
-                      tmp_path / "run", progress=False)
-    clean = Trainer(load_config(config), manifest, tmp_path / "clean", progress=False)
-    noisy_crop, _ = trainer.dataset[0]
-    clean_crop, _ = clean.dataset[0]
-    assert trainer.dataset.augment is not None and clean.dataset.augment is None
+                      tmp_path / "run")
+    clean = Trainer(load_config(config), manifest, tmp_path / "clean")
+    noisy_crop, _ = trainer.parts.dataset[0]
+    clean_crop, _ = clean.parts.dataset[0]
+    assert trainer.parts.dataset.augment is not None and clean.parts.dataset.augment is None
     assert not np.allclose(noisy_crop, clean_crop)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(corpus, tmp_path):
     manifest, config = corpus
     run = tmp_path / "run"
-    Trainer(load_config(config), manifest, run, progress=False).run(max_steps=1)
+    Trainer(load_config(config), manifest, run).run(max_steps=1)
     (run / CHECKPOINT_NAME).write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="checkpoint.pt: unreadable checkpoint"):
-        Trainer(load_config(config), manifest, run, progress=False).run()
+        Trainer(load_config(config), manifest, run).run()
 
 
 def test_validation_picks_the_model_and_stores_its_threshold(corpus, tmp_path):
@@ -185,7 +187,7 @@ def test_validation_picks_the_model_and_stores_its_threshold(corpus, tmp_path):
                       "1 id00002/vid/00002.wav id00002/vid/00003.wav\n0 id00002/vid/00002.wav id00003/vid/00001.wav\n"
                       "0 id00000/vid/00000.wav missing/vid/00000.wav\n")
     cfg = load_config(config, ["train.epochs=1", f"valid.trials={trials}", f"valid.wav_root={root}"])
-    Trainer(cfg, manifest, tmp_path / "run", progress=False).run()
+    Trainer(cfg, manifest, tmp_path / "run").run()
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     assert rows[-1]["valid_eer"] != ""  # the epoch row carries the validation EER
     assert load_model(tmp_path / "run").threshold is not None
@@ -197,15 +199,15 @@ def test_channel_augmentation_speeds_and_session_batches_train(corpus, tmp_path)
                  "data.rooms=4", "data.speeds=[0.9, 1.0, 1.1]", "train.sampler=sessions", "train.per_speaker=2",
                  "head.prototypical=1.0"]
     trainer = Trainer(load_config(config_path, overrides), manifest, tmp_path / "run")
-    assert trainer.net.head.weight.shape[0] == 4 * 3  # every speed of a speaker is a class
+    assert trainer.parts.net.head.weight.shape[0] == 4 * 3  # every speed of a speaker is a class
     state = trainer.run(max_steps=3)
     assert state.global_step == 3
-    assert torch.isfinite(trainer.net.head.weight.detach()).all()
+    assert torch.isfinite(trainer.parts.net.head.weight.detach()).all()
     # a batch pairs utterances of one speaker
-    batch = trainer.batches.batches(0)[0]
-    labels = trainer.dataset.labels[batch]
+    batch = trainer.parts.batches.batches(0)[0]
+    labels = trainer.parts.dataset.labels[batch]
     assert (labels[0::2] == labels[1::2]).all()
-    assert trainer.net.prototypical is not None and trainer.net.prototypical.w.grad is not None
+    assert trainer.parts.net.prototypical is not None and trainer.parts.net.prototypical.w.grad is not None
     with pytest.raises(TrainError, match="unknown train.sampler 'fancy'"):
         Trainer(load_config(config_path, ["train.sampler=fancy"]), manifest, tmp_path / "run2")
     with pytest.raises(TrainError, match="head.prototypical needs train.sampler=sessions"):
@@ -225,36 +227,36 @@ def test_file_undecodable_after_prepare_is_logged_and_replaced(corpus, tmp_path)
     broken = root / "id00001" / "vid" / "00002.wav"
     broken.write_bytes(b"RIFF" + bytes(100))  # became undecodable after `prepare`
     cfg = load_config(config, ["train.epochs=2", "data.max_bad_fraction=0.1"])
-    trainer = Trainer(cfg, broken_manifest, tmp_path / "run", progress=False)
-    index = trainer.dataset.paths.tolist().index(os.fsencode(broken))
-    crop, label = trainer.dataset[index]
-    assert label == trainer.dataset.labels[index] and crop.shape == (49 * 160,)
+    trainer = Trainer(cfg, broken_manifest, tmp_path / "run")
+    index = trainer.parts.dataset.paths.tolist().index(os.fsencode(broken))
+    crop, label = trainer.parts.dataset[index]
+    assert label == trainer.parts.dataset.labels[index] and crop.shape == (49 * 160,)
     state = trainer.run()
     assert state.epoch == 2 and state.global_step == 10
     bad = read_bad_files(tmp_path / "run" / BAD_FILES_NAME)
     assert list(bad) == [str(broken)] and bad[str(broken)].startswith(f"{broken}: ")
-    replaced = Trainer(cfg, broken_manifest, tmp_path / "run2", progress=False).dataset[index]
+    replaced = Trainer(cfg, broken_manifest, tmp_path / "run2").parts.dataset[index]
     np.testing.assert_array_equal(replaced[0], crop)  # deterministic replacement
     strict = load_config(config, ["train.epochs=2", "data.max_bad_fraction=0.01"])  # 1 of 16 files > 1 %
     with pytest.raises(TrainError, match=r"1 of 16 training files failed to decode .*bad_files.txt; first: .*00002.wav"):
-        Trainer(strict, broken_manifest, tmp_path / "run3", progress=False).run()
+        Trainer(strict, broken_manifest, tmp_path / "run3").run()
 
 
 def test_non_finite_step_is_skipped_and_counted_and_never_saved(corpus, tmp_path, monkeypatch):
     manifest, config = corpus
-    trainer = Trainer(load_config(config, ["train.epochs=1"]), manifest, tmp_path / "run", progress=False)
-    original, calls = trainer.net.head.forward, []
+    trainer = Trainer(load_config(config, ["train.epochs=1"]), manifest, tmp_path / "run")
+    original, calls = trainer.parts.net.head.forward, []
 
     def nan_on_second_step(x, labels=None):
         calls.append(1)
         logits = original(x, labels)
         return logits * float("nan") if len(calls) == 2 else logits
 
-    monkeypatch.setattr(trainer.net.head, "forward", nan_on_second_step)
+    monkeypatch.setattr(trainer.parts.net.head, "forward", nan_on_second_step)
     before = {}
 
     def snapshot(row, steps):
-        before[row["global_step"]] = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+        before[row["global_step"]] = {k: v.clone() for k, v in trainer.parts.net.state_dict().items()}
 
     trainer.run(on_log=snapshot)
     rows = [r for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open()) if r["step"]]
@@ -264,14 +266,14 @@ def test_non_finite_step_is_skipped_and_counted_and_never_saved(corpus, tmp_path
         if name.endswith("weight") and "head" in name:
             torch.testing.assert_close(value, before[1][name], rtol=0, atol=0)
     with torch.no_grad():
-        next(trainer.net.parameters()).fill_(float("inf"))
+        next(trainer.parts.net.parameters()).fill_(float("inf"))
     with pytest.raises(TrainError, match="non-finite values in encoder.* not saved"):
         trainer.save()
 
 
 def test_prefetch_depth_adapts_to_dev_shm(corpus, tmp_path, monkeypatch):
     manifest, config = corpus
-    trainer = Trainer(load_config(config, ["train.batch_size=16"]), manifest, tmp_path / "run", progress=False)
+    trainer = Trainer(load_config(config, ["train.batch_size=16"]), manifest, tmp_path / "run")
     batch = 16 * 49 * 160 * 4  # bytes of one batch of 50-frame crops
     free = {"value": 10**12}
     monkeypatch.setattr("ghostvlad.train.loop.shutil.disk_usage", lambda path: shutil._ntuple_diskusage(0, 0, free["value"]))
@@ -281,3 +283,20 @@ def test_prefetch_depth_adapts_to_dev_shm(corpus, tmp_path, monkeypatch):
     assert "/dev/shm has" in trainer.notices[-1] and "data.prefetch=4; using 2" in trainer.notices[-1]
     free["value"] = batch  # not even one per worker: says what to do
     assert trainer._prefetch(8) == 1 and "enlarge /dev/shm or lower data.workers" in trainer.notices[-1]
+
+
+def test_training_reports_each_log_row_to_the_callback_and_prints_nothing(corpus, tmp_path, capfd):
+    """Library training never prints (the CLI draws the bar): every logged row goes to ``on_log`` with the epoch's
+    step count, and equals the row written to metrics.csv."""
+    manifest, config = corpus
+    seen = []
+    cfg = load_config(config, ["train.epochs=2", "train.log_every=2"])  # 5 steps per epoch: rows at steps 2, 4, 6, ...
+    state = Trainer(cfg, manifest, tmp_path / "run").run(on_log=lambda row, steps: seen.append((row, steps)))
+    assert state.global_step == 10
+    assert [(r["epoch"], r["step"], r["global_step"], steps) for r, steps in seen] == [
+        (0, 2, 2, 5), (0, 4, 4, 5), (1, 1, 6, 5), (1, 3, 8, 5), (1, 5, 10, 5)]
+    logged = [r for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open()) if r["step"]]
+    assert [(r["global_step"], r["loss"], r["acc"]) for r in logged] == [
+        (str(r["global_step"]), r["loss"], r["acc"]) for r, _ in seen]
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

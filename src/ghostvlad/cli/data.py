@@ -87,12 +87,16 @@ def synth(
 ) -> None:
     """Synthesise a VoxCeleb-layout corpus of espeak-ng speakers heard through random channels."""
     from ..data.synth import SynthConfig, synthesize_corpus
+    from .common import progress_bar
 
     config = SynthConfig(speakers=speakers, test_speakers=test_speakers, sessions=sessions, utterances=utterances,
                          min_duration=min_duration, max_duration=max_duration, trials=trials, seed=seed,
                          voices=voices, channels=channels)
     try:
-        summary = synthesize_corpus(out_dir, config, workers=workers, progress=err.is_terminal)
+        with progress_bar() as bar:
+            task = bar.add_task("synth (utterances)", total=None)
+            summary = synthesize_corpus(out_dir, config, workers=workers,
+                                        on_progress=lambda done, total: bar.update(task, completed=done, total=total))
     except (ValueError, OSError) as exc:
         fail(str(exc))
     out.print(f"wrote {out_dir}: {summary['utterances']} utterances ({summary['synthesized']} synthesised now) of "

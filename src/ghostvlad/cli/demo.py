@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import app, err, fail, out
+from .common import app, err, fail, out, progress_bar
 
 
 @app.command()
@@ -24,20 +24,26 @@ def demo(
 
     from ..audio import AudioError
     from ..recipes import run_demo
-    from ..train.loop import TrainError
+    from ..train.build import TrainError
 
     steps = iter(range(1, 4))
+    bar = progress_bar()
+    task = bar.add_task("  synth (utterances)", total=None)
 
     def on_stage(text: str) -> None:
-        err.print(f"[{next(steps)}/3] {text}", highlight=False)
+        step = next(steps)
+        bar.update(task, visible=step == 1)  # the bar counts synthesised utterances
+        err.print(f"[{step}/3] {text}", highlight=False)
 
     def on_log(row: dict, total: int) -> None:
         err.print(f"  epoch {row['epoch']} step {row['step']}/{total} loss {row['loss']} acc {row['acc']} "
                   f"{row['crops_per_s']} crops/s", highlight=False)
 
     try:
-        result = run_demo(out_dir, seed=seed, speakers=speakers, epochs=epochs, on_stage=on_stage, on_log=on_log,
-                          progress=err.is_terminal)
+        with bar:
+            result = run_demo(out_dir, seed=seed, speakers=speakers, epochs=epochs, on_stage=on_stage, on_log=on_log,
+                              on_synth=lambda done, total: bar.update(task, completed=done, total=total),
+                              progress=err.is_terminal)
     except (TrainError, AudioError, ValueError, OSError) as exc:
         fail(str(exc))
 

@@ -29,7 +29,8 @@ def train(
     from ..train.checkpoint import CheckpointError
     from ..train.config import load_config
     from ..train.distributed import DistError, teardown
-    from ..train.loop import Trainer, TrainError
+    from ..train.build import TrainError
+    from ..train.loop import Trainer
 
     try:
         cfg = load_config(config, overrides or [])
@@ -43,7 +44,7 @@ def train(
     bar = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                    TextColumn("loss {task.fields[loss]} acc {task.fields[acc]} lr {task.fields[lr]} {task.fields[speed]} crops/s"),
                    TimeElapsedColumn(), console=err, disable=not (main and err.is_terminal))
-    task = bar.add_task("train", total=trainer.batches.steps, epoch=0, loss="-", acc="-", lr="-", speed="-")
+    task = bar.add_task("train", total=trainer.parts.batches.steps, epoch=0, loss="-", acc="-", lr="-", speed="-")
 
     def on_log(row: dict, steps: int) -> None:
         bar.update(task, completed=row["step"], total=steps, epoch=row["epoch"], loss=row["loss"], acc=row["acc"],

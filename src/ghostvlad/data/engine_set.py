@@ -23,17 +23,18 @@ import json
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..fileio import atomic_write_text
+from . import espeak
 from . import voices as engines
 from .synth import (
     CHANNEL_FAMILIES,
     SAMPLE_RATE,
+    OnProgress,
     plan_speaker,
     prepare_output,
     render_sessions,
@@ -193,21 +194,22 @@ def _drift(voice: EngineVoice, rng: np.random.Generator) -> EngineVoice:
 
 
 def build_engine_set(out: str | Path, config: EngineSetConfig = EngineSetConfig(), workers: int | None = None,
-                     progress: bool = False) -> dict[str, Any]:
+                     on_progress: OnProgress | None = None) -> dict[str, Any]:
     """Write the cross-engine test set to ``out`` (see module docstring; resumes); returns its voices, the voices
-    skipped with their reasons, counts, audio seconds and wall time."""
+    skipped with their reasons, counts, audio seconds and wall time. ``on_progress(done, total)``: utterances
+    synthesised so far of those this call makes."""
     start = time.perf_counter()
     held, skipped = roster(config)
     out = Path(out)
     record = json.loads(json.dumps({
-        "config": asdict(config), "sample_rate": SAMPLE_RATE, "espeakng_loader": version("espeakng-loader"),
+        "config": asdict(config), "sample_rate": SAMPLE_RATE, "espeakng_loader": espeak.library_version(),
         "voices": {f"id{i + 1:05d}": {"name": v.name, **v.record()} for i, v in held}, "skipped": skipped,
     }))
     prepare_output(out, record, "engines.json")
     sessions = [s for i, v in held
                 for s in plan_speaker(config.seed, i, f"id{i + 1:05d}", "test", v, config.sessions, config.utterances,
                                       (config.min_duration, config.max_duration), config.channels, _drift)]
-    synthesized = render_sessions(sessions, out, workers, progress)
+    synthesized = render_sessions(sessions, out, workers, on_progress)
     speakers: dict[str, Any] = {}
     for s in sessions:
         entry = speakers.setdefault(s.speaker, {"split": "test", "name": s.speaker_voice.name,

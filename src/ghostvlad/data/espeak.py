@@ -2,6 +2,9 @@
 
 The C library keeps state between calls (random generator, voice, phoneme buffers), so every call loads,
 initialises, terminates and unloads it: the result of a call then depends on its arguments alone. Not thread-safe.
+
+The library comes from the ``espeakng-loader`` package (the ``synth`` extra); without it every call raises
+:class:`EspeakUnavailable`, and the rest of ghostvlad works as usual.
 """
 
 from __future__ import annotations
@@ -10,10 +13,13 @@ import _ctypes
 import ctypes
 from collections.abc import Iterator
 from contextlib import contextmanager
+from importlib.metadata import version
+from types import ModuleType
 from typing import Any
 
-import espeakng_loader
 import numpy as np
+
+from ..errors import GhostvladError
 
 RATE = 22050  # espeak-ng's fixed output rate
 
@@ -21,6 +27,25 @@ _CALLBACK_TYPE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), 
 _chunks: list[np.ndarray] = []
 _LIBC = ctypes.CDLL(None)
 _LIBC.srand.argtypes = [ctypes.c_uint]
+
+
+class EspeakUnavailable(GhostvladError):
+    """espeak-ng is not installed (the ``espeakng-loader`` package)."""
+
+
+def _loader() -> ModuleType:
+    try:
+        import espeakng_loader
+    except ImportError:
+        raise EspeakUnavailable("espeak-ng is not installed: pip install 'ghostvlad[synth]' "
+                                "(the espeakng-loader package)") from None
+    return espeakng_loader
+
+
+def library_version() -> str:
+    """The installed ``espeakng-loader`` version (:class:`EspeakUnavailable` without it)."""
+    _loader()
+    return version("espeakng-loader")
 
 
 @_CALLBACK_TYPE
@@ -33,6 +58,7 @@ def _collect(wav: Any, n: int, _events: Any) -> int:
 @contextmanager
 def _library() -> Iterator[ctypes.CDLL]:
     """libespeak-ng loaded and initialised (synchronous output); terminated and unloaded on exit."""
+    espeakng_loader = _loader()
     path = espeakng_loader.get_library_path()
     lib = ctypes.CDLL(path)
     try:

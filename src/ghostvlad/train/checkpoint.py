@@ -1,7 +1,9 @@
 """Training checkpoints: everything needed to continue exactly, written atomically, loaded without unpickling code."""
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,18 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 class CheckpointError(GhostvladError):
     """A missing, corrupt or unsafe checkpoint file."""
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: checkpointed (under the key ``progress``) and returned by a run."""
+
+    epoch: int = 0
+    step: int = 0  # next step within the epoch
+    global_step: int = 0
+    best: float = math.inf  # best validation EER (or training loss when no trials are configured)
+    loss_sum: float = 0.0  # this epoch's losses so far (kept across a resume, for the epoch's mean loss)
+    loss_steps: int = 0
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
