@@ -117,7 +117,7 @@ def score_corpus(model: Embedder, corpus: str | os.PathLike, cache_dir: str | os
         write_outputs(result, report)
     s = result.summary
     same, cross, non = session_cosines(model, corpus, cache_dir)
-    return TransferScores(s["eer"], s["min_dcf_p0.05"], s["threshold"], s["n_trials"], same, cross, non), result
+    return TransferScores(s.eer, s.min_dcf[0.05], s.threshold, s.n_trials, same, cross, non), result
 
 
 @dataclass

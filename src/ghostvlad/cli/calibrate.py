@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 
 from .common import (
-    DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, VerifyCacheOpt, app, err, fail, open_model, out, require_stored_model,
+    DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, VerifyCacheOpt, app, err, fail, open_model, out, progress_callback,
+    require_stored_model,
 )
 
 OperatingPointOpt = typer.Option(
@@ -66,7 +67,9 @@ def calibrate(
     model = open_model(model_path, precision, device, min_duration)
     require_stored_model(model, model_path, "a calibration")
     try:
-        result = evaluate(model, trials, wav_root, cache_dir=cache_dir, progress=True, verify_cache=verify_cache)
+        with progress_callback("embedding") as on_progress:
+            result = evaluate(model, trials, wav_root, cache_dir=cache_dir, on_progress=on_progress,
+                              verify_cache=verify_cache)
     except (EvalError, TrialsError) as exc:
         fail(str(exc))
     for message in result.bad_files.values():

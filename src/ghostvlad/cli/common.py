@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -16,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer.core import TyperGroup
 
 from ..errors import GhostvladError, describe, one_line
+from ..progress import OnProgress
 
 err = Console(stderr=True, soft_wrap=True)  # one message, one line: never wrap
 out = Console(soft_wrap=True)
@@ -94,6 +97,15 @@ def progress_bar() -> Progress:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=err, transient=True, disable=not err.is_terminal,
     )
+
+
+@contextmanager
+def progress_callback(description: str) -> Iterator[OnProgress]:
+    """An ``on_progress(done, total)`` callback for the API (:mod:`ghostvlad.progress`) that draws a bar on stderr,
+    on a terminal only, while the block runs."""
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def resolve_auto(device: str, precision: str) -> tuple[str, str]:

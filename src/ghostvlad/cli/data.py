@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import app, err, fail, out
+from .common import app, err, fail, out, progress_callback
 
 
 @app.command()
@@ -42,7 +42,8 @@ def prepare(
         fail(str(exc))
     if not files:
         fail(f"{root}: no audio files found as <speaker>/<video>/<file>.(wav|m4a|flac)")
-    report = build_manifest(files, speakers, out_csv, workers=workers, progress=True)
+    with progress_callback("decoding") as on_progress:
+        report = build_manifest(files, speakers, out_csv, workers=workers, on_progress=on_progress)
     for path, reason in report.bad[:10]:
         err.print(f"bad: {path}: {reason}", highlight=False, markup=False)
     if report.n_ok == 0:
@@ -57,8 +58,9 @@ def prepare(
         from ..data.shards import write_shards
 
         try:
-            index = write_shards(manifest, shards, max_count=shard_size, max_mb=shard_mb, seed=seed,
-                                 keep_original=keep_original, workers=workers, progress=True)
+            with progress_callback("packing") as on_progress:
+                index = write_shards(manifest, shards, max_count=shard_size, max_mb=shard_mb, seed=seed,
+                                     keep_original=keep_original, workers=workers, on_progress=on_progress)
         except (AudioError, ValueError, OSError) as exc:
             fail(str(exc))
         size = sum(s.bytes for s in index.shards) / 1e6
