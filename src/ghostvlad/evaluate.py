@@ -28,6 +28,7 @@ from .inference import Embedder
 from .progress import Counter, OnProgress
 from .scoring import as_norm, eer, min_dcf
 from .scoring.asnorm import cohort_scores
+from .scoring.metrics import MetricsError
 from .scoring.det import plot_det
 from .sharding import Shard
 from .train import distributed
@@ -275,7 +276,7 @@ class Metrics:
 
     @classmethod
     def of(cls, scores: np.ndarray, labels: np.ndarray) -> Metrics:
-        """EER and minDCF at each of :data:`P_TARGETS`; ``ValueError`` without both kinds of trial."""
+        """EER and minDCF at each of :data:`P_TARGETS`; :class:`MetricsError` without both kinds of trial."""
         rate, threshold = eer(scores, labels)
         return cls(float(rate), float(threshold), {p: float(min_dcf(scores, labels, p)[0]) for p in P_TARGETS})
 
@@ -431,7 +432,7 @@ def evaluate(
     scores = _pair_scores(emb, a, b)
     try:
         cosine = Metrics.of(scores, labels)
-    except ValueError as exc:
+    except MetricsError as exc:
         raise EvalError(f"{where}: {exc} (after skipping {skipped} trials)") from None
 
     asnorm_scores, asnorm = None, None

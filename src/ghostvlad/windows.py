@@ -18,11 +18,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .audio import AudioError, load_audio
+from .errors import GhostvladError
 from .features import FrontEndConfig
 from .inference import NON_FINITE, length_batches
 
 if TYPE_CHECKING:
     from .inference import Embedder
+
+
+class WindowError(GhostvladError):
+    """A window or hop that is not a positive length, or too short for the front-end."""
 
 
 @dataclass
@@ -49,7 +54,7 @@ def window_bounds(num_samples: int, window: int, hop: int, shortest: int = 1) ->
     window shorter than ``shortest`` samples is dropped (it can only arise when ``hop >= window - shortest``).
     """
     if window < 1 or hop < 1:
-        raise ValueError(f"window ({window}) and hop ({hop}) must be at least one sample")
+        raise WindowError(f"window ({window}) and hop ({hop}) must be at least one sample")
     count = 1 + math.ceil(max(num_samples - window, 0) / hop)
     starts = np.arange(count, dtype=np.int64) * hop
     ends = np.minimum(starts + window, num_samples)
@@ -64,7 +69,7 @@ def embed_slices(model: Embedder, wave: np.ndarray, starts: np.ndarray, ends: np
     """
     batches = length_batches(np.asarray(ends) - np.asarray(starts), model.frontend_config, model.batch_frames)
     if not batches:
-        raise ValueError("no slices to embed")
+        raise WindowError("no slices to embed")
     out: np.ndarray | None = None
     for batch in batches:
         emb = model.embed_waveforms([wave[starts[i] : ends[i]] for i in batch])
@@ -78,11 +83,11 @@ def check_windows(model: Embedder, window: float, hop: float) -> tuple[int, int]
     """Window and hop in samples; ValueError (one line) if they are not usable with the model's front-end."""
     for name, value in (("window", window), ("hop", hop)):
         if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+            raise WindowError(f"{name} must be a positive number of seconds, got {value!r}")
     rate = model.frontend_config.sample_rate
     shortest = min_samples(model.frontend_config)
     if round(window * rate) < shortest:
-        raise ValueError(f"window {window} s is too short: the front-end needs at least {shortest} samples")
+        raise WindowError(f"window {window} s is too short: the front-end needs at least {shortest} samples")
     return round(window * rate), max(1, round(hop * rate))
 
 
@@ -94,7 +99,7 @@ def embed_windows(model: Embedder, wave: np.ndarray, window: float = 2.0, hop: f
     win, step = check_windows(model, window, hop)
     shortest = min_samples(model.frontend_config)
     if len(wave) < shortest:
-        raise ValueError(f"clip too short for windows: {len(wave)} samples, needs at least {shortest}")
+        raise WindowError(f"clip too short for windows: {len(wave)} samples, needs at least {shortest}")
     starts, ends = window_bounds(len(wave), win, step, shortest)
     embeddings = embed_slices(model, np.asarray(wave, dtype=np.float32), starts, ends)
     rate = model.frontend_config.sample_rate

@@ -58,6 +58,7 @@ def calibrate(
 ) -> None:
     """Fit LLR = a * score + b (prior-weighted logistic regression) and EER / FAR thresholds; store them in the model."""
     from ..data.trials import TrialsError
+    from ..errors import GhostvladError
     from ..evaluate import EvalError, evaluate
     from ..modelfile import resolve_model_path
     from ..scoring.calibration import cllr, fit_calibration
@@ -78,7 +79,7 @@ def calibrate(
         err.print(f"warning: {result.cache_error}", highlight=False, markup=False)
     try:
         cal = fit_calibration(result.scores, result.labels, prior=prior, fars=tuple(far))
-    except ValueError as exc:
+    except GhostvladError as exc:  # CalibrationError, or MetricsError for scores no metric can use
         fail(f"{trials}: {exc}")
     model.calibration = cal.to_dict()
     model.save(resolve_model_path(model_path))

@@ -38,7 +38,7 @@ def convert_keras(
     cfg = encoder.config
     out.print(f"wrote {out_path}: {cfg.backbone} width {cfg.width:g}, {cfg.pooling} "
               f"{cfg.clusters}+{cfg.ghost_clusters}, descriptor {cfg.descriptor_dim}, embedding {cfg.embed_dim}"
-              + (f" (skipped: {', '.join(info['skipped'])})" if info.get("skipped") else ""))
+              + (f" (skipped: {', '.join(info['skipped_layers'])})" if info["skipped_layers"] else ""))
 
 
 def _read_list(path: Path) -> list[str]:
@@ -79,7 +79,7 @@ def embed(
 
     from ..sharding import Shard, ShardError, merge_parts, write_npz
     from ..train.distributed import barrier, gather_to_main, teardown
-    from ..windows import Windows, check_windows, iter_windows
+    from ..windows import WindowError, Windows, check_windows, iter_windows
 
     paths = [str(p) for p in files or []] + (_read_list(list_file) if list_file else [])
     if not paths:
@@ -106,7 +106,7 @@ def embed(
         hop = 0.5 if hop is None else hop
         try:
             check_windows(model, window, hop)
-        except ValueError as exc:
+        except WindowError as exc:
             fail(str(exc))
     positions = list(range(len(paths))) if part is None else part.take(range(len(paths)))
     mine = [paths[i] for i in positions]

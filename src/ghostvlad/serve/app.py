@@ -32,6 +32,7 @@ from starlette.formparsers import MultiPartException
 
 from .. import __version__
 from ..audio import SAMPLE_RATE, AudioError, load_audio_bytes
+from ..errors import GhostvladError
 from ..gallery import Gallery, GalleryError, check_name, describe_model
 from ..inference import Embedder
 from ..scoring.calibration import CalibrationError, DecisionRule
@@ -154,8 +155,8 @@ def _name(upload: UploadFile, field: str) -> str:
     return " ".join((upload.filename or "").split())[:100] or field
 
 
-class _NotFound(Exception):
-    pass
+class _NotFound(GhostvladError):
+    """No speaker of that name (answered with 404)."""
 
 
 def create_app(model: Embedder, db: str | Path | None = None, config: ServeConfig = ServeConfig()) -> FastAPI:

@@ -17,13 +17,14 @@ from typing import TypeVar
 
 import numpy as np
 
+from ..errors import GhostvladError
 from ..inference import Embedder, length_batches
 
 
 T = TypeVar("T")
 
 
-class QueueFull(RuntimeError):
+class QueueFull(GhostvladError, RuntimeError):
     """The batcher holds ``max_queue`` waveforms already; try again later."""
 
 
