@@ -11,13 +11,15 @@ configuration) side by side, ``--rounds`` times in turn, each in a fresh process
   API+env   the same under the glibc tunables the CLI used to re-execute itself with (``GLIBC_TUNABLES``)
   CLI       ``ghostvlad embed`` on ``--files`` and on twice as many files: files / difference in wall time
             (start-up and warm-up cancel)
-and prints embeddings/s and the ratio of each to the API; with ``--reference EMB_PER_S`` (the original
-framework's rate, measured separately on this machine) also the API's ratio to it.
+and prints embeddings per wall-second and per CPU-second of the process (steadier on a shared machine) and the
+ratios to the API; with ``--reference EMB_PER_S`` (the original framework's rate, measured separately on this
+machine) also the API's ratio to it.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -61,13 +63,18 @@ from ghostvlad.inference import load_model
 paths = sys.argv[1:]
 model = load_model({model!r}, precision="fp32", mirror=True)
 model.embed_batch(paths)  # warm-up
-best = float("inf")
+wall, cpu = float("inf"), float("inf")
 for _ in range({repeat}):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model.embed_batch(paths)
-    best = min(best, time.perf_counter() - t0)
-print(len(paths) / best)
+    wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
+print(len(paths) / wall, len(paths) / cpu)
 """
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def api_vs_cli(args: argparse.Namespace) -> None:
@@ -85,28 +92,32 @@ def api_vs_cli(args: argparse.Namespace) -> None:
             sf.write(paths[-1], rng.normal(0, 0.1, 4 * 16000).astype(np.float32), 16000)
         code = API_CHILD.format(threads=args.threads, model=str(folder / "model"), repeat=args.repeat)
 
-        def api(env: dict) -> float:
+        def api(env: dict) -> tuple[float, float]:
             done = subprocess.run([sys.executable, "-c", code, *paths[:args.files]], env=env, check=True,
                                   capture_output=True, text=True)
-            return float(done.stdout.split()[-1])
+            wall, cpu = done.stdout.split()[-2:]
+            return float(wall), float(cpu)
 
-        def cli_seconds(n: int) -> float:
-            t0 = time.perf_counter()
+        def cli(n: int) -> tuple[float, float]:
+            t0, c0 = time.perf_counter(), _children_cpu()
             subprocess.run([sys.executable, "-m", "ghostvlad", "embed", "--model", str(folder / "model"),
                             "--device", "cpu", "--precision", "fp32", "--mirror", "--out", str(folder / "e.npz"),
                             *paths[:n]], env=base, check=True, capture_output=True)
-            return time.perf_counter() - t0
+            return time.perf_counter() - t0, _children_cpu() - c0
 
         print(f"torch {torch.__version__}, {args.threads} threads, {args.files} x 4 s wav files, fp32, mirror on; "
               f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the start")
-        print(f"{'round':>5} {'API':>6} {'API+env':>8} {'CLI':>6} {'API+env/API':>11} {'CLI/API':>7}"
+        print("embeddings per wall-second / per CPU-second of the process")
+        print(f"{'round':>5} {'API':>11} {'API+env':>11} {'CLI':>11} {'API+env/API':>11} {'CLI/API':>11}"
               + ("  API/reference" if args.reference else ""))
         for k in range(args.rounds):
             plain = api(base)
             tuned = api({**base, "GLIBC_TUNABLES": FORMER_CLI_TUNABLES})
-            cli = args.files / (cli_seconds(2 * args.files) - cli_seconds(args.files))
-            print(f"{k + 1:5d} {plain:6.2f} {tuned:8.2f} {cli:6.2f} {tuned / plain:11.2f} {cli / plain:7.2f}"
-                  + (f"  {plain / args.reference:14.2f}" if args.reference else ""), flush=True)
+            (w1, c1), (w2, c2) = cli(args.files), cli(2 * args.files)
+            line = [plain, tuned, (args.files / (w2 - w1), args.files / (c2 - c1))]
+            ratios = [(x[0] / plain[0], x[1] / plain[1]) for x in line[1:]]
+            print(f"{k + 1:5d} " + " ".join(f"{w:5.2f}/{c:5.2f}" for w, c in line + ratios)
+                  + (f"  {plain[0] / args.reference:14.2f}" if args.reference else ""), flush=True)
         print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
