@@ -68,8 +68,7 @@ def train_on_corpus(corpus: str | os.PathLike, run: str | os.PathLike, config: s
     folder, whose best model is a loadable model. Resumes an interrupted run."""
     corpus, run = Path(corpus), Path(run)
     files = scan_voxceleb(corpus / "dev")
-    manifest = build_manifest(files, [speaker_of(f, corpus / "dev") for f in files], corpus / "dev.csv",
-                              progress=progress)
+    manifest = build_manifest(files, [speaker_of(f, corpus / "dev") for f in files], corpus / "dev.csv")
     valid = [f"valid.trials={corpus / 'trials.txt'}", f"valid.wav_root={corpus / 'test'}"] if validate else []
     Trainer(load_config(config, [*valid, *overrides]), manifest.manifest, run, device="cpu",
             progress=progress).run(on_log=on_log)
