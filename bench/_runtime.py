@@ -1,21 +1,20 @@
-"""What the benchmarks share: the thread count, and running under the CLI's glibc malloc tunables."""
+"""What the benchmarks share: the thread count, and the glibc tunables the CLI used to re-execute itself with."""
 from __future__ import annotations
 
 import argparse
-import sys
 
 import torch
 
-from ghostvlad.cli import reexec_with_tunables
+# What `ghostvlad` set with a re-exec before the allocator settings moved in-process (ghostvlad.allocator); kept
+# here only to compare against (bench/embed.py --api-vs-cli, bench/allocator.py).
+FORMER_CLI_TUNABLES = ("glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:"
+                       "glibc.malloc.trim_threshold=4294967296")
 
 
 def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-tunables", action="store_true", help="Run without the CLI's glibc malloc tunables.")
 
 
 def apply_runtime_options(args: argparse.Namespace) -> None:
-    """Restart under the tunables (unless ``--no-tunables``), then set the torch thread count."""
-    if not args.no_tunables:
-        reexec_with_tunables(sys.argv)
+    """Set the torch thread count."""
     torch.set_num_threads(args.threads)

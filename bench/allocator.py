@@ -2,8 +2,9 @@
 
 Embeds batches of 4 s clips (released configuration, random weights, bf16, mirror off) in fresh processes under
 three settings, alternating them ``--rounds`` times (fairer on a shared machine):
-  tunables  the CLI: re-exec under GLIBC_TUNABLES (mmap/trim thresholds and transparent huge pages), plus mallopt
-  mallopt   the Python API: ``ghostvlad.allocator.keep_freed_memory`` (mallopt, in-process; no huge pages)
+  tunables  GLIBC_TUNABLES (mmap/trim thresholds and transparent huge pages) set before the process starts, as
+            the CLI once did by re-executing itself, plus mallopt
+  mallopt   what the API and the CLI do: ``ghostvlad.allocator.keep_freed_memory`` (mallopt, in-process)
   none      glibc's defaults
 and prints minor page faults, embeddings per CPU-second and per wall-second.
 
@@ -16,7 +17,7 @@ import os
 import subprocess
 import sys
 
-from ghostvlad.cli import GLIBC_TUNABLES
+from _runtime import FORMER_CLI_TUNABLES
 
 CHILD = """
 import resource, sys, time
@@ -45,7 +46,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=5)
     args = parser.parse_args()
     base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "GHOSTVLAD_NO_MALLOPT")}
-    settings = {"tunables": {**base, "GLIBC_TUNABLES": GLIBC_TUNABLES}, "mallopt": base,
+    settings = {"tunables": {**base, "GLIBC_TUNABLES": FORMER_CLI_TUNABLES}, "mallopt": base,
                 "none": {**base, "GHOSTVLAD_NO_MALLOPT": "1"}}
     code = CHILD.format(threads=args.threads, batches=args.batches)
     print(f"{'setting':>9} {'faults/emb':>10} {'emb/CPU-s':>9} {'emb/s':>6}   (4 s clips, batch 4, bf16, "

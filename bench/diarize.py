@@ -14,7 +14,6 @@ turn order and concatenated with 0.2-0.8 s pauses of faint noise, so the true tu
 
     python bench/diarize.py [--model DIR] [--corpus DIR] [--speakers 4] [--minutes 3] [--threads 2]
 
-Runs under the same glibc malloc tunables as the CLI (``--no-tunables`` to compare without them).
 """
 from __future__ import annotations
 

@@ -8,12 +8,10 @@ second and real-time factor.
     python bench/eval.py [--files 16] [--seconds 4 6 8] [--threads 2] [--no-mirror] [--device cuda]
                          [--precision bf16] [--batch-frames 3200] [--workers 2]
 
-Runs under the same glibc malloc tunables as the CLI (``--no-tunables`` to compare without them).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -54,8 +52,7 @@ def main() -> None:
     apply_runtime_options(args)
     torch.manual_seed(0)
     encoder = SpeakerEncoder(EncoderConfig())
-    print(f"torch {torch.__version__}, {args.threads} threads, GLIBC_TUNABLES="
-          f"{'set' if 'GLIBC_TUNABLES' in os.environ else 'unset'}, mirror {not args.no_mirror}, "
+    print(f"torch {torch.__version__}, {args.threads} threads, mirror {not args.no_mirror}, "
           f"{args.files} files of {'/'.join(f'{s:g}' for s in args.seconds)} s")
     print(f"{'prec':>5} {'files':>5} {'audio s':>7} {'time s':>7} {'emb/s':>6} {'audio s/s':>9} {'RTF':>7} "
           f"{'cached s':>8}  (device {args.device}, batch frames {args.batch_frames}, {args.workers} workers)")

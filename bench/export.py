@@ -6,7 +6,6 @@ each time is the best of ``--repeat`` runs after a warm-up, the backends taking 
 
     python bench/export.py [--threads 2] [--seconds 4] [--repeat 3]
 
-Runs under the same glibc malloc tunables as the CLI (``--no-tunables`` to compare without them).
 """
 from __future__ import annotations
 

@@ -9,13 +9,11 @@ comparison, and reports the cosine between the two embeddings.
 
     python bench/longform.py [--minutes 1 10 60] [--precision fp32] [--no-mirror] [--whole] [--threads 2]
 
-Runs under the same glibc malloc tunables as the CLI (``--no-tunables`` to compare without them).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -78,7 +76,7 @@ def main() -> None:
         run_one(args)
         return
     print(f"{args.threads} threads, {args.precision}, mirror {'on' if args.mirror else 'off'}, "
-          f"chunk {args.chunk_frames} frames, GLIBC_TUNABLES={'set' if 'GLIBC_TUNABLES' in os.environ else 'unset'}")
+          f"chunk {args.chunk_frames} frames")
     print(f"{'audio':>8} {'path':>7} {'peak RSS MB':>11} {'before MB':>9} {'time s':>8} {'CPU s':>8} {'RTF':>7}")
     common = [f"--precision={args.precision}", "--mirror" if args.mirror else "--no-mirror",
               f"--chunk-frames={args.chunk_frames}", f"--threads={args.threads}"]

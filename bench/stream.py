@@ -10,12 +10,10 @@ offline embedding of the whole stream.
 
     python bench/stream.py [--seconds 60] [--updates 0.2 0.5 1] [--thread-counts 1 2] [--precisions fp32 bf16]
 
-Runs under the same glibc malloc tunables as the CLI (``--no-tunables`` to compare without them).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
@@ -40,8 +38,7 @@ def main() -> None:
     torch.manual_seed(0)
     encoder = SpeakerEncoder(EncoderConfig())
     wave = np.random.default_rng(0).normal(0, 0.1, round(args.seconds * 16000)).astype(np.float32)
-    print(f"torch {torch.__version__}, {args.seconds:g} s stream, GLIBC_TUNABLES="
-          f"{'set' if 'GLIBC_TUNABLES' in os.environ else 'unset'}")
+    print(f"torch {torch.__version__}, {args.seconds:g} s stream")
     print(f"{'threads':>7} {'prec':>5} {'update s':>8} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} {'RTF':>6} "
           f"{'CPU p50 ms':>10} {'CPU RTF':>7} {'cos offline':>11}")
     for precision in args.precisions:

@@ -9,13 +9,11 @@ On a GPU it uses what training uses there: TF32, cuDNN autotuning, the fused opt
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
 
-from ghostvlad.cli import reexec_with_tunables
 from ghostvlad.features import FrontEndConfig, Spectrogram
 from ghostvlad.models import HEADS, SpeakerEncoder
 from ghostvlad.train.config import load_config
@@ -32,9 +30,7 @@ def main() -> None:
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (train.compile=true).")
     args = parser.parse_args()
-    if args.device == "cpu":
-        reexec_with_tunables(sys.argv)
-    else:
+    if args.device != "cpu":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "tf32"
     cfg = load_config(args.config)

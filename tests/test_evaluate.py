@@ -71,11 +71,10 @@ def test_scores_are_cosines_and_metrics_match_scoring(model, corpus):
     np.testing.assert_array_equal(res.labels, trials.labels)
     assert (res.enroll, res.test, res.skipped, res.bad_files) == (trials.enroll, trials.test, 0, {})
     s = res.summary
-    assert (s["eer"], s["threshold"]) == eer(res.scores, res.labels)
-    assert s["min_dcf_p0.01"] == min_dcf(res.scores, res.labels, 0.01)[0]
-    assert s["min_dcf_p0.05"] == min_dcf(res.scores, res.labels, 0.05)[0]
-    assert (s["n_trials"], s["n_skipped"], s["n_target"], s["n_files"]) == (15, 0, 3, 6)
-    assert "asnorm" not in s and res.asnorm_scores is None
+    assert (s.eer, s.threshold) == eer(res.scores, res.labels)
+    assert s.min_dcf == {p: min_dcf(res.scores, res.labels, p)[0] for p in (0.01, 0.05)}
+    assert (s.n_trials, s.n_skipped, s.n_target, s.n_nontarget, s.n_files) == (15, 0, 3, 12, 6)
+    assert s.asnorm is None and res.asnorm_scores is None and "asnorm" not in s.to_dict()
 
 
 def test_metrics_alias_module():
@@ -92,8 +91,8 @@ def test_bad_files_are_reported_once_and_their_trials_skipped(model, corpus):
     extra = ["1 a/0.wav missing.wav", "0 missing.wav b/1.wav", "0 bad.wav c/0.wav", "1 bad.wav missing.wav"]
     corpus["trials"].write_text("\n".join(lines + extra) + "\n")
     res = evaluate(model, corpus["trials"], root, cache_dir=corpus["cache"])
-    assert res.skipped == res.summary["n_skipped"] == 4
-    assert res.summary["n_trials"] == len(res.scores) == 15 and res.summary["n_bad_files"] == 2
+    assert res.skipped == res.summary.n_skipped == 4
+    assert res.summary.n_trials == len(res.scores) == 15 and res.summary.n_bad_files == 2
     bad = {str(root / "missing.wav"), str(root / "bad.wav")}
     assert set(res.bad_files) == bad
     for path, message in res.bad_files.items():
@@ -147,6 +146,18 @@ def test_cache_reuses_embeddings_and_tracks_model_and_files(model, corpus, monke
     bf16 = SpeakerModel(model.saved_encoder, FrontEndConfig(), precision="bf16")
     assert evaluate(bf16, *args, cache_dir=corpus["cache"]).computed == 6
     assert len(list(corpus["cache"].iterdir())) == 3
+
+
+def test_progress_counts_cached_files_as_done_from_the_start(model, corpus):
+    calls = []
+    evaluate(model, corpus["trials"], corpus["root"], cache_dir=corpus["cache"],
+             on_progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(k, 6) for k in range(7)]  # 6 distinct files, one report each after the start
+    (corpus["root"] / "a" / "0.wav").touch()  # a changed file: embedded again, the other 5 come from the cache
+    calls.clear()
+    evaluate(model, corpus["trials"], corpus["root"], cache_dir=corpus["cache"],
+             on_progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(5, 6), (6, 6)]
 
 
 def test_unusable_cache_is_a_clear_error(model, corpus, tmp_path):
@@ -210,10 +221,10 @@ def test_asnorm_with_cohort_list_or_manifest(model, corpus, tmp_path, monkeypatc
     expected = as_norm(res.scores, e, t, top_k=3)
     np.testing.assert_allclose(res.asnorm_scores, expected, atol=1e-4)
     assert not np.allclose(res.asnorm_scores, res.scores)
-    norm = res.summary["asnorm"]
-    assert (norm["eer"], norm["threshold"]) == eer(res.asnorm_scores, res.labels)
-    assert norm["min_dcf_p0.05"] == min_dcf(res.asnorm_scores, res.labels, 0.05)[0]
-    assert (norm["top_k"], norm["cohort_size"], norm["cohort_bad_files"]) == (3, 4, 0)
+    norm = res.summary.asnorm
+    assert (norm.eer, norm.threshold) == eer(res.asnorm_scores, res.labels)
+    assert norm.min_dcf[0.05] == min_dcf(res.asnorm_scores, res.labels, 0.05)[0]
+    assert (norm.top_k, norm.cohort_size, norm.cohort_bad_files) == (3, 4, 0)
     np.testing.assert_array_equal(res.scores, evaluate(model, corpus["trials"], corpus["root"],
                                                        cache_dir=corpus["cache"]).scores)
 
@@ -226,8 +237,8 @@ def test_asnorm_with_cohort_list_or_manifest(model, corpus, tmp_path, monkeypatc
     with_bad = evaluate(model, corpus["trials"], corpus["root"], cohort=[*corpus["cohort"], gone], top_k=3,
                         cache_dir=corpus["cache"])
     np.testing.assert_allclose(with_bad.asnorm_scores, res.asnorm_scores, atol=1e-12)
-    assert with_bad.summary["asnorm"]["cohort_bad_files"] == 1 and list(with_bad.bad_files) == [gone]
-    assert (with_bad.summary["n_bad_files"], with_bad.skipped) == (0, 0)
+    assert with_bad.summary.asnorm.cohort_bad_files == 1 and list(with_bad.bad_files) == [gone]
+    assert (with_bad.summary.n_bad_files, with_bad.skipped) == (0, 0)
 
 
 def test_cohort_errors(model, corpus, tmp_path):
@@ -258,9 +269,16 @@ def test_write_outputs(model, corpus, tmp_path):
     np.testing.assert_allclose(asn, res.asnorm_scores, atol=1e-6)
     assert (out / "det.png").read_bytes().startswith(PNG_MAGIC)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary == json.loads((tmp_path / "s.json").read_text()) == res.summary
-    for key in ("eer", "threshold", "min_dcf_p0.01", "min_dcf_p0.05"):
-        assert key in summary and key in summary["asnorm"]
+    assert summary == json.loads((tmp_path / "s.json").read_text()) == res.summary.to_dict()
+    # the file's keys, in order, as summary.json has always had them (scripts parse it)
+    metrics = ["eer", "threshold", "min_dcf_p0.01", "min_dcf_p0.05"]
+    assert list(summary) == ["trials", *metrics, "n_trials", "n_skipped", "n_target", "n_nontarget", "n_files",
+                             "n_bad_files", "precision", "asnorm"]
+    assert list(summary["asnorm"]) == [*metrics, "top_k", "cohort_size", "cohort_bad_files"]
+    s = res.summary
+    assert summary["trials"] == str(corpus["trials"]) and summary["precision"] == "fp32"
+    assert [summary[k] for k in metrics] == [s.eer, s.threshold, s.min_dcf[0.01], s.min_dcf[0.05]]
+    assert [summary["asnorm"][k] for k in metrics] == [s.asnorm.eer, s.asnorm.threshold, *s.asnorm.min_dcf.values()]
     assert (summary["n_trials"], summary["n_skipped"]) == (15, 0)
 
 

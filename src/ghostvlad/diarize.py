@@ -40,6 +40,7 @@ from sklearn.cluster import SpectralClustering
 from threadpoolctl import threadpool_limits
 
 from .audio import SAMPLE_RATE
+from .errors import GhostvladError
 from .fileio import atomic_write_text
 from .scoring.vectors import unit_rows
 from .windows import embed_slices, window_bounds, window_samples
@@ -48,8 +49,13 @@ if TYPE_CHECKING:
     from .embedding import Embedder
 
 __all__ = [
-    "Segment", "VadConfig", "cluster", "count_speakers", "diarize", "speech_frames", "speech_regions", "write_rttm",
+    "DiarizeError", "Segment", "VadConfig", "cluster", "count_speakers", "diarize", "speech_frames", "speech_regions",
+    "write_rttm",
 ]
+
+
+class DiarizeError(GhostvladError):
+    """Bad diarization settings (speaker counts, VAD parameters, an RTTM file id)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class VadConfig:
         )
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"VadConfig: {message}")
+                raise DiarizeError(f"VadConfig: {message}")
 
 
 @dataclass(frozen=True)
@@ -180,7 +186,7 @@ def count_speakers(embeddings: np.ndarray, threshold: float, min_share: float = 
     (stray windows: overlaps, noises, turn changes) are not counted. ``O(N**2)`` memory and about ``N**3`` time.
     """
     if not 0 <= min_share < 1:
-        raise ValueError(f"min_share must be in [0, 1), got {min_share}")
+        raise DiarizeError(f"min_share must be in [0, 1), got {min_share}")
     n = len(embeddings)
     if n == 0:
         return 1
@@ -217,9 +223,9 @@ def cluster(
     and every embedding goes to the cluster with the most similar mean.
     """
     if speakers is not None and speakers < 1:
-        raise ValueError(f"speakers must be at least 1, got {speakers}")
+        raise DiarizeError(f"speakers must be at least 1, got {speakers}")
     if max_speakers < 1:
-        raise ValueError(f"max_speakers must be at least 1, got {max_speakers}")
+        raise DiarizeError(f"max_speakers must be at least 1, got {max_speakers}")
     x = unit_rows(embeddings, "embeddings")
     subset = x if len(x) <= max_points else x[np.round(np.linspace(0, len(x) - 1, max_points)).astype(int)]
     if speakers is None and threshold is not None:
@@ -313,7 +319,7 @@ def diarize(
 
     ``speakers`` fixes the number of speakers; otherwise it is estimated (up to ``max_speakers``) from ``threshold``
     (default: the model's stored threshold), or from the eigengap when there is none (module docstring). Raises
-    :class:`~ghostvlad.audio.AudioError` on unreadable audio and ValueError on bad settings.
+    :class:`~ghostvlad.audio.AudioError` on unreadable audio and :class:`DiarizeError` on bad settings.
     """
     win, stride = window_samples(model, window, hop)
     wave = model.load_item(audio, sample_rate)
@@ -340,7 +346,7 @@ def diarize(
 def rttm_lines(segments: list[Segment], file_id: str) -> list[str]:
     """NIST RTTM ``SPEAKER`` lines (times with millisecond precision)."""
     if not file_id or re.search(r"\s", file_id):
-        raise ValueError(f"RTTM file id must be non-empty without whitespace, got {file_id!r}")
+        raise DiarizeError(f"RTTM file id must be non-empty without whitespace, got {file_id!r}")
     return [
         f"SPEAKER {file_id} 1 {s.start:.3f} {s.duration:.3f} <NA> <NA> {s.speaker} <NA> <NA>" for s in segments
     ]

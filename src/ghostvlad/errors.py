@@ -1,8 +1,9 @@
 """The package's error root and the one-line rendering of any error.
 
-Every error ghostvlad raises for bad input (audio, model files, configs, galleries, ...) derives from
-:class:`GhostvladError`, whose message is one line naming the item and the problem. The CLI catches it (and
-``OSError`` for paths it cannot read or write) and prints that line.
+Every exception class ghostvlad defines (bad audio, model files, configs, galleries, metrics, windows, a full
+serving queue, ...) derives from :class:`GhostvladError`, whose message is one line naming the item and the
+problem (tests/test_presentation.py holds this for every module). The CLI catches it (and ``OSError`` for paths it
+cannot read or write) and prints that line; a bare ``ValueError`` or any other exception is a bug.
 """
 from __future__ import annotations
 

@@ -25,8 +25,10 @@ from .data.trials import Trials, read_trials
 from .errors import GhostvladError
 from .fileio import atomic_write, atomic_write_text
 from .embedding import Embedder
+from .progress import Counter, OnProgress
 from .scoring import as_norm, eer, min_dcf
 from .scoring.asnorm import cohort_scores
+from .scoring.metrics import MetricsError
 from .scoring.det import plot_det
 from .sharding import Shard
 from .train import distributed
@@ -208,18 +210,17 @@ class Embedded:
 
 
 def embed_files(
-    model: Embedder, paths: Sequence[str], cache_dir: str | os.PathLike | None = None, progress: bool = False,
-    *, workers: int = 2, shard: Shard | None = None, verify_cache: bool = False,
+    model: Embedder, paths: Sequence[str], cache_dir: str | os.PathLike | None = None,
+    on_progress: OnProgress | None = None, *, workers: int = 2, shard: Shard | None = None,
+    verify_cache: bool = False,
 ) -> Embedded:
     """Embed each distinct file of ``paths`` once, reusing and filling the model's on-disk cache (entries checked
     by content hash with ``verify_cache``, see :class:`EmbeddingCache`).
 
     ``shard`` restricts the work to one shard of the distinct files (see :class:`Shard`); ``workers`` threads read
-    metadata and decode audio.
+    metadata and decode audio. ``on_progress(files done, distinct files)`` reports the work, cached files counting
+    as done from the start (see :mod:`ghostvlad.progress`).
     """
-    from rich.console import Console
-    from rich.progress import Progress
-
     paths = list(dict.fromkeys(paths))
     if shard is not None:
         paths = shard.take(paths)
@@ -229,16 +230,15 @@ def embed_files(
         found = cache.get(paths)
         cached = len(found)
         todo = [p for p in paths if p not in found]
-        with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
-            task = bar.add_task(f"embedding ({cached} cached)", total=len(todo))
-            for r in model.iter_embeddings(todo, workers=workers):
-                path = todo[r.index]
-                if r.error is not None:
-                    errors[path] = str(r.error)
-                else:
-                    found[path] = r.embedding
-                    cache.add(path, r.embedding)
-                bar.advance(task)
+        counter = Counter(on_progress, len(paths), done=cached)
+        for r in model.iter_embeddings(todo, workers=workers):
+            path = todo[r.index]
+            if r.error is not None:
+                errors[path] = str(r.error)
+            else:
+                found[path] = r.embedding
+                cache.add(path, r.embedding)
+            counter.advance()
     return Embedded(found, errors, len(todo) - len(errors), cached, cache.error)
 
 
@@ -266,11 +266,68 @@ def read_cohort(path: str | os.PathLike) -> list[str]:
     return paths
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """Verification metrics of one set of trial scores."""
+
+    eer: float  # equal error rate, a fraction
+    threshold: float  # the score at the EER
+    min_dcf: dict[float, float]  # P_target -> minimum normalised detection cost (C_miss = C_fa = 1)
+
+    @classmethod
+    def of(cls, scores: np.ndarray, labels: np.ndarray) -> Metrics:
+        """EER and minDCF at each of :data:`P_TARGETS`; :class:`MetricsError` without both kinds of trial."""
+        rate, threshold = eer(scores, labels)
+        return cls(float(rate), float(threshold), {p: float(min_dcf(scores, labels, p)[0]) for p in P_TARGETS})
+
+    def to_dict(self) -> dict:
+        """``{"eer", "threshold", "min_dcf_p0.01", ...}``: the keys ``summary.json`` has always used."""
+        return {"eer": self.eer, "threshold": self.threshold,
+                **{f"min_dcf_p{p:g}": cost for p, cost in self.min_dcf.items()}}
+
+
+@dataclass(frozen=True)
+class AsNormMetrics(Metrics):
+    """Metrics of the AS-norm scores, with the cohort they were normalised over."""
+
+    top_k: int  # cohort scores averaged per side
+    cohort_size: int  # cohort files that could be embedded
+    cohort_bad_files: int  # cohort files that could not
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "top_k": self.top_k, "cohort_size": self.cohort_size,
+                "cohort_bad_files": self.cohort_bad_files}
+
+
+@dataclass(frozen=True)
+class EvalSummary(Metrics):
+    """The outcome of :func:`evaluate` in numbers: cosine-score metrics, counts, and AS-norm metrics if asked for.
+
+    :meth:`to_dict` is what ``summary.json`` holds.
+    """
+
+    trials: str | None  # the trial list's path, None for an in-memory :class:`Trials`
+    n_trials: int  # trials scored
+    n_skipped: int  # trials not scored: a file of theirs could not be embedded
+    n_target: int
+    n_nontarget: int
+    n_files: int  # distinct trial files embedded
+    n_bad_files: int  # distinct trial files that could not be
+    precision: str
+    asnorm: AsNormMetrics | None = None
+
+    def to_dict(self) -> dict:
+        counts = {k: getattr(self, k) for k in ("n_trials", "n_skipped", "n_target", "n_nontarget", "n_files",
+                                                "n_bad_files", "precision")}
+        return {"trials": self.trials, **super().to_dict(), **counts,
+                **({"asnorm": self.asnorm.to_dict()} if self.asnorm is not None else {})}
+
+
 @dataclass
 class EvalResult:
-    """Scores and metrics of one evaluation; ``summary`` is what ``summary.json`` holds."""
+    """Scores and metrics of one evaluation."""
 
-    summary: dict
+    summary: EvalSummary
     scores: np.ndarray  # cosine scores of the scored trials, in trial-list order
     labels: np.ndarray  # int8, 1 target / 0 non-target
     enroll: list[str]  # trial paths as written in the list
@@ -281,14 +338,6 @@ class EvalResult:
     cached: int  # files whose embedding came from the cache
     asnorm_scores: np.ndarray | None = None
     cache_error: str | None = None  # see :attr:`Embedded.cache_error`
-
-
-def _metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
-    rate, threshold = eer(scores, labels)
-    out = {"eer": rate, "threshold": threshold}
-    for p in P_TARGETS:
-        out[f"min_dcf_p{p:g}"] = min_dcf(scores, labels, p)[0]
-    return out
 
 
 def _pair_scores(emb: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -328,7 +377,7 @@ def evaluate(
     cohort: str | os.PathLike | Sequence[str] | None = None,
     top_k: int = 300,
     cache_dir: str | os.PathLike | None = None,
-    progress: bool = False,
+    on_progress: OnProgress | None = None,
     workers: int = 2,
     ranks: DistInfo | None = None,
     verify_cache: bool = False,
@@ -339,6 +388,7 @@ def evaluate(
     results over the ``top_k`` closest cohort embeddings. ``verify_cache`` trusts cached embeddings only
     while the file's content hash matches (:class:`EmbeddingCache`). Raises :class:`EvalError` when no trial can be
     scored, when the scored trials lack targets or non-targets, or when fewer than 2 cohort files embed.
+    ``on_progress`` reports the embedding of the files (see :func:`embed_files`).
 
     ``ranks`` (the process group of ``torchrun``, see :func:`ghostvlad.train.distributed.setup`): every rank
     embeds its shard of the files, rank 0 gathers the embeddings and scores; the other ranks return None. The
@@ -356,14 +406,14 @@ def evaluate(
     full = {f: os.path.join(wav_root, f) for f in trials.files()}
     files = [*full.values(), *cohort_paths]
     if ranks is not None and ranks.world > 1:
-        mine = embed_files(model, files, cache_dir, progress and ranks.main, workers=workers,
+        mine = embed_files(model, files, cache_dir, on_progress if ranks.main else None, workers=workers,
                            shard=Shard(ranks.rank, ranks.world), verify_cache=verify_cache)
         parts = distributed.gather_to_main(mine, ranks)
         if parts is None:
             return None
         done = Embedded.merge(parts)
     else:
-        done = embed_files(model, files, cache_dir, progress, workers=workers, verify_cache=verify_cache)
+        done = embed_files(model, files, cache_dir, on_progress, workers=workers, verify_cache=verify_cache)
 
     good = [f for f in full if full[f] in done.embeddings]
     index = {f: i for i, f in enumerate(good)}
@@ -381,14 +431,11 @@ def evaluate(
     b = np.array([index[f] for f in test])
     scores = _pair_scores(emb, a, b)
     try:
-        summary = {"trials": name, **_metrics(scores, labels)}
-    except ValueError as exc:
+        cosine = Metrics.of(scores, labels)
+    except MetricsError as exc:
         raise EvalError(f"{where}: {exc} (after skipping {skipped} trials)") from None
-    summary.update(n_trials=len(scores), n_skipped=skipped, n_target=int(labels.sum()),
-                   n_nontarget=int(len(labels) - labels.sum()), n_files=len(good),
-                   n_bad_files=len(full) - len(good), precision=model.precision)
 
-    asnorm_scores = None
+    asnorm_scores, asnorm = None, None
     if cohort is not None:
         distinct = list(dict.fromkeys(cohort_paths))
         usable = [done.embeddings[p] for p in distinct if p in done.embeddings]
@@ -397,8 +444,11 @@ def evaluate(
             raise EvalError(f"{label}: only {len(usable)} of {len(distinct)} cohort files could be embedded; "
                             "AS-norm needs at least 2")
         asnorm_scores = _as_norm(scores, emb, a, b, np.stack(usable), top_k)
-        summary["asnorm"] = {**_metrics(asnorm_scores, labels), "top_k": min(top_k, len(usable)),
-                             "cohort_size": len(usable), "cohort_bad_files": len(distinct) - len(usable)}
+        asnorm = AsNormMetrics(**vars(Metrics.of(asnorm_scores, labels)), top_k=min(top_k, len(usable)),
+                               cohort_size=len(usable), cohort_bad_files=len(distinct) - len(usable))
+    summary = EvalSummary(**vars(cosine), trials=name, n_trials=len(scores), n_skipped=skipped,
+                          n_target=int(labels.sum()), n_nontarget=int(len(labels) - labels.sum()), n_files=len(good),
+                          n_bad_files=len(full) - len(good), precision=model.precision, asnorm=asnorm)
     return EvalResult(summary, scores, labels, enroll, test, skipped, done.errors, done.computed, done.cached,
                       asnorm_scores, done.cache_error)
 
@@ -418,10 +468,10 @@ def write_outputs(result: EvalResult, out_dir: str | os.PathLike, json_path: str
     if result.asnorm_scores is not None:
         written.append(atomic_write_text(out_dir / "scores_asnorm.txt", _score_lines(result.asnorm_scores, result)))
         curves["AS-norm"] = (result.asnorm_scores, result.labels)
-    title = Path(result.summary["trials"]).name if result.summary.get("trials") else None
+    title = Path(result.summary.trials).name if result.summary.trials else None
     plot_det(curves, out_dir / "det.png", title=title)
     written.append(out_dir / "det.png")
-    text = json.dumps(result.summary, indent=2) + "\n"
+    text = json.dumps(result.summary.to_dict(), indent=2) + "\n"
     written.append(atomic_write_text(out_dir / "summary.json", text))
     if json_path is not None:
         written.append(atomic_write_text(json_path, text))

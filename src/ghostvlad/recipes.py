@@ -62,8 +62,7 @@ def synthesize(root: str | os.PathLike, config: SynthConfig, workers: int | None
 
 
 def train_on_corpus(corpus: str | os.PathLike, run: str | os.PathLike, config: str = "demo",
-                    overrides: Sequence[str] = (), validate: bool = True, on_log: LogRow | None = None,
-                    progress: bool = False) -> Path:
+                    overrides: Sequence[str] = (), validate: bool = True, on_log: LogRow | None = None) -> Path:
     """Train ``config`` on the ``dev`` speakers of a synthetic corpus (validating on its trials); returns the run
     folder, whose best model is a loadable model. Resumes an interrupted run."""
     corpus, run = Path(corpus), Path(run)
@@ -115,7 +114,7 @@ def score_corpus(model: Embedder, corpus: str | os.PathLike, cache_dir: str | os
         write_outputs(result, report)
     s = result.summary
     same, cross, non = session_cosines(model, corpus, cache_dir)
-    return TransferScores(s["eer"], s["min_dcf_p0.05"], s["threshold"], s["n_trials"], same, cross, non), result
+    return TransferScores(s.eer, s.min_dcf[0.05], s.threshold, s.n_trials, same, cross, non), result
 
 
 @dataclass
@@ -133,7 +132,7 @@ class DemoResult:
 
 def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = None, epochs: int | None = None,
              overrides: Sequence[str] = (), on_stage: Stage | None = None, on_log: LogRow | None = None,
-             on_synth: OnProgress | None = None, progress: bool = False) -> DemoResult:
+             on_synth: OnProgress | None = None) -> DemoResult:
     """Synthesise the demo corpus and the cross-domain set, train the ``demo`` config, evaluate both.
 
     Every stage resumes when re-run into the same ``out_dir``. The model (threshold stored) is written to
@@ -158,7 +157,7 @@ def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = N
     t0 = time.perf_counter()
     stage("training the demo config (resumes if interrupted)")
     extra = [f"train.seed={seed}", *([f"train.epochs={epochs}"] if epochs is not None else []), *overrides]
-    run = train_on_corpus(corpus, out / "run", "demo", extra, on_log=on_log, progress=progress)
+    run = train_on_corpus(corpus, out / "run", "demo", extra, on_log=on_log)
     timings["training"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

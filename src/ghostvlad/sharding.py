@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import GhostvladError
 from .fileio import atomic_write
 
 PART_KEYS = ("index", "shard")
 
 
-class ShardError(ValueError):
+class ShardError(GhostvladError):
     """A bad shard specification or an incomplete / inconsistent set of parts."""
 
 

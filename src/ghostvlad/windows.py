@@ -17,6 +17,11 @@ import numpy as np
 
 from .audio import AudioError, load_audio
 from .embedding import NON_FINITE, Embedder, length_batches, prefetch
+from .errors import GhostvladError
+
+
+class WindowError(GhostvladError):
+    """A window or hop that is not a positive length, or too short for the front-end."""
 
 
 @dataclass
@@ -38,7 +43,7 @@ def window_bounds(num_samples: int, window: int, hop: int, shortest: int = 1) ->
     window shorter than ``shortest`` samples is dropped (it can only arise when ``hop >= window - shortest``).
     """
     if window < 1 or hop < 1:
-        raise ValueError(f"window ({window}) and hop ({hop}) must be at least one sample")
+        raise WindowError(f"window ({window}) and hop ({hop}) must be at least one sample")
     count = 1 + math.ceil(max(num_samples - window, 0) / hop)
     starts = np.arange(count, dtype=np.int64) * hop
     ends = np.minimum(starts + window, num_samples)
@@ -53,7 +58,7 @@ def embed_slices(model: Embedder, wave: np.ndarray, starts: np.ndarray, ends: np
     """
     batches = length_batches(np.asarray(ends) - np.asarray(starts), model.frontend_config, model.batch_frames)
     if not batches:
-        raise ValueError("no slices to embed")
+        raise WindowError("no slices to embed")
     out: np.ndarray | None = None
     for batch in batches:
         emb = model.embed_waveforms([wave[starts[i] : ends[i]] for i in batch])
@@ -64,15 +69,15 @@ def embed_slices(model: Embedder, wave: np.ndarray, starts: np.ndarray, ends: np
 
 
 def window_samples(model: Embedder, window: float, hop: float) -> tuple[int, int]:
-    """Window and hop (seconds) in samples; ValueError (one line) if they are not usable with the model's
+    """Window and hop (seconds) in samples; WindowError (one line) if they are not usable with the model's
     front-end."""
     for name, value in (("window", window), ("hop", hop)):
         if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+            raise WindowError(f"{name} must be a positive number of seconds, got {value!r}")
     rate = model.frontend_config.sample_rate
     shortest = model.frontend_config.min_samples
     if round(window * rate) < shortest:
-        raise ValueError(f"window {window} s is too short: the front-end needs at least {shortest} samples")
+        raise WindowError(f"window {window} s is too short: the front-end needs at least {shortest} samples")
     return round(window * rate), max(1, round(hop * rate))
 
 
@@ -84,7 +89,7 @@ def embed_windows(model: Embedder, wave: np.ndarray, window: float = 2.0, hop: f
     win, step = window_samples(model, window, hop)
     shortest = model.frontend_config.min_samples
     if len(wave) < shortest:
-        raise ValueError(f"clip too short for windows: {len(wave)} samples, needs at least {shortest}")
+        raise WindowError(f"clip too short for windows: {len(wave)} samples, needs at least {shortest}")
     starts, ends = window_bounds(len(wave), win, step, shortest)
     embeddings = embed_slices(model, np.asarray(wave, dtype=np.float32), starts, ends)
     rate = model.frontend_config.sample_rate
@@ -106,7 +111,7 @@ def iter_windows(
 ) -> Iterator[WindowsResult]:
     """Window embeddings of many files, in input order; the next files are decoded while the model runs.
 
-    Bad files are yielded with their :class:`AudioError`; ValueError for unusable ``window``/``hop``.
+    Bad files are yielded with their :class:`AudioError`; :class:`WindowError` for unusable ``window``/``hop``.
     """
     window_samples(model, window, hop)
 

@@ -1,23 +1,50 @@
-"""What the CLI decides before running a command: the allocator re-exec, and the default device and precision."""
+"""What the CLI decides before running a command: the allocator settings, and the default device and precision."""
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from ghostvlad.cli.common import resolve_auto, wants_tunables
+from ghostvlad.cli.common import resolve_auto
 
 
-def test_glibc_reexec_only_for_single_process_cpu_inference(monkeypatch):
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    assert wants_tunables(["embed", "--model", "m", "a.wav", "--out", "e.npz"])
-    assert wants_tunables(["eval", "--device", "cpu", "--model", "m"])
-    assert not wants_tunables(["train", "--config", "paper"])  # training ranks keep glibc's defaults
-    assert not wants_tunables(["embed", "--device", "cuda", "--model", "m"])
-    assert not wants_tunables(["embed", "--device=cuda:1", "--model", "m"])
-    assert not wants_tunables(["prepare", "--root", "x"])
-    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun
-    assert not wants_tunables(["embed", "--model", "m"])
+ALLOCATION = """
+import ctypes, os, sys
+from ghostvlad.features import FrontEndConfig
+from ghostvlad.inference import SpeakerModel
+from ghostvlad.models import EncoderConfig, SpeakerEncoder
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype, libc.malloc.restype = MallInfo2, ctypes.c_void_p
+SpeakerModel(SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=8, clusters=2,
+                                          ghost_clusters=1)), FrontEndConfig())  # a CPU model, as the CLI makes
+before = libc.mallinfo2().hblkhd
+block = libc.malloc(16 << 20)  # an activation-sized buffer: mmapped (and unmapped when freed) by default
+print(libc.mallinfo2().hblkhd - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt is Linux only")
+def test_a_cpu_model_keeps_large_buffers_in_the_heap_in_process():
+    """What the CLI used to re-execute itself under GLIBC_TUNABLES for, done by the API in the same process."""
+    def mapped(**env) -> int:
+        base = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "GHOSTVLAD_NO_MALLOPT")}
+        done = subprocess.run([sys.executable, "-c", ALLOCATION], env={**base, **env}, capture_output=True,
+                              text=True)
+        if "mallinfo2" in done.stderr:
+            pytest.skip("not glibc >= 2.33 (no mallinfo2)")
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout)
+
+    assert mapped() == 0
+    assert mapped(GHOSTVLAD_NO_MALLOPT="1") >= 16 << 20  # glibc's defaults: the block is its own mapping
 
 
 def test_auto_device_and_precision(monkeypatch):

@@ -68,6 +68,7 @@ def test_convert_keras_then_info_and_verify(tmp_path):
     out = tmp_path / "converted"
     res = runner.invoke(app, ["convert-keras", str(h5), "--out", str(out)])
     assert res.exit_code == 0, res.output
+    assert "skipped" not in res.output
     model = load_model(out)
     assert model.config.pooling == Component("gvlad", {"clusters": 3, "ghost_clusters": 1})
     assert model.frontend_config.mirror  # the original's test-time extension is on for converted models
@@ -76,6 +77,16 @@ def test_convert_keras_then_info_and_verify(tmp_path):
     a, b = clips(tmp_path, 2)
     res = runner.invoke(app, ["verify", a, b, "--model", str(out)])
     assert res.exit_code == 0 and res.output.startswith("score ")
+
+
+def test_convert_keras_training_checkpoint_notes_the_skipped_classifier(tmp_path):
+    h5 = tmp_path / "checkpoint.h5"  # a checkpoint of the original training code: the classifier is in it
+    write_keras_h5(h5, backbone="resnet34s", width=0.125, pooling="gvlad", clusters=3, ghost_clusters=1,
+                   descriptor_dim=8, embed_dim=8, layout="model_weights", with_prediction=True)
+    res = runner.invoke(app, ["convert-keras", str(h5), "--out", str(tmp_path / "m")])
+    assert res.exit_code == 0, res.output
+    assert "(skipped: prediction)" in " ".join(res.output.split())
+    assert load_model(tmp_path / "m").config.flat()["clusters"] == 3
 
 
 def test_convert_keras_mismatch_names_the_layer(tmp_path):

@@ -282,3 +282,17 @@ def test_cli_synth_then_prepare(tmp_path):
     assert np.all((m.durations >= 1.0) & (m.durations <= 1.5))
     result = runner.invoke(app, [*args[:-4], "--seed", "4"])  # other settings into the same directory
     assert result.exit_code == 1 and "made with other settings" in result.output
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_build_manifest_reports_progress_through_the_callback(tree, tmp_path, monkeypatch, workers):
+    monkeypatch.setattr("ghostvlad.data.manifest._CHUNK", 3)  # several chunks, so several reports
+    root, _ = tree
+    files = scan_voxceleb(root)
+    calls = []
+    build_manifest(files, [speaker_of(f, root) for f in files], tmp_path / "m.csv", workers=workers,
+                   on_progress=lambda done, total: calls.append((done, total)))
+    done = [d for d, _ in calls]
+    assert calls[0] == (0, len(files)) and calls[-1] == (len(files), len(files))
+    assert {t for _, t in calls} == {len(files)} and done == sorted(done)
+    assert len(calls) == 1 + -(-len(files) // 3)  # the start, then one call per chunk

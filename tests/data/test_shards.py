@@ -91,8 +91,11 @@ def test_shard_layout_and_contents(manifest, shards):
 def test_rerun_is_deterministic_and_removes_stale_shards(manifest, tmp_path):
     write_shards(manifest, tmp_path, max_count=5, seed=1, workers=1)
     first = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    write_shards(manifest, tmp_path, max_count=5, seed=1, workers=2)
+    calls = []
+    write_shards(manifest, tmp_path, max_count=5, seed=1, workers=2, on_progress=lambda *c: calls.append(c))
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == first
+    n = len(manifest)  # 23 utterances in chunks of 16: reported at the start and after each chunk
+    assert calls == [(0, n), (16, n), (n, n)]
     index = write_shards(manifest, tmp_path, max_count=10, seed=1, workers=2)
     assert [s.count for s in index.shards] == [10, 10, 3]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json", "shard-000000.tar", "shard-000001.tar",
@@ -201,7 +204,7 @@ def test_bad_sample_at_training_time_names_it(tmp_path):
 
 
 def test_write_errors(manifest, tmp_path):
-    with pytest.raises(ValueError, match="max_count"):
+    with pytest.raises(ShardError, match="max_count"):
         write_shards(manifest, tmp_path, max_count=0)
     broken = Manifest([*manifest.paths[:2], str(tmp_path / "gone.wav")], manifest.speakers[:3], manifest.durations[:3])
     with pytest.raises(AudioError, match=f"{tmp_path / 'gone.wav'}: file not found"):

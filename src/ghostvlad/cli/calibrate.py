@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 
 from .common import (
-    DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, VerifyCacheOpt, app, err, fail, open_model, out, require_stored_model,
+    DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, VerifyCacheOpt, app, err, fail, open_model, out, progress_callback,
+    require_stored_model,
 )
 
 OperatingPointOpt = typer.Option(
@@ -57,6 +58,7 @@ def calibrate(
 ) -> None:
     """Fit LLR = a * score + b (prior-weighted logistic regression) and EER / FAR thresholds; store them in the model."""
     from ..data.trials import TrialsError
+    from ..errors import GhostvladError
     from ..evaluate import EvalError, evaluate
     from ..modelfile import resolve_model_path
     from ..scoring.calibration import cllr, fit_calibration
@@ -66,7 +68,9 @@ def calibrate(
     model = open_model(model_path, precision, device, min_duration)
     require_stored_model(model, model_path, "a calibration")
     try:
-        result = evaluate(model, trials, wav_root, cache_dir=cache_dir, progress=True, verify_cache=verify_cache)
+        with progress_callback("embedding") as on_progress:
+            result = evaluate(model, trials, wav_root, cache_dir=cache_dir, on_progress=on_progress,
+                              verify_cache=verify_cache)
     except (EvalError, TrialsError) as exc:
         fail(str(exc))
     for message in result.bad_files.values():
@@ -75,7 +79,7 @@ def calibrate(
         err.print(f"warning: {result.cache_error}", highlight=False, markup=False)
     try:
         cal = fit_calibration(result.scores, result.labels, prior=prior, fars=tuple(far))
-    except ValueError as exc:
+    except GhostvladError as exc:  # CalibrationError, or MetricsError for scores no metric can use
         fail(f"{trials}: {exc}")
     model.calibration = cal.to_dict()
     model.save(resolve_model_path(model_path))

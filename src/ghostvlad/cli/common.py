@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from typer.core import TyperGroup
 
 from ..errors import GhostvladError, describe, one_line
+from ..progress import OnProgress
 
 err = Console(stderr=True, soft_wrap=True)  # one message, one line: never wrap
 out = Console(soft_wrap=True)
@@ -61,31 +62,6 @@ def _options(debug: bool = typer.Option(False, "--debug", help="Show the Python 
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
 
-# glibc returns big activation buffers to the OS after every layer; these tunables keep them (measured:
-# batched inference ~1.5x faster on CPU). Set before the process starts, hence the re-exec in main(), which is only
-# for CPU inference: training ranks and their data workers (dozens of processes per node) must not each keep
-# gigabytes of freed memory, and neither must torchrun's ranks.
-GLIBC_TUNABLES = "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
-INFERENCE_COMMANDS = frozenset({"embed", "eval", "verify", "enroll", "identify", "diarize", "calibrate", "stream", "serve"})
-
-
-def wants_tunables(args: list[str]) -> bool:
-    """Whether the command line ``args`` (after ``ghostvlad``) runs CPU inference in a single process."""
-    command = next((a for a in args if not a.startswith("-")), None)
-    device = next((args[i + 1] for i, a in enumerate(args[:-1]) if a == "--device"), None)
-    device = next((a.split("=", 1)[1] for a in args if a.startswith("--device=")), device)
-    return (command in INFERENCE_COMMANDS and "WORLD_SIZE" not in os.environ
-            and not (device or "").startswith("cuda"))
-
-
-def reexec_with_tunables(argv: list[str]) -> None:
-    """Restart this process as ``python *argv`` with :data:`GLIBC_TUNABLES` set (Linux; once; not when
-    ``GHOSTVLAD_NO_REEXEC`` is set)."""
-    done = "GLIBC_TUNABLES" in os.environ or os.environ.get("GHOSTVLAD_NO_REEXEC")
-    if sys.platform.startswith("linux") and not done:
-        os.execve(sys.executable, [sys.executable, *argv], {**os.environ, "GLIBC_TUNABLES": GLIBC_TUNABLES})
-
-
 def fail(message: str, code: int = 1) -> None:
     err.print(f"[red]error:[/red] {escape(one_line(message))}", highlight=False)
     raise typer.Exit(code)
@@ -99,8 +75,9 @@ def progress_bar() -> Progress:
 
 
 @contextmanager
-def progress_callback(description: str) -> Iterator[Callable[[int, int], None]]:
-    """An ``on_progress(done, total)`` callback for the library that draws a progress bar (on a terminal)."""
+def progress_callback(description: str) -> Iterator[OnProgress]:
+    """An ``on_progress(done, total)`` callback for the API (:mod:`ghostvlad.progress`) that draws a bar on stderr,
+    on a terminal only, while the block runs."""
     with progress_bar() as bar:
         task = bar.add_task(description, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)

@@ -55,13 +55,13 @@ def prepare(
         msg += f"; {len(report.bad)} bad file(s) left out, listed in {report.bad_report}"
     out.print(msg, highlight=False)
     if shards is not None:
-        from ..data.shards import write_shards
+        from ..data.shards import ShardError, write_shards
 
         try:
             with progress_callback("packing") as on_progress:
                 index = write_shards(manifest, shards, max_count=shard_size, max_mb=shard_mb, seed=seed,
                                      keep_original=keep_original, workers=workers, on_progress=on_progress)
-        except (AudioError, ValueError, OSError) as exc:
+        except (AudioError, ShardError, OSError) as exc:
             fail(str(exc))
         size = sum(s.bytes for s in index.shards) / 1e6
         out.print(f"wrote {len(index.shards)} shard(s) ({size:.1f} MB) and {Path(index.base) / 'index.json'}",
@@ -87,16 +87,13 @@ def synth(
 ) -> None:
     """Synthesise a VoxCeleb-layout corpus of espeak-ng speakers heard through random channels."""
     from ..data.synth import SynthConfig, synthesize_corpus
-    from .common import progress_bar
 
     config = SynthConfig(speakers=speakers, test_speakers=test_speakers, sessions=sessions, utterances=utterances,
                          min_duration=min_duration, max_duration=max_duration, trials=trials, seed=seed,
                          voices=voices, channels=channels)
     try:
-        with progress_bar() as bar:
-            task = bar.add_task("synth (utterances)", total=None)
-            summary = synthesize_corpus(out_dir, config, workers=workers,
-                                        on_progress=lambda done, total: bar.update(task, completed=done, total=total))
+        with progress_callback("synth (utterances)") as on_progress:
+            summary = synthesize_corpus(out_dir, config, workers=workers, on_progress=on_progress)
     except (ValueError, OSError) as exc:
         fail(str(exc))
     out.print(f"wrote {out_dir}: {summary['utterances']} utterances ({summary['synthesized']} synthesised now) of "

@@ -42,8 +42,7 @@ def demo(
     try:
         with bar:
             result = run_demo(out_dir, seed=seed, speakers=speakers, epochs=epochs, on_stage=on_stage, on_log=on_log,
-                              on_synth=lambda done, total: bar.update(task, completed=done, total=total),
-                              progress=err.is_terminal)
+                              on_synth=lambda done, total: bar.update(task, completed=done, total=total))
     except (TrainError, AudioError, ValueError, OSError) as exc:
         fail(str(exc))
 

@@ -28,13 +28,15 @@ def diarize(
 ) -> None:
     """Diarize one recording: energy speech detection, window embeddings, spectral clustering, RTTM."""
     from ..audio import AudioError
+    from ..diarize import DiarizeError
     from ..diarize import diarize as run_diarization
+    from ..errors import GhostvladError
     from ..diarize import rttm_lines, write_rttm
 
     file_id = file_id or audio.stem
     try:
         rttm_lines([], file_id)
-    except ValueError as exc:
+    except DiarizeError as exc:
         fail(f"{audio}: {exc} (use --file-id)")
     model = open_model(model_path, precision, device)
     threshold = model.threshold if threshold is None else threshold
@@ -43,7 +45,7 @@ def diarize(
                                    threshold=threshold)
     except AudioError as exc:
         fail(str(exc))
-    except ValueError as exc:
+    except GhostvladError as exc:  # DiarizeError, WindowError: settings this recording cannot use
         fail(f"{audio}: {exc}")
     if not segments:
         err.print(f"{audio}: no speech found", highlight=False, markup=False)

@@ -3,27 +3,29 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from .common import (DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, VerifyCacheOpt, app, err, fail, open_model, out,
-                     require_stored_model, resolve_auto, start_ranks)
+                     progress_callback, require_stored_model, resolve_auto, start_ranks)
+
+if TYPE_CHECKING:
+    from ..evaluate import EvalSummary
 
 
-def _table(summary: dict):
+def _table(summary: EvalSummary):
     from rich.table import Table
 
-    columns = {"cosine": summary, **({"AS-norm": summary["asnorm"]} if "asnorm" in summary else {})}
-    table = Table(title=summary.get("trials"),
-                  caption=f"{summary['n_trials']} trials scored, {summary['n_skipped']} skipped")
+    columns = {"cosine": summary, **({"AS-norm": summary.asnorm} if summary.asnorm is not None else {})}
+    table = Table(title=summary.trials, caption=f"{summary.n_trials} trials scored, {summary.n_skipped} skipped")
     table.add_column("")
     for name in columns:
         table.add_column(name, justify="right")
-    table.add_row("EER %", *(f"{100 * m['eer']:.2f}" for m in columns.values()))
-    table.add_row("threshold", *(f"{m['threshold']:.4f}" for m in columns.values()))
-    for key in (k for k in summary if k.startswith("min_dcf_p")):
-        table.add_row(f"minDCF p={key.removeprefix('min_dcf_p')}", *(f"{m[key]:.4f}" for m in columns.values()))
+    table.add_row("EER %", *(f"{100 * m.eer:.2f}" for m in columns.values()))
+    table.add_row("threshold", *(f"{m.threshold:.4f}" for m in columns.values()))
+    for p in summary.min_dcf:
+        table.add_row(f"minDCF p={p:g}", *(f"{m.min_dcf[p]:.4f}" for m in columns.values()))
     return table
 
 
@@ -84,15 +86,17 @@ def eval_(
             from ..data.trials import read_trials
 
             files = [os.path.join(wav_root, f) for f in read_trials(trials).files()]
-            done = embed_files(model, [*files, *(read_cohort(cohort) if cohort else [])], cache_dir, progress=True,
-                               workers=workers, shard=part, verify_cache=verify_cache)
+            with progress_callback("embedding") as on_progress:
+                done = embed_files(model, [*files, *(read_cohort(cohort) if cohort else [])], cache_dir, on_progress,
+                                   workers=workers, shard=part, verify_cache=verify_cache)
             for message in done.errors.values():
                 err.print(f"skipped {message}", highlight=False, markup=False)
             out.print(f"shard {part}: embedded {done.computed} files into the cache, {done.cached} were there, "
                       f"{len(done.errors)} failed; run eval without --shard to score", highlight=False)
             return
-        result = evaluate(model, trials, wav_root, cohort=cohort, top_k=top_k, cache_dir=cache_dir, progress=True,
-                          workers=workers, ranks=ranks, verify_cache=verify_cache)
+        with progress_callback("embedding") as on_progress:
+            result = evaluate(model, trials, wav_root, cohort=cohort, top_k=top_k, cache_dir=cache_dir,
+                              on_progress=on_progress, workers=workers, ranks=ranks, verify_cache=verify_cache)
     except (EvalError, TrialsError) as exc:
         fail(str(exc))
     finally:
@@ -113,6 +117,6 @@ def eval_(
     out.print(f"wrote {out_dir}/ (scores, det.png, summary.json); embedded {result.computed} files, "
               f"{result.cached} from the cache", highlight=False)
     if store_threshold:
-        model.threshold = result.summary["threshold"]
+        model.threshold = result.summary.threshold
         model.save(resolve_model_path(model_path))
         out.print(f"stored threshold {model.threshold:.4f} in {model_path}", highlight=False)

@@ -39,7 +39,7 @@ def convert_keras(
     out.print(f"wrote {out_path}: {cfg['backbone']} width {cfg['width']:g}, {cfg['pooling']} "
               f"{cfg['clusters']}+{cfg['ghost_clusters']}, descriptor {cfg['descriptor_dim']}, "
               f"embedding {cfg['embed_dim']}"
-              + (f" (skipped: {', '.join(info['skipped'])})" if info.get("skipped") else ""))
+              + (f" (skipped: {', '.join(info['skipped_layers'])})" if info["skipped_layers"] else ""))
 
 
 def _read_list(path: Path) -> list[str]:
@@ -80,7 +80,7 @@ def embed(
 
     from ..sharding import Shard, ShardError, merge_parts, write_npz
     from ..train.distributed import barrier, gather_to_main, teardown
-    from ..windows import Windows, iter_windows, window_samples
+    from ..windows import WindowError, Windows, iter_windows, window_samples
 
     paths = [str(p) for p in files or []] + (_read_list(list_file) if list_file else [])
     if not paths:
@@ -106,7 +106,7 @@ def embed(
         hop = 0.5 if hop is None else hop
         try:
             window_samples(model, window, hop)
-        except ValueError as exc:
+        except WindowError as exc:
             fail(str(exc))
     positions = list(range(len(paths))) if part is None else part.take(range(len(paths)))
     mine = [paths[i] for i in positions]

@@ -13,7 +13,7 @@ import io
 import multiprocessing
 import os
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,6 +24,7 @@ import numpy as np
 from ..audio import SAMPLE_RATE, load_audio
 from ..errors import GhostvladError
 from ..fileio import atomic_write_text
+from ..progress import Counter, OnProgress
 
 AUDIO_SUFFIXES = (".wav", ".m4a", ".flac")
 HEADER = ("path", "speaker", "duration")
@@ -165,17 +166,18 @@ def _check_files(paths: list[str]) -> list[tuple[int | None, str | None]]:
 
 
 def check_files(
-    paths: Sequence[str], workers: int | None = None, on_progress: Callable[[int], None] | None = None
+    paths: Sequence[str], workers: int | None = None, on_progress: OnProgress | None = None
 ) -> list[tuple[int | None, str | None]]:
-    """:func:`_check_files` over ``paths`` in ``workers`` processes (default: all CPUs), results in input order."""
+    """:func:`_check_files` over ``paths`` in ``workers`` processes (default: all CPUs), results in input order;
+    ``on_progress(files checked, len(paths))`` after each chunk."""
     workers = max(1, min(workers or os.cpu_count() or 1, -(-len(paths) // _CHUNK)))
     chunks = [list(paths[i : i + _CHUNK]) for i in range(0, len(paths), _CHUNK)]
     results: list[list[tuple[int | None, str | None]]] = [[] for _ in chunks]
+    counter = Counter(on_progress, len(paths))
     if workers == 1:
         for k, chunk in enumerate(chunks):
             results[k] = _check_files(chunk)
-            if on_progress:
-                on_progress(len(chunk))
+            counter.advance(len(chunk))
     else:
         context = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
@@ -183,8 +185,7 @@ def check_files(
             for future in as_completed(futures):
                 k = futures[future]
                 results[k] = future.result()
-                if on_progress:
-                    on_progress(len(chunks[k]))
+                counter.advance(len(chunks[k]))
     return [r for chunk in results for r in chunk]
 
 
@@ -199,17 +200,19 @@ def build_manifest(
     speakers: Sequence[str],
     out_csv: str | os.PathLike,
     workers: int | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> PrepareReport:
     """Decode every file (in parallel), then write the manifest of the good ones and the report of the bad ones.
 
+    ``on_progress(files decoded, len(files))`` reports the decoding (see :mod:`ghostvlad.progress`).
+
     Both files are written atomically, so re-running into the same output is safe; a stale report is removed
-    when no file is bad any more. ``on_progress(done, total)`` is called as files are decoded.
+    when no file is bad any more.
     """
     if len(files) != len(speakers):
         raise ValueError(f"{len(files)} files but {len(speakers)} speakers")
     paths = [str(Path(f).absolute()) for f in files]
-    results = check_files(paths, workers, progress_counter(on_progress, len(paths)))
+    results = check_files(paths, workers, on_progress)
     ok = [(p, s, n) for p, s, (n, _) in zip(paths, speakers, results) if n is not None]
     bad = [(p, reason) for p, (n, reason) in zip(paths, results) if n is None]
     write_manifest(out_csv, [p for p, _, _ in ok], [s for _, s, _ in ok], [n / SAMPLE_RATE for _, _, n in ok])
@@ -219,19 +222,6 @@ def build_manifest(
     else:
         report.unlink(missing_ok=True)
     return PrepareReport(Path(out_csv), len(ok), bad, report)
-
-
-def progress_counter(on_progress: Callable[[int, int], None] | None, total: int) -> Callable[[int], None]:
-    """An ``advance(n)`` callback that counts items done and reports ``on_progress(done, total)``."""
-    done = 0
-
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        if on_progress is not None:
-            on_progress(done, total)
-
-    return advance
 
 
 def write_manifest(

@@ -27,7 +27,8 @@ import soundfile as sf
 from ..audio import SAMPLE_RATE, AudioError, load_audio
 from ..errors import GhostvladError
 from ..fileio import atomic_write_text, current_umask
-from .manifest import Manifest, progress_counter
+from ..progress import Counter, OnProgress
+from .manifest import Manifest
 
 INDEX_NAME = "index.json"
 FORMAT = "ghostvlad-shards/1"
@@ -156,15 +157,15 @@ def write_shards(
     seed: int = 0,
     keep_original: bool = False,
     workers: int | None = None,
-    on_progress: Callable[[int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> ShardIndex:
     """Pack ``manifest`` into shards of at most ``max_count`` utterances and ``max_mb`` MB of audio (see module doc).
 
-    Utterances are shuffled with ``seed``. Encoding runs in ``workers`` processes (default: all CPUs), with a
-    ``on_progress(done, total)`` called as utterances are packed. A file that cannot be decoded raises :class:`AudioError`.
+    Utterances are shuffled with ``seed``. Encoding runs in ``workers`` processes (default: all CPUs);
+    ``on_progress(utterances packed, len(manifest))`` reports it (see :mod:`ghostvlad.progress`). A file that cannot be decoded raises :class:`AudioError`.
     """
     if max_count < 1 or max_mb <= 0:
-        raise ValueError(f"max_count ({max_count}) must be >= 1 and max_mb ({max_mb}) > 0")
+        raise ShardError(f"max_count ({max_count}) must be >= 1 and max_mb ({max_mb}) > 0")
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng(seed).permutation(len(manifest))
@@ -174,13 +175,13 @@ def write_shards(
     writer = _Writer(out, max_count, int(max_mb * 1e6))
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None
     try:
-        advance = progress_counter(on_progress, len(manifest))
+        counter = Counter(on_progress, len(manifest))
         for chunk in _ordered(pool, _encode, tasks, 4 * workers):
             for index, ext, data in chunk:
                 meta = {"index": index, "speaker": manifest.speakers[index],
                         "duration": float(manifest.durations[index]), "path": manifest.paths[index]}  # fmt: skip
                 writer.add(f"{index:09d}", {ext: data, "json": json.dumps(meta).encode()})
-            advance(len(chunk))
+            counter.advance(len(chunk))
         writer.close()
     except BaseException:
         writer.abort()

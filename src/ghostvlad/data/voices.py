@@ -36,6 +36,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..errors import GhostvladError
 from . import espeak
 from .synth import SAMPLE_RATE
 
@@ -50,7 +51,7 @@ _KOKORO_IPA = (("eɪ", "A"), ("aɪ", "I"), ("aʊ", "W"), ("ɔɪ", "Y"), ("oʊ", 
                ("dʒ", "ʤ"), ("tʃ", "ʧ"), ("ɐ", "ə"), ("r", "ɹ"))
 
 
-class EngineUnavailable(RuntimeError):
+class EngineUnavailable(GhostvladError, RuntimeError):
     """The engine (program, package or voice data) is not installed here."""
 
 

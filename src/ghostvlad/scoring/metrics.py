@@ -12,33 +12,39 @@ from scipy.interpolate import interp1d
 from scipy.optimize import brentq
 from sklearn.metrics import roc_curve
 
+from ..errors import GhostvladError
+
+
+class MetricsError(GhostvladError):
+    """Scores and labels that no metric can be computed from (one class only, NaN, mismatched lengths, ...)."""
+
 
 def check_scores(scores: ArrayLike, labels: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Validate and convert to (float64 scores, int8 labels)."""
     try:
         s = np.asarray(scores, dtype=np.float64)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"scores must be numeric: {e}") from None
+        raise MetricsError(f"scores must be numeric: {e}") from None
     y = np.asarray(labels)
     if s.ndim != 1 or y.ndim != 1:
-        raise ValueError(f"scores and labels must be 1-D, got shapes {s.shape} and {y.shape}")
+        raise MetricsError(f"scores and labels must be 1-D, got shapes {s.shape} and {y.shape}")
     if len(s) != len(y):
-        raise ValueError(f"scores and labels differ in length: {len(s)} vs {len(y)}")
+        raise MetricsError(f"scores and labels differ in length: {len(s)} vs {len(y)}")
     bad = ~np.isin(y, (0, 1))
     if bad.any():
-        raise ValueError(
+        raise MetricsError(
             f"labels must be 0 (non-target) or 1 (target); {int(bad.sum())} are not, e.g. {y[bad][0]!r}"
         )
     y = y.astype(np.int8)
     n_target = int(y.sum())
     if n_target == 0 or n_target == len(y):
-        raise ValueError(
+        raise MetricsError(
             f"need both target (1) and non-target (0) trials, got {n_target} targets "
             f"and {len(y) - n_target} non-targets"
         )
     n_bad = int((~np.isfinite(s)).sum())
     if n_bad:
-        raise ValueError(f"scores must be finite; {n_bad} of {len(s)} are NaN or infinite")
+        raise MetricsError(f"scores must be finite; {n_bad} of {len(s)} are NaN or infinite")
     return s, y
 
 
@@ -72,9 +78,9 @@ def min_dcf(
     as in the NIST SRE / VoxSRC scoring scripts.
     """
     if not 0.0 < p_target < 1.0:
-        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
+        raise MetricsError(f"p_target must be in (0, 1), got {p_target}")
     if not (c_miss > 0 and c_fa > 0):
-        raise ValueError(f"c_miss and c_fa must be positive, got {c_miss} and {c_fa}")
+        raise MetricsError(f"c_miss and c_fa must be positive, got {c_miss} and {c_fa}")
     s, y = check_scores(scores, labels)
     fpr, tpr, thr = _roc(s, y, drop_intermediate=False)
     cost = c_miss * p_target * (1.0 - tpr) + c_fa * (1.0 - p_target) * fpr

@@ -25,6 +25,7 @@ from starlette.formparsers import MultiPartException
 from .. import __version__
 from ..audio import SAMPLE_RATE, AudioError
 from ..embedding import Embedder
+from ..errors import GhostvladError
 from ..gallery import Gallery, GalleryError, check_name
 from .batcher import QueueFull
 from .limits import BodyLimits
@@ -37,8 +38,8 @@ log = logging.getLogger("ghostvlad.serve")
 STATIC = files("ghostvlad.serve") / "static"
 
 
-class _NotFound(Exception):
-    pass
+class _NotFound(GhostvladError):
+    """No speaker of that name (answered with 404)."""
 
 
 def create_app(model: Embedder, db: str | Path | None = None, config: ServeConfig = ServeConfig()) -> FastAPI:

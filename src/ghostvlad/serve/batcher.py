@@ -18,12 +18,13 @@ from typing import TypeVar
 import numpy as np
 
 from ..embedding import Embedder, length_batches
+from ..errors import GhostvladError
 
 
 T = TypeVar("T")
 
 
-class QueueFull(RuntimeError):
+class QueueFull(GhostvladError, RuntimeError):
     """The batcher holds ``max_queue`` waveforms already; try again later."""
 
 

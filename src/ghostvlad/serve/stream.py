@@ -23,6 +23,7 @@ import soxr
 from fastapi import WebSocket, WebSocketDisconnect
 
 from ..audio import SAMPLE_RATE, AudioError
+from ..errors import GhostvladError
 from ..gallery import GalleryError
 from ..streaming import pcm16_samples
 from .service import Service
@@ -62,7 +63,7 @@ async def serve_stream(websocket: WebSocket, service: Service) -> None:
         service.streams -= 1
 
 
-class StreamClosed(Exception):
+class StreamClosed(GhostvladError):
     """Ends a stream with an error message and a close code."""
 
     def __init__(self, code: int, message: str) -> None:

@@ -52,7 +52,7 @@ def _validate(encoder: SpeakerEncoder, config: TrainConfig, info: distributed.Di
             problem = f"validation: {exc}"
     if not distributed.all_true(problem is None, info):
         raise TrainError(problem or "validation failed on another rank")
-    return None if result is None else (result.summary["eer"], result.summary["threshold"])
+    return None if result is None else (result.summary.eer, result.summary.threshold)
 
 
 class Trainer:
