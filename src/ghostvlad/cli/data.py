@@ -87,6 +87,7 @@ def synth(
 ) -> None:
     """Synthesise a VoxCeleb-layout corpus of espeak-ng speakers heard through random channels."""
     from ..data.synth import SynthConfig, synthesize_corpus
+    from ..errors import GhostvladError
 
     config = SynthConfig(speakers=speakers, test_speakers=test_speakers, sessions=sessions, utterances=utterances,
                          min_duration=min_duration, max_duration=max_duration, trials=trials, seed=seed,
@@ -94,7 +95,7 @@ def synth(
     try:
         with progress_callback("synth (utterances)") as on_progress:
             summary = synthesize_corpus(out_dir, config, workers=workers, on_progress=on_progress)
-    except (ValueError, OSError) as exc:
+    except (GhostvladError, OSError) as exc:
         fail(str(exc))
     out.print(f"wrote {out_dir}: {summary['utterances']} utterances ({summary['synthesized']} synthesised now) of "
               f"{summary['speakers']} speakers ({summary['dev_speakers']} dev, {summary['test_speakers']} test), "

@@ -7,6 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import GhostvladError
+
+
+class SamplerError(GhostvladError, ValueError):
+    """Batches that cannot be drawn from the data (batch size, ranks, speakers)."""
+
 
 class EpochBatches:
     """Global batches of an epoch drawn from a permutation seeded by ``(seed, epoch)``; each rank takes its slice.
@@ -18,9 +24,9 @@ class EpochBatches:
     def __init__(self, size: int, batch_size: int, rank: int = 0, world: int = 1, seed: int = 0,
                  steps: int | None = None) -> None:
         if batch_size % world:
-            raise ValueError(f"batch size {batch_size} is not divisible by {world} ranks")
+            raise SamplerError(f"batch size {batch_size} is not divisible by {world} ranks")
         if size < 1:
-            raise ValueError("no training data")
+            raise SamplerError("no training data")
         self.size, self.batch_size, self.rank, self.world, self.seed = size, batch_size, rank, world, seed
         self.steps = steps or max(1, size // batch_size)
 
@@ -48,15 +54,15 @@ class SessionBatches:
     def __init__(self, speakers: np.ndarray, sessions: np.ndarray, batch_size: int, per_speaker: int = 2,
                  rank: int = 0, world: int = 1, seed: int = 0, steps: int | None = None) -> None:
         if batch_size % world:
-            raise ValueError(f"batch size {batch_size} is not divisible by {world} ranks")
+            raise SamplerError(f"batch size {batch_size} is not divisible by {world} ranks")
         if per_speaker < 1 or batch_size % per_speaker:
-            raise ValueError(f"batch size {batch_size} is not a multiple of per_speaker={per_speaker}")
+            raise SamplerError(f"batch size {batch_size} is not a multiple of per_speaker={per_speaker}")
         speakers, sessions = np.asarray(speakers), np.asarray(sessions)
         if len(speakers) < 1:
-            raise ValueError("no training data")
+            raise SamplerError("no training data")
         ids, speaker_index = np.unique(speakers, return_inverse=True)
         if len(ids) < batch_size // per_speaker:
-            raise ValueError(f"{len(ids)} speakers cannot fill a batch of {batch_size // per_speaker} speakers "
+            raise SamplerError(f"{len(ids)} speakers cannot fill a batch of {batch_size // per_speaker} speakers "
                              f"x {per_speaker}; lower train.batch_size or raise train.per_speaker")
         # utterances of each speaker grouped by session: groups[s] = list of arrays of utterance indices
         self.groups = []

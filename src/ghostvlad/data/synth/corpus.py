@@ -11,6 +11,7 @@ from typing import Any
 from ...fileio import atomic_write_text
 from .. import espeak
 from ..dsp import SAMPLE_RATE
+from .errors import SynthError
 from .plan import Session, SynthConfig, plan_corpus, trial_files
 from .render import OnProgress, render_sessions
 from .trials import trial_lines
@@ -24,14 +25,14 @@ def prepare_output(out: Path, record: dict[str, Any], meta: str = "synth.json") 
         try:
             previous = json.loads(path.read_text())
         except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: unreadable ({err}); remove it or use a new directory") from None
+            raise SynthError(f"{path}: unreadable ({err}); remove it or use a new directory") from None
         if previous != record:
-            raise ValueError(
+            raise SynthError(
                 f"{path}: corpus was made with other settings ({previous.get('config')}); use a new directory"
             )
         return
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out}: exists, is not empty and has no {meta}; use a new directory")
+        raise SynthError(f"{out}: exists, is not empty and has no {meta}; use a new directory")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
 
@@ -62,7 +63,7 @@ def synthesize_corpus(
     start = time.perf_counter()
     config.validate()
     if workers is not None and workers < 1:
-        raise ValueError(f"synthesize_corpus: workers={workers} must be >= 1")
+        raise SynthError(f"synthesize_corpus: workers={workers} must be >= 1")
     out = Path(out)
     record = {"config": asdict(config), "sample_rate": SAMPLE_RATE, "espeakng_loader": espeak.library_version()}
     prepare_output(out, record)

@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 
 from .channels import CHANNEL_FAMILIES, Channel, draw_channel
+from .errors import SynthError
 from .seeds import SESSION, SPEAKER, UTTERANCE, keyed_rng
 from .speakers import VOICE_POOLS, draw_voice, drift_voice
 from .trials import trial_capacity
@@ -48,16 +49,16 @@ class SynthConfig:
         )
         for ok, message in checks:
             if not ok:
-                raise ValueError(f"SynthConfig: {message}")
+                raise SynthError(f"SynthConfig: {message}")
         if self.trials == 0:
             return
         if self.sessions < 2 or self.test_speakers < 2:
-            raise ValueError(
+            raise SynthError(
                 "SynthConfig: trials need sessions >= 2 (targets cross sessions) and test_speakers >= 2 (non-targets)"
             )
         n_target, n_nontarget = trial_capacity(self.test_speakers, self.sessions, self.utterances)
         if self.trials // 2 > n_target or self.trials - self.trials // 2 > n_nontarget:
-            raise ValueError(
+            raise SynthError(
                 f"SynthConfig: trials={self.trials} needs {self.trials // 2} distinct target pairs but the test set "
                 f"has only {n_target} (and {n_nontarget} non-target pairs); lower trials or add test speakers/sessions"
             )

@@ -17,6 +17,7 @@ import soundfile as sf
 
 from ...fileio import atomic_write
 from ..dsp import SAMPLE_RATE, colored_noise, mix_at_snr
+from .errors import SynthError
 from .channels import NOISE_EXPONENT, channel_filter, field_effects, room_response
 from .plan import Session
 from .seeds import SESSION_SIGNAL, UTTERANCE_SIGNAL, keyed_rng
@@ -86,7 +87,7 @@ def render_sessions(sessions: Sequence[Session], out: Path, workers: int | None 
     to the usable cores); returns the number of utterances synthesised. ``on_progress(done, total)`` is called
     once before the first session and again as each session's utterances are written."""
     if workers is not None and workers < 1:
-        raise ValueError(f"workers={workers} must be >= 1")
+        raise SynthError(f"workers={workers} must be >= 1")
     todo = [s for s in sessions if not all((out / f).exists() for f in s.files())]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     total = sum(len(s.durations) for s in todo)

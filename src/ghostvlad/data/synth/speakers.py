@@ -10,6 +10,7 @@ import soxr
 
 from .. import espeak
 from ..dsp import SAMPLE_RATE
+from .errors import SynthError
 
 LANGUAGES = (
     "en", "en-us", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc",
@@ -59,7 +60,7 @@ class Voice:
 
     def __post_init__(self) -> None:
         if not (0 <= self.pitch <= 100 and 0 <= self.pitch_range <= 100 and self.rate > 0 and 0.5 <= self.warp <= 2):
-            raise ValueError(f"Voice: pitch and pitch_range must be in [0, 100], rate > 0, warp in [0.5, 2]: {self}")
+            raise SynthError(f"Voice: pitch and pitch_range must be in [0, 100], rate > 0, warp in [0.5, 2]: {self}")
 
     @property
     def gender(self) -> str:
