@@ -6,7 +6,8 @@ process, and a torch DataLoader (batch 64) with each of ``--workers`` worker pro
 ``ShardCropDataset`` over FLAC shards of the corpus. One H100 trains on about 4,000 crops/s, so a 16-core machine
 needs >= 500 crops/s per worker process. ``--augment CONFIG`` adds rows with that shipped config's simulated-channel
 augmentation (``data.augment``) on every crop of the config's length (``data.frames``), and ``--stages`` a breakdown:
-each stage alone on every (already read) crop, and the whole chain at the config's probabilities without reading.
+each stage alone on every (already read) crop, with what it costs a crop at its probability in the chain, and the
+whole chain at the config's probabilities without reading.
 
     python bench/data.py [--files 200] [--workers 1 2] [--formats wav flac m4a] [--seconds 3] [--augment demo modern]
                          [--stages]
@@ -125,8 +126,9 @@ def stage_rows(config: str, dataset: CropDataset, seconds: float) -> None:
     for stage in STAGE_ORDER:
         if stage in augment.probs:
             fn = STAGES.get(stage)
-            row(f"{config} stage", f"{stage} alone (p=1; p={augment.probs[stage]:g} in chain)",
-                rate(apply(lambda x, rng, fn=fn: fn(x, rng, augment.context)), seconds))
+            rates = rate(apply(lambda x, rng, fn=fn: fn(x, rng, augment.context)), seconds)
+            prob = augment.probs[stage]
+            row(f"{config} stage", f"{stage} alone; p={prob:g}: {1000 * prob / rates[1]:.2f} ms CPU a crop", rates)
     row(f"{config} stage", "whole chain, crops already read", rate(apply(augment), seconds))
 
 
