@@ -127,14 +127,17 @@ Donor = Callable[[np.random.Generator], np.ndarray]  # a crop of another trainin
 
 @dataclass
 class StageContext:
-    """What stages may use besides the crop: simulated rooms and a source of other utterances."""
+    """What stages may use besides the crop: simulated rooms and a source of other utterances.
+
+    The rooms' spectra are cached per process as ``reverb`` first needs them (at most ``len(rooms)`` per crop
+    length; 12 MB for 64 rooms and 2 s crops), so a convolution costs two FFTs instead of three."""
 
     rooms: list[np.ndarray] = field(default_factory=list)
     donor: Donor | None = None
-    _spectra: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, repr=False)
+    _spectra: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def room_spectrum(self, k: int, size: int) -> np.ndarray:
-        """The real FFT of size ``size`` of room ``k`` (complex64), computed once per process and size."""
+        """The real FFT of size ``size`` of room ``k`` (complex64 for the float32 rooms), computed once."""
         key = (k, size)
         if key not in self._spectra:
             self._spectra[key] = scipy.fft.rfft(self.rooms[k], size)
