@@ -5,9 +5,12 @@ then measures, per format: the full-decode baseline ``train_crop(load_audio(path
 process, and a torch DataLoader (batch 64) with each of ``--workers`` worker processes; then the same for
 ``ShardCropDataset`` over FLAC shards of the corpus. One H100 trains on about 4,000 crops/s, so a 16-core machine
 needs >= 500 crops/s per worker process. ``--augment CONFIG`` adds rows with that shipped config's simulated-channel
-augmentation (``data.augment``) on every crop.
+augmentation (``data.augment``) on every crop of the config's length (``data.frames``), and ``--stages`` a breakdown:
+each stage alone on every (already read) crop, with what it costs a crop at its probability in the chain, and the
+whole chain at the config's probabilities without reading.
 
     python bench/data.py [--files 200] [--workers 1 2] [--formats wav flac m4a] [--seconds 3] [--augment demo modern]
+                         [--stages]
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from ghostvlad.audio import load_audio
-from ghostvlad.data.augment import ChannelAugment
+from ghostvlad.data.augment import STAGE_ORDER, STAGES, ChannelAugment
 from ghostvlad.data.dataset import CropDataset, ShardCropDataset
 from ghostvlad.data.manifest import build_manifest, read_manifest
 from ghostvlad.data.shards import write_shards
@@ -106,6 +109,29 @@ def row(source: str, reader: str, rates: tuple[float, float]) -> None:
     print(f"{source:<14} {reader:<44} {rates[0]:9.0f} {rates[1]:13.0f}", flush=True)
 
 
+def stage_rows(config: str, dataset: CropDataset, seconds: float) -> None:
+    """Crops/s of each stage of ``dataset.augment`` alone on every crop (rooms and babble donors as in training),
+    then of the whole chain at its probabilities; crops read beforehand, so reading is not counted."""
+    augment = dataset.augment
+    crops = [dataset[i][0] for i in range(len(dataset))]
+    rngs = [np.random.default_rng([0, i, 1]) for i in range(len(crops))]
+
+    def apply(step: Callable[[np.ndarray, np.random.Generator], np.ndarray]) -> Callable[[], int]:
+        def run() -> int:
+            for crop, rng in zip(crops, rngs):
+                step(crop, rng)
+            return len(crops)
+        return run
+
+    for stage in STAGE_ORDER:
+        if stage in augment.probs:
+            fn = STAGES.get(stage)
+            rates = rate(apply(lambda x, rng, fn=fn: fn(x, rng, augment.context)), seconds)
+            prob = augment.probs[stage]
+            row(f"{config} stage", f"{stage} alone; p={prob:g}: {1000 * prob / rates[1]:.2f} ms CPU a crop", rates)
+    row(f"{config} stage", "whole chain, crops already read", rate(apply(augment), seconds))
+
+
 def epochs(loader: DataLoader, dataset) -> Iterable:
     """Batches of epoch after epoch (a shard epoch of a small corpus is short)."""
     for epoch in range(10**6):
@@ -120,6 +146,7 @@ def main() -> None:
     parser.add_argument("--formats", nargs="+", default=["wav", "flac"], choices=["wav", "flac", "m4a"])
     parser.add_argument("--seconds", type=float, default=3.0, help="Duration of each measurement.")
     parser.add_argument("--augment", nargs="*", default=[], help="Shipped configs whose augmentation to measure too.")
+    parser.add_argument("--stages", action="store_true", help="Also time each augmentation stage alone.")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"{os.cpu_count()} CPUs, {args.files} clips of 4-8 s per format, DataLoader batch {BATCH}")
@@ -154,8 +181,10 @@ def main() -> None:
                 row(source, f"DataLoader, {workers} worker(s)", steady_rate(loader, loader, args.seconds))
             for name in args.augment:
                 data = load_config(name).data
-                augmented = CropDataset(manifest)
+                augmented = CropDataset(manifest, frames=data.frames)
                 augmented.augment = ChannelAugment(data.augment, rooms=data.rooms, donor=augmented.donor)
+                if args.stages:
+                    stage_rows(name, augmented, args.seconds)
 
                 def augmented_in_process() -> int:
                     for i in range(len(augmented)):

@@ -1,10 +1,12 @@
 """The simulated-channel augmentation: each stage changes the signal as specified, deterministically."""
+import multiprocessing
+
 import numpy as np
 import pytest
 import scipy.signal as sps
 
 from ghostvlad.data.augment import CODECS, STAGE_ORDER, STAGES, ChannelAugment, StageContext, _g711, chain
-from ghostvlad.data.dsp import codec_round_trip
+from ghostvlad.data.dsp import butter_sos, codec_round_trip
 
 SR = 16000
 N = 39840
@@ -83,6 +85,17 @@ def test_eq_is_a_random_linear_filter_within_its_gain_range():
     assert not np.allclose(responses[0], responses[1])
 
 
+@pytest.mark.parametrize(("btype", "cutoffs"), [("lowpass", (2500.0, 7500.0)), ("highpass", (50.0, 400.0))])
+@pytest.mark.parametrize("order", range(1, 11))
+def test_butter_sos_is_scipys_butterworth(order, btype, cutoffs):
+    x = np.random.default_rng(order).standard_normal(4096)
+    for cutoff in cutoffs:  # the ends of bandlimit's ranges
+        ours = butter_sos(order, cutoff, btype)
+        ref = sps.butter(order, cutoff, btype, fs=SR, output="sos")
+        assert ours.shape == ref.shape
+        np.testing.assert_allclose(sps.sosfilt(ours, x), sps.sosfilt(ref, x), rtol=0, atol=1e-9)
+
+
 def test_bandlimit_removes_the_extremes():
     x = np.random.default_rng(0).standard_normal(N)
     for seed in range(5):
@@ -145,6 +158,38 @@ def test_chain_is_deterministic_finite_and_in_range():
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
     assert np.all(np.isfinite(a)) and np.abs(a).max() <= 1.0
+
+
+def test_reverb_room_spectra_are_cached_without_changing_the_result():
+    aug = ChannelAugment({"reverb": 1.0}, seed=0, rooms=3)
+    x = speechlike().astype(np.float32)
+    first = run("reverb", x, seed=4, ctx=aug.context)
+    assert len(aug.context._spectra) == 1  # noqa: SLF001 - the room drawn, at this crop's FFT size
+    np.testing.assert_array_equal(run("reverb", x, seed=4, ctx=aug.context), first)
+    # a fresh context (nothing cached) gives the same crop
+    np.testing.assert_array_equal(run("reverb", x, seed=4, ctx=StageContext(aug.context.rooms)), first)
+
+
+_FORKED: ChannelAugment | None = None
+
+
+def _augment_in_worker(seed: int) -> np.ndarray:
+    return _FORKED(speechlike().astype(np.float32), np.random.default_rng([seed, 0, 1]))
+
+
+def test_chain_is_identical_across_worker_processes():
+    """Each crop depends only on its generator: a forked worker (own caches, own codec contexts) that augments the
+    crops in another order gives the same arrays as this process."""
+    global _FORKED
+    donors = np.random.default_rng(3).standard_normal((4, N)).astype(np.float32) * 0.05
+    _FORKED = ChannelAugment({name: 0.8 for name in STAGE_ORDER}, seed=2, rooms=3,
+                             donor=lambda rng: donors[int(rng.integers(4))])
+    seeds = list(range(6))
+    here = [_augment_in_worker(s) for s in seeds]
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        there = pool.map(_augment_in_worker, seeds[::-1], chunksize=1)[::-1]
+    for a, b in zip(here, there):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_chain_order_and_none():

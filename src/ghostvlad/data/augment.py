@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.fft
 import scipy.signal as sps
 import soundfile as sf
 import soxr
@@ -25,7 +26,7 @@ from scipy.signal import fftconvolve
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio
 from ..registry import Registry
-from .dsp import biquads, codec_round_trip, colored_noise, fit_length, mix_at_snr
+from .dsp import biquads, butter_sos, codec_round_trip, colored_noise, fit_length, mix_at_snr
 
 # SNR ranges (dB) per MUSAN category, as used by the VoxCeleb recipes of Kaldi and its successors
 SNR_DB = {"noise": (0.0, 15.0), "music": (5.0, 15.0), "speech": (13.0, 20.0)}
@@ -126,10 +127,21 @@ Donor = Callable[[np.random.Generator], np.ndarray]  # a crop of another trainin
 
 @dataclass
 class StageContext:
-    """What stages may use besides the crop: simulated rooms and a source of other utterances."""
+    """What stages may use besides the crop: simulated rooms and a source of other utterances.
+
+    The rooms' spectra are cached per process as ``reverb`` first needs them (at most ``len(rooms)`` per crop
+    length; 12 MB for 64 rooms and 2 s crops), so a convolution costs two FFTs instead of three."""
 
     rooms: list[np.ndarray] = field(default_factory=list)
     donor: Donor | None = None
+    _spectra: dict[tuple[int, int], np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def room_spectrum(self, k: int, size: int) -> np.ndarray:
+        """The real FFT of size ``size`` of room ``k`` (complex64 for the float32 rooms), computed once."""
+        key = (k, size)
+        if key not in self._spectra:
+            self._spectra[key] = scipy.fft.rfft(self.rooms[k], size)
+        return self._spectra[key]
 
 
 Stage = Callable[[np.ndarray, np.random.Generator, StageContext], np.ndarray]
@@ -167,8 +179,9 @@ def reverb(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.nda
     """Convolution with a simulated room, kept aligned with the dry signal."""
     if not ctx.rooms:
         return x
-    rir = ctx.rooms[int(rng.integers(len(ctx.rooms)))]
-    return sps.oaconvolve(x, rir)[: len(x)]
+    k = int(rng.integers(len(ctx.rooms)))
+    size = scipy.fft.next_fast_len(len(x) + len(ctx.rooms[k]) - 1, real=True)  # linear, not circular, convolution
+    return scipy.fft.irfft(scipy.fft.rfft(x, size) * ctx.room_spectrum(k, size), size)[: len(x)]
 
 
 @STAGES.register("noise")
@@ -187,10 +200,10 @@ def babble(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.nda
     """3-6 other training utterances at random levels, mixed at 5-20 dB SNR."""
     if ctx.donor is None:
         return x
-    bed = np.zeros(len(x))
+    bed = np.zeros(len(x), np.float32)
     for _ in range(int(rng.integers(3, 7))):
-        talker = fit_length(np.asarray(ctx.donor(rng), dtype=np.float64), len(x))
-        bed += talker * 10 ** (rng.uniform(-6, 0) / 20) / (np.sqrt(np.mean(talker**2)) + 1e-9)
+        talker = fit_length(np.asarray(ctx.donor(rng), dtype=np.float32), len(x))
+        bed += talker * np.float32(10 ** (rng.uniform(-6, 0) / 20) / (np.sqrt(np.mean(talker**2)) + 1e-9))
     return mix_at_snr(x, bed, float(rng.uniform(5.0, 20.0)))
 
 
@@ -199,17 +212,20 @@ def music(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndar
     """Music-like tones: 2-4 voices of notes (a sine driven into saturation, rich in harmonics) with decaying
     envelopes, at 5-15 dB SNR."""
     n = len(x)
-    bed = np.zeros(n)
+    bed = np.zeros(n, np.float32)
+    t = np.arange(n, dtype=np.float32)
     for _ in range(int(rng.integers(2, 5))):
         notes = int(rng.integers(2, 9))
         onsets = np.sort(rng.integers(0, n, notes))
         onsets[0] = 0
-        index = np.searchsorted(onsets, np.arange(n), side="right") - 1  # the note sounding at each sample
-        f0 = 440 * 2 ** ((rng.integers(36, 84, notes) - 69) / 12)
-        phase = 2 * np.pi * np.cumsum(f0[index]) / SAMPLE_RATE
-        since = (np.arange(n) - onsets[index]) / SAMPLE_RATE
-        envelope = np.exp(-since * rng.uniform(0.5, 6.0, notes)[index])
-        bed += envelope * np.tanh(rng.uniform(0.5, 5.0) * np.sin(phase))
+        lengths = np.diff(onsets, append=n)  # in samples; a note sounds until the next one starts
+        step = 2 * np.pi * 440 * 2 ** ((rng.integers(36, 84, notes) - 69) / 12) / SAMPLE_RATE  # radians a sample
+        start = np.mod(np.cumsum(step * lengths) - step * lengths, 2 * np.pi)  # phase runs on across notes
+        decay = rng.uniform(0.5, 6.0, notes) / SAMPLE_RATE  # per sample
+        since = t - np.repeat(onsets.astype(np.float32), lengths)  # samples since the note's onset
+        phase = np.repeat(start.astype(np.float32), lengths) + np.repeat(step.astype(np.float32), lengths) * since
+        envelope = np.exp(-since * np.repeat(decay.astype(np.float32), lengths))
+        bed += envelope * np.tanh(np.float32(rng.uniform(0.5, 5.0)) * np.sin(phase))
     return mix_at_snr(x, bed, float(rng.uniform(5.0, 15.0)))
 
 
@@ -229,9 +245,8 @@ def eq(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray
 def bandlimit(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
     """A high-pass at 50-400 Hz and a low-pass at 2.5-7.5 kHz of random orders."""
     sos = np.vstack([
-        sps.butter(int(rng.integers(1, 5)), float(np.exp(rng.uniform(np.log(50), np.log(400)))), "highpass",
-                   fs=SAMPLE_RATE, output="sos"),
-        sps.butter(int(rng.integers(2, 11)), float(rng.uniform(2500, 7500)), "lowpass", fs=SAMPLE_RATE, output="sos"),
+        butter_sos(int(rng.integers(1, 5)), float(np.exp(rng.uniform(np.log(50), np.log(400)))), "highpass"),
+        butter_sos(int(rng.integers(2, 11)), float(rng.uniform(2500, 7500)), "lowpass"),
     ])
     return sps.sosfilt(sos, x)
 
@@ -253,12 +268,15 @@ def _g711(x: np.ndarray, law: str) -> np.ndarray:
     return np.sign(y) * expanded
 
 
+TELEPHONE_BAND = sps.butter(4, [300, 3400], "bandpass", fs=8000, output="sos")
+
+
 @STAGES.register("telephone")
 def telephone(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
     """A narrow-band telephone line: 300-3400 Hz at 8 kHz, G.711 mu-law or A-law at a random line level."""
     n = len(x)
     narrow = soxr.resample(x, SAMPLE_RATE, 8000)
-    narrow = sps.sosfilt(sps.butter(4, [300, 3400], "bandpass", fs=8000, output="sos"), narrow)
+    narrow = sps.sosfilt(TELEPHONE_BAND, narrow)
     level = 10 ** (rng.uniform(-30, -10) / 20) / (np.sqrt(np.mean(narrow**2)) + 1e-9)
     coded = _g711(narrow * level, "mu" if rng.random() < 0.5 else "a") / level
     return fit_length(soxr.resample(coded, 8000, SAMPLE_RATE), n)

@@ -6,6 +6,7 @@ import io
 import av
 import numpy as np
 import scipy.fft
+import scipy.signal as sps
 import soxr
 
 SAMPLE_RATE = 16000
@@ -29,6 +30,24 @@ def biquads(eq: tuple[EqBand, ...] | list[EqBand], sample_rate: int = SAMPLE_RAT
                      2 * ((a - 1) - (a + 1) * cos), (a + 1) - (a - 1) * cos - sq], axis=1)
     sos = np.select([kind[:, None] == "peak", kind[:, None] == "lowshelf"], [peak, low], high)
     return sos / sos[:, 3:4]
+
+
+def butter_sos(order: int, cutoff: float, btype: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Second-order sections of a digital Butterworth low- or high-pass, as ``scipy.signal.butter(..., output="sos")``
+    gives them (a section per conjugate pole pair, the pair nearest the unit circle last, and a first-order section
+    for an odd order's real pole) but built straight from its poles: scipy's general pairing costs 10x the design."""
+    zeros, poles, gain = sps.butter(order, cutoff, btype, fs=sample_rate, output="zpk")
+    zero = float(zeros[0].real)  # all at -1 (low-pass) or +1 (high-pass)
+    pairs = poles[poles.imag > 1e-12]
+    pairs = pairs[np.argsort(np.abs(pairs))]
+    sections = [np.stack([np.ones(len(pairs)), np.full(len(pairs), -2 * zero), np.ones(len(pairs)),
+                          np.ones(len(pairs)), -2 * pairs.real, np.abs(pairs) ** 2], axis=1)]
+    if order % 2:
+        real = float(poles[np.argmin(np.abs(poles.imag))].real)
+        sections.insert(0, np.array([[1.0, -zero, 0.0, 1.0, -real, 0.0]]))
+    sos = np.vstack(sections)
+    sos[0, :3] *= gain
+    return sos
 
 
 def colored_noise(rng: np.random.Generator, n: int, exponent: float, sample_rate: int = SAMPLE_RATE,
@@ -62,14 +81,13 @@ def codec_round_trip(x: np.ndarray, encoder: str, container: str, rate: int = SA
             stream.bit_rate = bit_rate
         frame = av.AudioFrame.from_ndarray(np.clip(y, -1, 1).astype(np.float32)[None], format="flt", layout="mono")
         frame.sample_rate = rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            out.mux(packet)
+        out.mux([*stream.encode(frame), *stream.encode(None)])
     buffer.seek(0)
     with av.open(buffer, "r") as inp:
         frames = list(inp.decode(audio=0))
     if not frames:
         return np.zeros_like(x)
-    decoded = np.concatenate([f.to_ndarray().reshape(len(f.layout.channels), -1).mean(axis=0) for f in frames])
+    decoded = np.concatenate([f.to_ndarray() for f in frames], axis=1).mean(axis=0)  # (planes, samples): mono
     if frames[0].sample_rate != SAMPLE_RATE:  # narrow-band codecs, and Opus, which always decodes to 48 kHz
         decoded = soxr.resample(decoded, frames[0].sample_rate, SAMPLE_RATE)
     return fit_length(decoded, len(x))
