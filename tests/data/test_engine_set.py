@@ -178,3 +178,9 @@ def test_speak_recorded_strings_trimmed_words_one_per_text_word(tmp_path):
     assert 3 * 0.36 <= len(a) / 16000 <= 3 * 0.5 and np.abs(a[:160]).max() > 0.05
     with pytest.raises(voices.EngineUnavailable, match="ktuberling-data"):
         voices.speak_recorded("one", voices.RecordedVoice(str(tmp_path / "none")))
+
+
+def test_an_engines_set_records_no_recorded_family_fields():
+    settings = engine_set._settings(TINY)
+    assert "family" not in settings and "recorded_dir" not in settings and settings["trials"] == 8
+    assert engine_set._settings(_recorded(Path("x")))["family"] == "recorded"

@@ -220,6 +220,15 @@ def _drift(voice: EngineVoice, rng: np.random.Generator) -> EngineVoice:
     return replace(voice, spec=spec, rate=round(voice.rate * tempo, 1))
 
 
+def _settings(config: EngineSetConfig) -> dict[str, Any]:
+    """The settings a set records: an engines set leaves out the recorded family's fields, which do not shape it
+    (so sets made before that family existed still resume)."""
+    settings = asdict(config)
+    if config.family == "engines":
+        del settings["family"], settings["recorded_dir"]
+    return settings
+
+
 def build_engine_set(out: str | Path, config: EngineSetConfig = EngineSetConfig(), workers: int | None = None,
                      progress: bool = False) -> dict[str, Any]:
     """Write the cross-engine test set to ``out`` (see module docstring; resumes); returns its voices, the voices
@@ -228,7 +237,7 @@ def build_engine_set(out: str | Path, config: EngineSetConfig = EngineSetConfig(
     held, skipped = roster(config)
     out = Path(out)
     record = json.loads(json.dumps({
-        "config": asdict(config), "sample_rate": SAMPLE_RATE, "espeakng_loader": version("espeakng-loader"),
+        "config": _settings(config), "sample_rate": SAMPLE_RATE, "espeakng_loader": version("espeakng-loader"),
         "voices": {f"id{i + 1:05d}": {"name": v.name, **v.record()} for i, v in held}, "skipped": skipped,
     }))
     prepare_output(out, record, "engines.json")
