@@ -146,11 +146,12 @@ def _recorded(root: Path, **change) -> EngineSetConfig:
 
 
 def test_recorded_set_holds_talkers_with_enough_words(tmp_path):
-    root = _talkers(tmp_path / "sounds", {"aa": 40, "bb": 41, "cc": 5})
+    root = _talkers(tmp_path / "sounds", {"aa": 40, "bb": 41, "cc": 5, "fr": 40})
     config = _recorded(root)
     held, skipped = roster(config)
     assert [v.name for _, v in held] == ["recorded-aa", "recorded-bb"]
-    assert skipped == {"recorded-cc": f"5 recorded words in {root / 'cc'}, need 40"}
+    assert skipped == {"recorded-cc": f"5 recorded words in {root / 'cc'}, need 40",
+                       "recorded-fr": "its words come from several talkers"}
     summary = build_engine_set(tmp_path / "set", config, workers=1)
     assert [summary[k] for k in ("speakers", "sessions", "utterances", "trials")] == [2, 4, 8, 8]
     record = json.loads((tmp_path / "set" / "engines.json").read_text())
