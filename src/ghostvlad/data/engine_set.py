@@ -103,7 +103,7 @@ class EngineSetConfig:
     seed: int = 2000
     channels: str = "field"  # synth channel family
     voices: tuple[str, ...] = ()  # catalogue names to use; () = every installed one
-    min_speakers: int = 12  # change_voice variants are added while fewer voices are installed
+    min_speakers: int = 12  # change_voice variants are added while fewer voices are installed (engines family)
     family: str = "engines"  # "engines" (other synthesis engines) or "recorded" (real talkers, see module doc)
     recorded_dir: str = str(engines.RECORDED_DIR)  # the recorded family's folder of talkers
 
@@ -191,7 +191,7 @@ def roster(config: EngineSetConfig) -> tuple[list[tuple[int, EngineVoice]], dict
     chosen = [(i, v) for i, v in enumerate(everything) if not config.voices or v.name in config.voices]
     skipped = {v.name: why for _, v in chosen if (why := _missing(v))}
     held = [(i, v) for i, v in chosen if v.name not in skipped]
-    if held and len(held) < config.min_speakers:
+    if held and len(held) < config.min_speakers and config.family == "engines":  # real talkers stay real
         if _module("parselmouth"):
             bases = list(held)
             for k, (formant, f0) in enumerate(VARIANTS):
