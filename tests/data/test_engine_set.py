@@ -150,6 +150,7 @@ def test_recorded_set_holds_talkers_with_enough_words(tmp_path):
     config = _recorded(root)
     held, skipped = roster(config)
     assert [v.name for _, v in held] == ["recorded-aa", "recorded-bb"]
+    assert [v.name for _, v in roster(_recorded(root, min_speakers=12))[0]] == ["recorded-aa", "recorded-bb"]
     assert skipped == {"recorded-cc": f"5 recorded words in {root / 'cc'}, need 40",
                        "recorded-fr": "its words come from several talkers"}
     summary = build_engine_set(tmp_path / "set", config, workers=1)
