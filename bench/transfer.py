@@ -9,7 +9,9 @@ For every (scenario, recipe, pooling, seed) it trains the ``demo`` network on a 
 * the mean target cosine within a session and across sessions (the gap shows channel learning), and non-target;
 * with ``--engines DIR``, also "engines": the cross-engine held-out set of :mod:`ghostvlad.data.engine_set`
   (MBROLA, SVOX Pico, RHVoice, Kokoro and Piper voices, no espeak-ng synthesis, through field channels), built in
-  DIR on first use and reused after; needs those engines (README, More voices), skips the ones missing.
+  DIR on first use and reused after; needs those engines (README, More voices), skips the ones missing;
+* with ``--recorded DIR``, also "recorded": real talkers (Debian ``ktuberling-data``'s word recordings, one person
+  per language) through field channels, the ``recorded`` family of :mod:`ghostvlad.data.engine_set`, built likewise.
 
 Scenarios: ``demo`` trains on the demo corpus (:data:`ghostvlad.recipes.DEMO_CORPUS`, scaled by ``--speakers``);
 ``two-session`` on 30 speakers who each have two sessions of very different channels (the case where a model is
@@ -19,7 +21,8 @@ Results are kept per run under ``--work`` (a re-run skips finished runs); the ta
 
     python bench/transfer.py --scenario demo --recipes baseline demo --poolings tap --seeds 0
     python bench/transfer.py --scenario demo --recipes demo --poolings tap tstp astp vlad gvlad --seeds 0 1 2
-    python bench/transfer.py --scenario demo --recipes demo --poolings tap --engines bench_out/engines
+    python bench/transfer.py --scenario demo --recipes demo --poolings tap --engines bench_out/engines \
+        --recorded bench_out/recorded
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ import numpy as np
 from _runtime import add_runtime_options, apply_runtime_options
 
 from ghostvlad.data.augment import STAGE_ORDER
-from ghostvlad.data.engine_set import build_engine_set
+from ghostvlad.data.engine_set import EngineSetConfig, build_engine_set
 from ghostvlad.data.voices import EngineUnavailable
 from ghostvlad.fileio import atomic_write_text
 from ghostvlad.loading import load_model
@@ -58,8 +61,10 @@ def run_one(work: Path, scenario: str, recipe: str, pooling: str, seed: int, arg
     result_path = work / "results" / f"{name}.json"
     if result_path.exists():
         row = json.loads(result_path.read_text())
-        if args.engines is not None and "engines" not in row:  # a run made before --engines was given
-            row["engines"] = asdict(score_corpus(load_model(work / "runs" / name), args.engines, work / "cache")[0])
+        missing = {k: d for k, d in held_out_sets(args).items() if k not in row}  # sets added since that run
+        if missing:
+            model = load_model(work / "runs" / name)
+            row.update({k: asdict(score_corpus(model, d, work / "cache")[0]) for k, d in missing.items()})
             atomic_write_text(result_path, json.dumps(row, indent=1))
         return row
     suffix = "" if args.voices == DEMO_CORPUS.voices else f"-{args.voices}"
@@ -77,11 +82,15 @@ def run_one(work: Path, scenario: str, recipe: str, pooling: str, seed: int, arg
     cross_domain, _ = score_corpus(model, cross, cache)
     row = {"scenario": scenario, "recipe": recipe, "pooling": pooling, "seed": seed, "train_s": round(train_s, 1),
            "in_domain": asdict(in_domain), "cross_domain": asdict(cross_domain)}
-    if args.engines is not None:
-        row["engines"] = asdict(score_corpus(model, args.engines, cache)[0])
+    row.update({k: asdict(score_corpus(model, d, cache)[0]) for k, d in held_out_sets(args).items()})
     result_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(result_path, json.dumps(row, indent=1))
     return row
+
+
+def held_out_sets(args) -> dict[str, Path]:
+    """The optional held-out sets asked for: column name -> folder."""
+    return {k: d for k, d in (("engines", args.engines), ("recorded", args.recorded)) if d is not None}
 
 
 def cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -103,29 +112,34 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="Extra config overrides (key.sub=value).")
     parser.add_argument("--engines", type=Path, default=None,
                         help="Also score on the cross-engine held-out set in this folder (built on first use).")
+    parser.add_argument("--recorded", type=Path, default=None,
+                        help="Also score on real recorded talkers (apt-get install ktuberling-data) in this folder "
+                             "(built on first use).")
     add_runtime_options(parser)
     args = parser.parse_args()
     apply_runtime_options(args)
-    if args.engines is not None:
+    for option, folder, family in (("--engines", args.engines, "engines"), ("--recorded", args.recorded, "recorded")):
+        if folder is None:
+            continue
         try:
-            built = build_engine_set(args.engines, on_progress=lambda done, total: print(
-                f"\rengines set: {done}/{total} utterances", end="\n" if done == total else "", file=sys.stderr))
+            built = build_engine_set(folder, EngineSetConfig(family=family), on_progress=lambda done, total: print(
+                f"\r{family} set: {done}/{total} utterances", end="\n" if done == total else "", file=sys.stderr))
         except (EngineUnavailable, ValueError) as err:
-            raise SystemExit(f"--engines {args.engines}: {err}") from None
-        print(f"engines set {args.engines}: {built['speakers']} voices, {built['trials']} trials"
+            raise SystemExit(f"{option} {folder}: {err}") from None
+        print(f"{family} set {folder}: {built['speakers']} voices, {built['trials']} trials"
               + (f"; skipped {', '.join(built['skipped'])}" if built["skipped"] else ""))
     rows = [run_one(args.work, args.scenario, r, p, s, args)
             for r in args.recipes for p in args.poolings for s in args.seeds]
     print(f"\n{args.scenario}: EER % and mean cosines (mean ± std over seeds {args.seeds})")
-    engines = args.engines is not None
-    print("| recipe | pooling | in-domain EER | cross-domain EER | " + ("engines EER | " if engines else "")
+    extra = list(held_out_sets(args))
+    print("| recipe | pooling | in-domain EER | cross-domain EER | " + "".join(f"{k} EER | " for k in extra)
           + "cross-domain minDCF(0.05) | target cos same / cross session (in-domain) | non-target cos | train s |")
-    print("|---|---|---|---|---|---|---|---|" + ("---|" if engines else ""))
+    print("|---|---|---|---|---|---|---|---|" + "---|" * len(extra))
     for r in args.recipes:
         for p in args.poolings:
             got = [row for row in rows if row["recipe"] == r and row["pooling"] == p]
             ind, crd = [g["in_domain"] for g in got], [g["cross_domain"] for g in got]
-            eng = f"{cell([g['engines']['eer'] for g in got])} | " if engines else ""
+            eng = "".join(f"{cell([g[k]['eer'] for g in got])} | " for k in extra)
             print(f"| {r} | {p} | {cell([x['eer'] for x in ind])} | {cell([x['eer'] for x in crd])} | {eng}"
                   f"{cell([x['min_dcf'] for x in crd], 1, 3)} | "
                   f"{cell([x['cos_same_session'] for x in ind], 1, 2)} / {cell([x['cos_cross_session'] for x in ind], 1, 2)} | "

