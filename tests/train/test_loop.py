@@ -300,3 +300,13 @@ def test_training_reports_each_log_row_to_the_callback_and_prints_nothing(corpus
         (str(r["global_step"]), r["loss"], r["acc"]) for r, _ in seen]
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_min_steps_passes_a_small_corpus_several_times_an_epoch(corpus, tmp_path):
+    manifest, config = corpus  # 16 utterances, batches of 4: one pass is 4 steps
+    steps = {name: Trainer(load_config(config, ["train.steps_per_epoch=null", *extra]), manifest,
+                           tmp_path / name).parts.batches.steps
+             for name, extra in (("pass", []), ("min", ["train.min_steps=30"]), ("less", ["train.min_steps=8"]))}
+    assert steps == {"pass": 4, "min": 8, "less": 4}  # ceil(30 / 4 epochs) = 8; 8 steps are within 4 epochs of one pass
+    with pytest.raises(ConfigError, match="train.min_steps=30: .*not given with train.steps_per_epoch"):
+        load_config(config, ["train.min_steps=30"])

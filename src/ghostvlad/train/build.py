@@ -3,6 +3,7 @@ centers or weights of another model), DDP wrapper, optimiser, learning-rate sche
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,18 +148,26 @@ def _dataset(config: TrainConfig, data: Path, dist: DistInfo):
 
 def _batches(config: TrainConfig, dataset: CropDataset | ShardCropDataset, size: int,
              dist: DistInfo) -> EpochBatches | SessionBatches:
+    """The run's sampler; with ``train.min_steps``, epochs of a small corpus hold more than one pass."""
     run = config.train
     if run.sampler not in SAMPLERS:
         raise TrainError(f"unknown train.sampler {run.sampler!r}; choose {' or '.join(SAMPLERS)}")
-    if run.sampler == "random":
-        return EpochBatches(size, run.batch_size, dist.rank, dist.world, run.seed, run.steps_per_epoch)
-    if not isinstance(dataset, CropDataset):
+    if run.sampler == "sessions" and not isinstance(dataset, CropDataset):
         raise TrainError("train.sampler=sessions needs a manifest CSV (shards are read in stream order)")
-    try:
-        return SessionBatches(dataset.labels, dataset.sessions(), run.batch_size, run.per_speaker,
-                              dist.rank, dist.world, run.seed, run.steps_per_epoch)
-    except ValueError as exc:
-        raise TrainError(f"train.sampler=sessions: {exc}") from None
+
+    def sampler(steps: int | None) -> EpochBatches | SessionBatches:
+        if run.sampler == "random":
+            return EpochBatches(size, run.batch_size, dist.rank, dist.world, run.seed, steps)
+        try:
+            return SessionBatches(dataset.labels, dataset.sessions(), run.batch_size, run.per_speaker,
+                                  dist.rank, dist.world, run.seed, steps)
+        except ValueError as exc:
+            raise TrainError(f"train.sampler=sessions: {exc}") from None
+
+    batches = sampler(run.steps_per_epoch)
+    if run.min_steps is not None and batches.steps * run.epochs < run.min_steps:
+        batches = sampler(math.ceil(run.min_steps / run.epochs))
+    return batches
 
 
 def _classifier(config: TrainConfig, classes: int, init: str | os.PathLike | None) -> Classifier:

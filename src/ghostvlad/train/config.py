@@ -86,6 +86,9 @@ class RunConfig:
     epochs: int = 128
     batch_size: int = 160  # global batch, split across ranks
     steps_per_epoch: int | None = None  # None: one pass over the data
+    # at least this many steps over train.epochs: a small corpus is passed over several times per epoch (steps per
+    # epoch = max(one pass, ceil(min_steps / epochs))); a large one is unaffected. Not with steps_per_epoch.
+    min_steps: int | None = None
     precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision; fp16 only on GPU)
     seed: int = 0
     checkpoint_every: int = 500  # steps (plus every epoch end)
@@ -107,6 +110,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         PRECISIONS.get(self.precision)
         VLAD_INITS.get(self.vlad_init)
+        if self.min_steps is not None and (self.min_steps < 1 or self.steps_per_epoch is not None):
+            raise ConfigError(f"train.min_steps={self.min_steps}: must be at least 1, and not given with "
+                              f"train.steps_per_epoch (which fixes the steps)")
 
 
 @dataclass
