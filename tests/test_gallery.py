@@ -330,6 +330,7 @@ def test_concurrent_reader_sees_consistent_snapshots(tmp_path):
         assert len(gallery) == 150 and {s.utterances for s in gallery.speakers()} == {3}
 
 
+@pytest.mark.slow
 def test_search_of_100k_by_512_matches_brute_force():
     rng = np.random.default_rng(0)
     matrix = _unit(rng.standard_normal((100_000, 512), dtype=np.float32))

@@ -83,6 +83,7 @@ def test_stop_and_resume_equals_uninterrupted(corpus, tmp_path):
     assert model.embed_dim == 8 and model.info["source"] == "ghostvlad-train"
 
 
+@pytest.mark.slow
 def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(corpus, tmp_path):
     manifest, config = corpus
     longer = "train.epochs=40"  # 200 steps: time to kill it mid-run
@@ -144,6 +145,7 @@ def test_kmeans_vlad_init_puts_each_center_at_the_mean_of_its_descriptors(corpus
         load_config(config, ["train.vlad_init=random"])
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     manifest, config = corpus
     run = tmp_path / "ddp"

@@ -23,6 +23,7 @@ def rows(run):
         return [tuple(r[k] for k in LOGGED) for r in csv.DictReader(fh)]
 
 
+@pytest.mark.slow
 def test_metrics_after_stops_and_a_kill_read_as_one_uninterrupted_run(corpus, tmp_path):  # noqa: F811
     manifest, config = corpus
     cfg = load_config(config)  # 4 epochs of 5 steps, a checkpoint every step
