@@ -73,7 +73,9 @@ def test_cli_export_then_embed_and_verify(tmp_path):
         warnings.simplefilter("ignore", DeprecationWarning)
         res = runner.invoke(app, ["export", "-m", str(model_dir), "-f", "torchscript", "-o", str(tmp_path / "m.pt")])
         assert res.exit_code == 0, res.output
-        assert torch.jit.load(str(tmp_path / "m.pt")) is not None
+        with torch.inference_mode():
+            scripted = torch.jit.load(str(tmp_path / "m.pt"))(torch.from_numpy(WAVES[0])[None], torch.tensor([len(WAVES[0])]))
+        assert min_cosine(scripted.numpy(), model.embed(WAVES[0])[None]) > 0.9999
     res = runner.invoke(app, ["export", "-m", str(model_dir), "-f", "onnx", "-o", str(tmp_path / "m.bin")])
     assert res.exit_code == 1 and "must end in .onnx" in res.output
     res = runner.invoke(app, ["export", "-m", str(onnx_path), "-f", "onnx", "-o", str(tmp_path / "again.onnx")])
