@@ -55,6 +55,7 @@ def single(*args: str):
     return result
 
 
+@pytest.mark.slow
 def test_torchrun_embed_and_shard_parts_equal_one_process(setup, tmp_path):
     common = ["embed", "--model", str(setup["model"]), *setup["files"], "--device", "cpu"]
     single(*common, "--out", str(tmp_path / "one.npz"))
@@ -79,6 +80,7 @@ def test_torchrun_embed_and_shard_parts_equal_one_process(setup, tmp_path):
     assert result.exit_code != 0 and "shard 3/3: need 0 <= k < n" in result.output
 
 
+@pytest.mark.slow
 def test_torchrun_eval_and_sharded_cache_equal_one_process(setup, tmp_path):
     common = ["eval", "--model", str(setup["model"]), "--trials", str(setup["trials"]), "--wav-root",
               str(setup["root"] / "wav"), "--device", "cpu"]

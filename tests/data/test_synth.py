@@ -217,6 +217,7 @@ def test_voice_pools_and_field_channels(tmp_path):
                 assert spectrum[len(spectrum) // 2 + 200 :].sum() < 1e-3 * spectrum.sum()
 
 
+@pytest.mark.slow
 def test_rounds_of_fresh_workers_give_the_same_corpus(corpora, tmp_path, monkeypatch):
     """Sessions rendered over several rounds of worker processes (as long corpora are) are byte-identical."""
     from ghostvlad.data.synth import render

@@ -2,9 +2,12 @@
 cross-domain (another synthesiser through unseen channel types)."""
 from pathlib import Path
 
+import pytest
+
 from ghostvlad.recipes import CROSS_DOMAIN, DEMO_CORPUS, run_demo
 
 
+@pytest.mark.slow
 def test_demo_recipe_learns_voices_that_transfer(tmp_path: Path, monkeypatch):
     from dataclasses import replace
 

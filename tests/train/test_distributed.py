@@ -13,6 +13,8 @@ from ghostvlad.train import distributed
 from ghostvlad.train.config import load_config
 from ghostvlad.train.distributed import DistError, launch_environment
 
+pytestmark = pytest.mark.slow
+
 
 def test_torchrun_then_slurm_variables_or_a_clear_refusal():
     assert launch_environment({}) == (0, 1, 0, 1)

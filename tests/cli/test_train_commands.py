@@ -1,0 +1,33 @@
+"""`ghostvlad train` on bad config values and a full disk."""
+import errno
+import os
+import sys
+from pathlib import Path
+
+import torch
+from typer.testing import CliRunner
+
+from ghostvlad.cli import app
+from ghostvlad.train.checkpoint import CHECKPOINT_NAME
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "train"))
+from test_loop import corpus  # noqa: E402,F401  (the tiny corpus fixture)
+
+
+def test_cli_checkpoint_on_a_full_disk_and_bad_config_values(corpus, tmp_path, monkeypatch):  # noqa: F811
+    manifest, config = corpus
+    runner = CliRunner()
+    base = ["train", "--config", str(config), "--data", str(manifest)]
+    res = runner.invoke(app, [*base, "--out", str(tmp_path / "r1"), "train.epochs=abc"])
+    assert res.exit_code == 1 and "train.epochs: expected an integer, got 'abc'" in res.output
+    assert "Traceback" not in res.output
+
+    def full_disk(state, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    run = tmp_path / "r2"
+    res = runner.invoke(app, [*base, "--out", str(run), "--max-steps", "1"])
+    assert res.exit_code == 1, res.output
+    assert f"{run / CHECKPOINT_NAME}: No space left on device" in " ".join(res.output.split())
+    assert not list(run.glob(".*.tmp")) and not (run / CHECKPOINT_NAME).exists()
