@@ -134,3 +134,16 @@ def test_other_sample_rates_are_resampled(model, serve):
     assert answer["seconds"] >= 0.9
     prefix = soxr.resample(pcm16(x48).astype(np.float32) / 32768, 48000, 16000)[: int(answer["seconds"] * 16000)]
     assert float(np.dot(answer["embedding"], model.embed(prefix))) > 0.99
+
+
+def test_an_onnx_model_refuses_streams_with_4501_and_still_serves_requests(model, serve, tmp_path):
+    from ghostvlad.export import export_onnx
+    from ghostvlad.loading import load_model
+
+    onnx = load_model(export_onnx(model, tmp_path / "model.onnx"))
+    base = serve(onnx)
+    with connect(ws_url(base)) as ws:
+        message, code = closed_with(ws)
+    assert code == 4501 and message == {"error": "live streams need a PyTorch model; this server runs an ONNX model"}
+    response = httpx.post(f"{base}/v1/embed", files={"file": ("x.wav", wav_bytes(voice(VOICES["bob"], 1.0)))})
+    assert response.status_code == 200 and len(response.json()["embedding"]) == onnx.embed_dim

@@ -12,7 +12,8 @@ Protocol (query parameters ``top`` (default 3), ``update`` (seconds of audio bet
 
 Bad input (odd-length PCM, text that is not a command, a wrong token, silence from the client for
 ``idle_timeout``) gets ``{"error": "one line"}`` and the connection is closed with an application code that
-mirrors HTTP: 4400 bad input, 4401 token, 4408 idle, 4503 too many streams. Each stream runs its model work
+mirrors HTTP: 4400 bad input, 4401 token, 4408 idle, 4501 a model that cannot stream (ONNX), 4503 too many
+streams. Each stream runs its model work
 on the batcher's model thread, between batches; its memory is bounded whatever its length.
 """
 from __future__ import annotations
@@ -25,17 +26,20 @@ from fastapi import WebSocket, WebSocketDisconnect
 from ..audio import SAMPLE_RATE, AudioError
 from ..errors import GhostvladError
 from ..gallery import GalleryError
+from ..inference import SpeakerModel
 from ..streaming import pcm16_samples
 from .service import Service
 
 
-BAD_INPUT, UNAUTHORIZED, IDLE, BUSY = 4400, 4401, 4408, 4503
+BAD_INPUT, UNAUTHORIZED, UNSUPPORTED, IDLE, BUSY = 4400, 4401, 4501, 4408, 4503
 
 
 async def serve_stream(websocket: WebSocket, service: Service) -> None:
     """Handle one ``/v1/stream`` connection (see the module docstring)."""
     await websocket.accept()
     try:
+        if not isinstance(service.model, SpeakerModel):
+            raise StreamClosed(UNSUPPORTED, "live streams need a PyTorch model; this server runs an ONNX model")
         if service.streams >= service.config.max_streams:
             raise StreamClosed(BUSY, f"{service.streams} live streams already; the limit is {service.config.max_streams}")
         params = websocket.query_params
