@@ -154,12 +154,13 @@ def _batches(config: TrainConfig, dataset: CropDataset | ShardCropDataset, size:
         raise TrainError(f"unknown train.sampler {run.sampler!r}; choose {' or '.join(SAMPLERS)}")
     if run.sampler == "sessions" and not isinstance(dataset, CropDataset):
         raise TrainError("train.sampler=sessions needs a manifest CSV (shards are read in stream order)")
+    sessions = dataset.sessions() if run.sampler == "sessions" else None  # once: a pass over every path
 
     def sampler(steps: int | None) -> EpochBatches | SessionBatches:
-        if run.sampler == "random":
+        if sessions is None:
             return EpochBatches(size, run.batch_size, dist.rank, dist.world, run.seed, steps)
         try:
-            return SessionBatches(dataset.labels, dataset.sessions(), run.batch_size, run.per_speaker,
+            return SessionBatches(dataset.labels, sessions, run.batch_size, run.per_speaker,
                                   dist.rank, dist.world, run.seed, steps)
         except ValueError as exc:
             raise TrainError(f"train.sampler=sessions: {exc}") from None
