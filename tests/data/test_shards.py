@@ -3,6 +3,7 @@ import json
 import re
 import tarfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,13 +189,18 @@ def test_index_errors(tmp_path, shards):
     assert index.base == str(shards) and index.url(0) == f"{shards}/shard-000000.tar"
 
 
-def test_bad_sample_at_training_time_names_it(tmp_path):
-    with open(tmp_path / "shard-000000.tar", "wb") as fh, wds.TarWriter(fh, encoder=False) as tar:
+def _one_bad_shard(root: Path) -> None:
+    """Shards in ``root`` holding one sample whose audio is not FLAC (its source path: /data/a/v/1.wav)."""
+    with open(root / "shard-000000.tar", "wb") as fh, wds.TarWriter(fh, encoder=False) as tar:
         meta = {"index": 0, "speaker": "a", "duration": 1.0, "path": "/data/a/v/1.wav"}
         tar.write({"__key__": "000000000", "flac": b"not flac at all", "json": json.dumps(meta).encode()})
     record = {"format": "ghostvlad-shards/1", "utterances": 1, "speakers": ["a"],
               "shards": [{"name": "shard-000000.tar", "count": 1, "bytes": 1}]}
-    (tmp_path / "index.json").write_text(json.dumps(record))
+    (root / "index.json").write_text(json.dumps(record))
+
+
+def test_bad_sample_at_training_time_names_it(tmp_path):
+    _one_bad_shard(tmp_path)
     with pytest.raises(AudioError, match=re.escape(f"/data/a/v/1.wav (in {tmp_path}/shard-000000.tar:000000000): "
                                                    "cannot read audio")):
         next(iter(ShardCropDataset(tmp_path)))
@@ -215,12 +221,7 @@ def test_write_errors(manifest, tmp_path):
 def test_bad_sample_during_training_is_logged_and_skipped(tmp_path):
     from ghostvlad.data.dataset import read_bad_files
 
-    with open(tmp_path / "shard-000000.tar", "wb") as fh, wds.TarWriter(fh, encoder=False) as tar:
-        meta = {"index": 0, "speaker": "a", "duration": 1.0, "path": "/data/a/v/1.wav"}
-        tar.write({"__key__": "000000000", "flac": b"not flac at all", "json": json.dumps(meta).encode()})
-    record = {"format": "ghostvlad-shards/1", "utterances": 1, "speakers": ["a"],
-              "shards": [{"name": "shard-000000.tar", "count": 1, "bytes": 1}]}
-    (tmp_path / "index.json").write_text(json.dumps(record))
+    _one_bad_shard(tmp_path)
     dataset = ShardCropDataset(tmp_path)
     dataset.bad_log = str(tmp_path / "run" / "bad_files.txt")
     assert list(dataset) == []
