@@ -50,7 +50,7 @@ def test_every_package_error_derives_from_one_root():
     from ghostvlad.data.manifest import ManifestError
     from ghostvlad.schema import ConfigError
 
-    for cls in (AudioError, ModelFileError, keras.KerasConversionError, shards.ShardError, trials.TrialsError,
+    for cls in (AudioError, ModelFileError, keras.KerasConversionError, shards.DataShardError, trials.TrialsError,
                 evaluate.EvalError, gallery.GalleryError, calibration.CalibrationError, checkpoint.CheckpointError,
                 build.TrainError, ManifestError, ConfigError, DeviceError, espeak.EspeakUnavailable):
         assert issubclass(cls, GhostvladError) and issubclass(cls, ValueError), cls

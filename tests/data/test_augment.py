@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ghostvlad.data.augment import SNR_DB, Augmenter
+from ghostvlad.data.augment import SNR_DB, AugmentError, Augmenter
 
 
 @pytest.fixture
@@ -24,9 +24,9 @@ def test_none_without_folders():
 
 
 def test_empty_folders_fail_clearly(tmp_path):
-    with pytest.raises(ValueError, match="no audio under noise/, music/ or speech/"):
+    with pytest.raises(AugmentError, match="no audio under noise/, music/ or speech/"):
         Augmenter.from_dirs(tmp_path, None, 0.5)
-    with pytest.raises(ValueError, match="no .wav/.flac room impulse responses"):
+    with pytest.raises(AugmentError, match="no .wav/.flac room impulse responses"):
         Augmenter.from_dirs(None, tmp_path, 0.5)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.signal as sps
 
-from ghostvlad.data.augment import CODECS, STAGE_ORDER, STAGES, ChannelAugment, StageContext, _g711, chain
+from ghostvlad.data.augment import CODECS, STAGE_ORDER, STAGES, AugmentError, ChannelAugment, StageContext, _g711, chain
 from ghostvlad.data.dsp import butter_sos, codec_round_trip
 
 SR = 16000
@@ -199,7 +199,7 @@ def test_chain_order_and_none():
 
 
 def test_bad_settings_fail_clearly():
-    with pytest.raises(ValueError, match="unknown augmentation stage.*wobble"):
+    with pytest.raises(AugmentError, match="unknown augmentation stage.*wobble"):
         ChannelAugment({"wobble": 0.5})
-    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+    with pytest.raises(AugmentError, match=r"in \[0, 1\]"):
         ChannelAugment({"noise": 1.5})

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from ghostvlad.audio import AudioError, load_audio
 from ghostvlad.data import dataset
-from ghostvlad.data.dataset import CropDataset, crop_plan, crop_samples, read_crop
+from ghostvlad.data.dataset import CropDataset, DatasetError, crop_plan, crop_samples, read_crop
 from ghostvlad.data.manifest import Manifest
 from ghostvlad.features import train_crop
 
@@ -210,7 +210,7 @@ def test_dataset_items_and_determinism(manifest):
     assert sum(not np.array_equal(a, b) for a, b in zip(first_epoch, other_epoch)) >= 10  # short clips may repeat
     other_seed = CropDataset(manifest, seed=8)
     assert not np.array_equal(other_seed[4][0], crop)
-    with pytest.raises(ValueError, match="epoch must be >= 0"):
+    with pytest.raises(DatasetError, match="epoch must be >= 0"):
         ds.set_epoch(-1)
 
 
@@ -218,7 +218,7 @@ def test_dataset_speaker_ids(manifest):
     ids = ["id00002", "extra", "id00000", "id00001"]
     ds = CropDataset(manifest, speaker_ids=ids)
     assert [ds[i][1] for i in range(3)] == [2, 3, 0]
-    with pytest.raises(ValueError, match="1 manifest speaker\\(s\\) not in speaker_ids, e.g. 'id00002'"):
+    with pytest.raises(DatasetError, match="1 manifest speaker\\(s\\) not in speaker_ids, e.g. 'id00002'"):
         CropDataset(manifest, speaker_ids=["id00000", "id00001"])
 
 
@@ -301,7 +301,7 @@ def test_speed_perturbation_makes_classes_and_plays_faster(tmp_path):
 
 def test_bad_speeds_are_refused(manifest):
     for speeds in ([], [0.9, 0.9], [3.0]):
-        with pytest.raises(ValueError, match="speeds"):
+        with pytest.raises(DatasetError, match="speeds"):
             CropDataset(manifest, speeds=speeds)
 
 

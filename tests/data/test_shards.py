@@ -13,9 +13,9 @@ from conftest import write_aac
 from torch.utils.data import DataLoader
 
 from ghostvlad.audio import AudioError, load_audio
-from ghostvlad.data.dataset import CropDataset, ShardCropDataset
+from ghostvlad.data.dataset import CropDataset, DatasetError, ShardCropDataset
 from ghostvlad.data.manifest import Manifest
-from ghostvlad.data.shards import ShardError, read_index, write_shards
+from ghostvlad.data.shards import DataShardError, read_index, write_shards
 
 N = 23
 
@@ -169,21 +169,21 @@ def test_speaker_ids_and_rank_checks(shards):
         ShardCropDataset(shards, speaker_ids=["id00000", "id00001", "id00002"])
     with pytest.raises(ValueError, match=re.escape("rank 2 is not in [0, world=2)")):
         ShardCropDataset(shards, rank=2, world=2)
-    with pytest.raises(ValueError, match="5 shard\\(s\\) cannot feed 6 ranks"):
+    with pytest.raises(DatasetError, match="5 shard\\(s\\) cannot feed 6 ranks"):
         ShardCropDataset(shards, rank=0, world=6)
 
 
 def test_index_errors(tmp_path, shards):
-    with pytest.raises(ShardError, match=f"^{tmp_path / 'index.json'}: no such file$"):
+    with pytest.raises(DataShardError, match=f"^{tmp_path / 'index.json'}: no such file$"):
         read_index(tmp_path)
     (tmp_path / "index.json").write_text("{}")
-    with pytest.raises(ShardError, match="not a ghostvlad shard index"):
+    with pytest.raises(DataShardError, match="not a ghostvlad shard index"):
         read_index(tmp_path / "index.json")
     (tmp_path / "index.json").write_text('{"format": "ghostvlad-shards/1", "shards": [{"name": 1}]}')
-    with pytest.raises(ShardError, match="malformed shard index"):
+    with pytest.raises(DataShardError, match="malformed shard index"):
         read_index(tmp_path)
     (tmp_path / "index.json").write_text("not json")
-    with pytest.raises(ShardError, match="cannot read shard index"):
+    with pytest.raises(DataShardError, match="cannot read shard index"):
         read_index(tmp_path)
     index = read_index(shards)
     assert index.base == str(shards) and index.url(0) == f"{shards}/shard-000000.tar"
@@ -210,7 +210,7 @@ def test_bad_sample_at_training_time_names_it(tmp_path):
 
 
 def test_write_errors(manifest, tmp_path):
-    with pytest.raises(ShardError, match="max_count"):
+    with pytest.raises(DataShardError, match="max_count"):
         write_shards(manifest, tmp_path, max_count=0)
     broken = Manifest([*manifest.paths[:2], str(tmp_path / "gone.wav")], manifest.speakers[:3], manifest.durations[:3])
     with pytest.raises(AudioError, match=f"{tmp_path / 'gone.wav'}: file not found"):

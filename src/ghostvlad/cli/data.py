@@ -55,13 +55,13 @@ def prepare(
         msg += f"; {len(report.bad)} bad file(s) left out, listed in {report.bad_report}"
     out.print(msg, highlight=False)
     if shards is not None:
-        from ..data.shards import ShardError, write_shards
+        from ..data.shards import DataShardError, write_shards
 
         try:
             with progress_callback("packing") as on_progress:
                 index = write_shards(manifest, shards, max_count=shard_size, max_mb=shard_mb, seed=seed,
                                      keep_original=keep_original, workers=workers, on_progress=on_progress)
-        except (AudioError, ShardError, OSError) as exc:
+        except (AudioError, DataShardError, OSError) as exc:
             fail(str(exc))
         size = sum(s.bytes for s in index.shards) / 1e6
         out.print(f"wrote {len(index.shards)} shard(s) ({size:.1f} MB) and {Path(index.base) / 'index.json'}",

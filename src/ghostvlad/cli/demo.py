@@ -22,9 +22,8 @@ def demo(
     training never saw (cross-domain: telephone lines, speech codecs, saturation)."""
     from rich.table import Table
 
-    from ..audio import AudioError
+    from ..errors import GhostvladError, describe
     from ..recipes import run_demo
-    from ..train.build import TrainError
 
     steps = iter(range(1, 4))
     bar = progress_bar()
@@ -43,8 +42,8 @@ def demo(
         with bar:
             result = run_demo(out_dir, seed=seed, speakers=speakers, epochs=epochs, on_stage=on_stage, on_log=on_log,
                               on_synth=lambda done, total: bar.update(task, completed=done, total=total))
-    except (TrainError, AudioError, ValueError, OSError) as exc:
-        fail(str(exc))
+    except (GhostvladError, OSError) as exc:
+        fail(describe(exc))
 
     table = Table(title="ghostvlad demo: held-out synthetic speakers")
     table.add_column("metric")

@@ -25,19 +25,17 @@ def train(
     """Train a speaker encoder. One GPU: `ghostvlad train ...`; several: `torchrun --nproc_per_node N -m ghostvlad train ...`."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ..audio import AudioError
-    from ..train.checkpoint import CheckpointError
+    from ..errors import GhostvladError, describe
     from ..train.config import load_config
-    from ..train.distributed import DistError, teardown
-    from ..train.build import TrainError
+    from ..train.distributed import teardown
     from ..train.loop import Trainer
 
     try:
         cfg = load_config(config, overrides or [])
         trainer = Trainer(cfg, data, out_dir, init=init, device=device)
-    except (TrainError, DistError, ValueError) as exc:
+    except (GhostvladError, OSError) as exc:
         teardown()
-        fail(str(exc))
+        fail(describe(exc))
     main = trainer.dist.main
     for note in trainer.notices if main else []:
         err.print(f"note: {note}", highlight=False)
@@ -56,8 +54,8 @@ def train(
     try:
         with bar:
             state = trainer.run(max_steps=max_steps, on_log=on_log)
-    except (TrainError, AudioError, CheckpointError, DistError) as exc:
-        fail(str(exc))
+    except (GhostvladError, OSError) as exc:
+        fail(describe(exc))
     finally:
         teardown()
     if main:

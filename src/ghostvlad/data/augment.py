@@ -25,12 +25,17 @@ import soxr
 from scipy.signal import fftconvolve
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio
+from ..errors import GhostvladError
 from ..registry import Registry
 from .dsp import biquads, butter_sos, codec_round_trip, colored_noise, fit_length, mix_at_snr
 
 # SNR ranges (dB) per MUSAN category, as used by the VoxCeleb recipes of Kaldi and its successors
 SNR_DB = {"noise": (0.0, 15.0), "music": (5.0, 15.0), "speech": (13.0, 20.0)}
 AUDIO_SUFFIXES = (".wav", ".flac")
+
+
+class AugmentError(GhostvladError):
+    """A bad augmentation setting or noise / impulse-response folder, as one line."""
 
 
 def _audio_files(root: Path) -> list[str]:
@@ -66,11 +71,11 @@ class Augmenter:
             root = Path(musan)
             aug.musan = {c: files for c in SNR_DB if (files := _audio_files(root / c))}
             if not aug.musan:
-                raise ValueError(f"{root}: no audio under noise/, music/ or speech/ (expected the MUSAN layout)")
+                raise AugmentError(f"{root}: no audio under noise/, music/ or speech/ (expected the MUSAN layout)")
         if rir is not None:
             aug.rirs = _audio_files(Path(rir))
             if not aug.rirs:
-                raise ValueError(f"{rir}: no .wav/.flac room impulse responses found")
+                raise AugmentError(f"{rir}: no .wav/.flac room impulse responses found")
         return aug
 
     def __call__(self, crop: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -319,10 +324,10 @@ class ChannelAugment:
     def __init__(self, probs: Mapping[str, float], seed: int = 0, rooms: int = 128, donor: Donor | None = None) -> None:
         unknown = sorted(set(probs) - set(STAGE_ORDER))
         if unknown:
-            raise ValueError(f"unknown augmentation stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_ORDER)}")
+            raise AugmentError(f"unknown augmentation stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_ORDER)}")
         bad = {k: v for k, v in probs.items() if not isinstance(v, (int, float)) or not 0 <= v <= 1}
         if bad:
-            raise ValueError(f"augmentation probabilities must be numbers in [0, 1]: {bad}")
+            raise AugmentError(f"augmentation probabilities must be numbers in [0, 1]: {bad}")
         self.probs = {name: float(probs[name]) for name in STAGE_ORDER if probs.get(name, 0) > 0}
         self.context = StageContext(simulate_rooms(rooms, seed) if "reverb" in self.probs else [], donor)
 

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio, prepare_waveform
+from ..errors import GhostvladError
 from ..features import train_crop
 from .augment import Augment
 from .manifest import Manifest
@@ -42,6 +43,10 @@ PARTIAL_READ_SUFFIXES = frozenset({".wav", ".flac"})  # libsndfile seeks these s
 SEEK_DECODE_SUFFIXES = frozenset({".m4a", ".mp4"})  # AAC in MP4: an index of frames, each 1024 samples
 _PREROLL_FRAMES = 2  # AAC frames decoded and dropped before a segment: the MDCT overlap spans one
 _DURATION_TOLERANCE = 16  # samples (1 ms) between the manifest's duration and the file's
+
+
+class DatasetError(GhostvladError):
+    """A training data set that cannot be built as asked (speakers, speeds, shards, ranks), as one line."""
 
 
 def crop_samples(frames: int = 250, hop_length: int = HOP_LENGTH) -> int:
@@ -273,13 +278,13 @@ class _SharedEpoch:
 
     def set(self, epoch: int) -> None:
         if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
+            raise DatasetError(f"epoch must be >= 0, got {epoch}")
         self.value.fill_(epoch)
 
 
 def _label_map(speaker_ids: list[str]) -> dict[str, int]:
     if len(set(speaker_ids)) != len(speaker_ids):
-        raise ValueError("speaker_ids contains duplicates")
+        raise DatasetError("speaker_ids contains duplicates")
     return {s: k for k, s in enumerate(speaker_ids)}
 
 
@@ -287,7 +292,7 @@ def check_speeds(speeds: Sequence[float]) -> tuple[float, ...]:
     """The speed-perturbation factors, checked: a non-empty list of distinct numbers in [0.5, 2]."""
     speeds = tuple(float(v) for v in speeds)
     if not speeds or len(set(speeds)) != len(speeds) or not all(0.5 <= v <= 2 for v in speeds):
-        raise ValueError(f"speeds {list(speeds)}: give distinct factors in [0.5, 2], e.g. [0.9, 1.0, 1.1]")
+        raise DatasetError(f"speeds {list(speeds)}: give distinct factors in [0.5, 2], e.g. [0.9, 1.0, 1.1]")
     return speeds
 
 
@@ -330,7 +335,7 @@ class CropDataset(Dataset):
         index = _label_map(self.speaker_ids)
         unknown = sorted(set(manifest.speakers) - index.keys())
         if unknown:
-            raise ValueError(f"{len(unknown)} manifest speaker(s) not in speaker_ids, e.g. {unknown[0]!r}")
+            raise DatasetError(f"{len(unknown)} manifest speaker(s) not in speaker_ids, e.g. {unknown[0]!r}")
         self.labels = np.array([index[s] for s in manifest.speakers], dtype=np.int64)
         self.paths = np.array([os.fsencode(p) for p in manifest.paths], dtype=np.bytes_)
         self.durations = np.asarray(manifest.durations, dtype=np.float32)
@@ -434,7 +439,7 @@ class ShardCropDataset(IterableDataset):
         self._labels = _label_map(self.speaker_ids)
         unknown = sorted(set(self.index.speakers) - self._labels.keys())
         if unknown:
-            raise ValueError(f"{len(unknown)} shard speaker(s) not in speaker_ids, e.g. {unknown[0]!r}")
+            raise DatasetError(f"{len(unknown)} shard speaker(s) not in speaker_ids, e.g. {unknown[0]!r}")
         self.seed, self.frames, self.shuffle_buffer = seed, frames, shuffle_buffer
         self.speeds = check_speeds(speeds)
         self.augment: Augment | None = None
@@ -442,7 +447,7 @@ class ShardCropDataset(IterableDataset):
         self.bad_log: str | None = None  # samples that fail to decode are logged there and skipped; None: raise
         self.rank, self.world = _rank_world(rank, world)
         if len(self.index.shards) < self.world:
-            raise ValueError(f"{len(self.index.shards)} shard(s) cannot feed {self.world} ranks; write smaller shards")
+            raise DatasetError(f"{len(self.index.shards)} shard(s) cannot feed {self.world} ranks; write smaller shards")
         self._epoch = _SharedEpoch()
 
     @property
@@ -503,6 +508,6 @@ def _rank_world(rank: int | None, world: int | None) -> tuple[int, int]:
         rank = default[0] if rank is None else rank
         world = default[1] if world is None else world
     if not 0 <= rank < world:
-        raise ValueError(f"rank {rank} is not in [0, world={world})")
+        raise DatasetError(f"rank {rank} is not in [0, world={world})")
     return rank, world
 

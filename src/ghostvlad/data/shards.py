@@ -66,7 +66,7 @@ class ShardSample:
     source: str  # for error messages: original path and shard
 
 
-class ShardError(GhostvladError):
+class DataShardError(GhostvladError):
     """An unreadable shard index or shard sample; the message names it."""
 
 
@@ -165,7 +165,7 @@ def write_shards(
     ``on_progress(utterances packed, len(manifest))`` reports it (see :mod:`ghostvlad.progress`). A file that cannot be decoded raises :class:`AudioError`.
     """
     if max_count < 1 or max_mb <= 0:
-        raise ShardError(f"max_count ({max_count}) must be >= 1 and max_mb ({max_mb}) > 0")
+        raise DataShardError(f"max_count ({max_count}) must be >= 1 and max_mb ({max_mb}) > 0")
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     order = np.random.default_rng(seed).permutation(len(manifest))
@@ -222,17 +222,17 @@ def read_index(location: str | os.PathLike) -> ShardIndex:
             text = Path(location).read_text(encoding="utf-8")
         record = json.loads(text)
     except FileNotFoundError:
-        raise ShardError(f"{location}: no such file") from None
+        raise DataShardError(f"{location}: no such file") from None
     except (OSError, ValueError) as exc:
-        raise ShardError(f"{location}: cannot read shard index ({exc})") from None
+        raise DataShardError(f"{location}: cannot read shard index ({exc})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ShardError(f"{location}: not a ghostvlad shard index (expected format {FORMAT!r})")
+        raise DataShardError(f"{location}: not a ghostvlad shard index (expected format {FORMAT!r})")
     try:
         shards = [ShardInfo(str(s["name"]), int(s["count"]), int(s["bytes"])) for s in record["shards"]]
         speakers = [str(s) for s in record["speakers"]]
         utterances = int(record["utterances"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ShardError(f"{location}: malformed shard index ({type(exc).__name__}: {exc})") from None
+        raise DataShardError(f"{location}: malformed shard index ({type(exc).__name__}: {exc})") from None
     base = location.rsplit("/", 1)[0] if _is_url(location) else str(Path(location).parent)
     return ShardIndex(base, shards, speakers, utterances)
 
@@ -263,7 +263,7 @@ def _sample(raw: dict, url: str) -> ShardSample:
         return ShardSample(int(meta["index"]), str(meta["speaker"]), float(meta["duration"]), raw[ext],
                            f"{meta.get('path', key)} (in {where})")
     except (KeyError, StopIteration, TypeError, ValueError) as exc:
-        raise ShardError(f"{where}: malformed shard sample ({type(exc).__name__}: {exc})") from None
+        raise DataShardError(f"{where}: malformed shard sample ({type(exc).__name__}: {exc})") from None
 
 
 def iter_shard_samples(index: ShardIndex, shards: Sequence[int], shuffle_buffer: int = 0,
