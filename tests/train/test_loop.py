@@ -116,8 +116,25 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(corpus, tmp_p
 def test_changed_config_on_an_existing_run_is_refused(corpus, tmp_path):
     manifest, config = corpus
     Trainer(load_config(config), manifest, tmp_path / "run").run(max_steps=1)
-    with pytest.raises(ValueError, match="different config \\(optim.lr\\)"):
+    with pytest.raises(TrainError, match="different config \\(optim.lr\\)"):
         Trainer(load_config(config, ["optim.lr=0.1"]), manifest, tmp_path / "run").run()
+
+
+def test_a_run_folder_of_an_earlier_version_resumes(corpus, tmp_path):
+    """Earlier versions saved ``optim.momentum: 0.9`` and ``optim.eps: 1e-07`` for every optimiser."""
+    manifest, config = corpus
+    run = tmp_path / "run"
+    Trainer(load_config(config), manifest, run).run(max_steps=1)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["optim"]["name"] == "adam" and saved["optim"]["eps"] is None
+    saved["optim"].update(momentum=0.9, eps=1e-7)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    state = Trainer(load_config(config), manifest, run).run(max_steps=2)
+    assert state.global_step == 2
+    saved["optim"]["eps"] = 1e-3  # an argument the optimiser takes, changed: a different run
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    with pytest.raises(TrainError, match="different config \\(optim.eps\\)"):
+        Trainer(load_config(config), manifest, run).run()
 
 
 def test_kmeans_vlad_init_puts_each_center_at_the_mean_of_its_descriptors(corpus, tmp_path):

@@ -232,5 +232,25 @@ def load_config(name_or_path: str | Path, overrides: list[str] = ()) -> TrainCon
     return TrainConfig.from_dict(data)
 
 
+def load_run_config(path: Path) -> TrainConfig:
+    """A run folder's saved config. Run folders of versions before per-optimiser arguments hold ``optim.momentum``
+    and ``optim.eps`` for every optimiser; the one its optimiser does not take is dropped (it had no effect)."""
+    data = _read_yaml(str(path))
+    optim = data.get("optim")
+    if isinstance(optim, dict) and optim.get("name", OptimConfig.name) in OPTIMIZERS:
+        taken = {p.name for p in OPTIMIZERS.params(optim.get("name", OptimConfig.name))}
+        data["optim"] = {k: v for k, v in optim.items() if k not in ("momentum", "eps") or k in taken}
+    return TrainConfig.from_dict(data, str(path))
+
+
+def run_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """The ``section.key`` settings in which two configs make different runs (an optimiser argument left unset
+    equals its default given explicitly)."""
+    da, db = a.to_dict(), b.to_dict()
+    for d, c in ((da, a), (db, b)):
+        d["optim"].update(OPTIMIZERS.resolve(c.optim.name, c.optim.args()).args)
+    return [f"{sec}.{k}" for sec, vals in db.items() for k, v in vals.items() if da[sec].get(k) != v]
+
+
 def dump_config(config: TrainConfig) -> str:
     return yaml.safe_dump(config.to_dict(), sort_keys=False)

@@ -24,7 +24,7 @@ from ..modelfile import RUN_MODEL_DIR
 from . import distributed
 from .build import Classifier, TrainError
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, TrainState, load_checkpoint, save_checkpoint
-from .config import TrainConfig, dump_config, load_config
+from .config import TrainConfig, dump_config, load_run_config, run_differences
 
 CONFIG_NAME = "config.yaml"
 LOCK_NAME = "train.lock"  # held (flock) by the training process using the run folder; holds its pid
@@ -77,9 +77,8 @@ class RunFolder:
         files of a killed run."""
         config_path = self.path / CONFIG_NAME
         if config_path.exists():
-            saved, ours = load_config(config_path).to_dict(), self.config.to_dict()
-            if saved != ours:
-                diff = [f"{sec}.{k}" for sec, vals in ours.items() for k, v in vals.items() if saved[sec].get(k) != v]
+            diff = run_differences(load_run_config(config_path), self.config)
+            if diff:
                 raise TrainError(f"{self.path}: run exists with a different config ({', '.join(diff)}); "
                                  "use a new --out or the same settings to resume")
         distributed.check_shared_folder(self.path, self.dist)
