@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import scipy.signal as sps
 
-from ghostvlad.data.augment import CODECS, STAGE_ORDER, STAGES, AugmentError, ChannelAugment, StageContext, _g711, chain
+from ghostvlad.data.augment import (CODECS, STAGE_ORDER, STAGES, AugmentError, ChannelAugment, StageContext, _g711,
+                                    chain, shortest_rt60, simulate_rooms)
 from ghostvlad.data.dsp import butter_sos, codec_round_trip
 
 SR = 16000
@@ -49,6 +50,16 @@ def test_reverb_convolves_with_one_of_the_simulated_rooms():
     burst[:1600] = x[:1600]
     tail = run("reverb", burst, ctx=aug.context)[1600:4800]
     assert np.sum(tail**2) > 1e-3 * np.sum(burst**2)
+
+
+def test_every_seed_simulates_its_rooms_even_where_a_large_room_cannot_be_as_dry_as_drawn():
+    import pyroomacoustics as pra
+
+    dim = np.array([11.7, 7.8, 3.9])  # seed 2's 12th room: 0.163 s was drawn, its walls allow no less than 0.17 s
+    pra.inverse_sabine(1.001 * shortest_rt60(dim), dim)  # the bound is pyroomacoustics' own
+    with pytest.raises(ValueError):
+        pra.inverse_sabine(0.999 * shortest_rt60(dim), dim)
+    assert len(simulate_rooms(12, seed=2)) == 12  # raised "room may be too large for required RT60" before
 
 
 @pytest.mark.parametrize(("stage", "low", "high"), [("noise", 0, 20), ("music", 5, 15), ("babble", 5, 20)])

@@ -155,11 +155,19 @@ ROOM_MAX_ORDER = 40  # image-source reflection order (about 30 ms per room); bey
 RIR_SECONDS = 1.0
 
 
+def shortest_rt60(dim: np.ndarray, speed_of_sound: float = 343.0) -> float:
+    """Sabine's reverberation time (s) of a shoebox room of size ``dim`` (m) whose walls absorb everything."""
+    volume = float(np.prod(dim))
+    surface = 2.0 * float(dim[0] * dim[1] + dim[0] * dim[2] + dim[1] * dim[2])
+    return 24.0 * np.log(10.0) / speed_of_sound * volume / surface
+
+
 def simulate_rooms(count: int, seed: int) -> list[np.ndarray]:
     """``count`` room impulse responses of shoebox rooms (pyroomacoustics' image-source method).
 
-    Rooms of 3 x 3 x 2.5 to 12 x 10 x 4.5 m with an RT60 of 0.15-1.0 s, source and microphone at random places at
-    least 0.5 m from the walls. Each response starts at its direct path and has unit energy.
+    Rooms of 3 x 3 x 2.5 to 12 x 10 x 4.5 m with an RT60 of 0.15-1.0 s (raised to 1.05 times the shortest a room's
+    size allows, which fully absorbing walls give), source and microphone at random places at least 0.5 m from the
+    walls. Each response starts at its direct path and has unit energy.
     """
     import pyroomacoustics as pra
 
@@ -167,7 +175,7 @@ def simulate_rooms(count: int, seed: int) -> list[np.ndarray]:
     rooms = []
     for _ in range(count):
         dim = rng.uniform([3.0, 3.0, 2.5], [12.0, 10.0, 4.5])
-        absorption, order = pra.inverse_sabine(float(rng.uniform(0.15, 1.0)), dim)
+        absorption, order = pra.inverse_sabine(max(float(rng.uniform(0.15, 1.0)), 1.05 * shortest_rt60(dim)), dim)
         room = pra.ShoeBox(dim, fs=SAMPLE_RATE, materials=pra.Material(absorption),
                            max_order=min(order, ROOM_MAX_ORDER))
         room.add_source(rng.uniform(0.5, dim - 0.5))
