@@ -61,7 +61,7 @@ def test_parse_override_types():
     (["optim.eps=0.1", "optim.name=adamw", "optim.momentum=0.9"], "optimiser 'adamw' does not take: momentum"),
     (["train.precision=fp8"], "unknown precision 'fp8'; choose one of: bf16, fp16, fp32"),
     (["train.vlad_init=random"], "unknown vlad_init 'random'; choose one of: kmeans, orthogonal"),
-    (["model.clusters=4"], "model: pooling 'tstp' does not take: clusters"),
+    (["model.clusters=4"], "model: pooling 'astp' does not take: clusters"),
     (["model.pooling={name: tap, bottleneck: 3}"], "model: pooling 'tap' does not take: bottleneck"),
 ])
 def test_arguments_a_component_does_not_take_are_refused(overrides, message):
@@ -86,6 +86,6 @@ def test_flat_model_section_of_earlier_versions_loads(tmp_path):
     path.write_text("base: paper\nmodel: {backbone: resnet34s, width: 1.0, pooling: gvlad, clusters: 8, "
                     "ghost_clusters: 2, descriptor_dim: 512, embed_dim: 512}\n")
     assert load_config(path) == load_config("paper")
-    path.write_text("base: demo\nmodel: {backbone: resnet34s, width: 0.25, pooling: tstp, clusters: 0, "
+    path.write_text("base: demo\nmodel: {backbone: resnet34s, width: 0.25, pooling: astp, clusters: 0, "
                     "ghost_clusters: 0, descriptor_dim: 64, embed_dim: 64}\n")
     assert load_config(path) == load_config("demo")
