@@ -83,12 +83,12 @@ def test_load_model_dispatches_by_file_kind(saved, monkeypatch, tmp_path):
     assert isinstance(torch_model, SpeakerModel) and isinstance(onnx_model, OnnxSpeakerModel)
     assert torch_model.batch_frames == 700 and onnx_model.batch_frames == 900  # no mutation after loading
     assert load_model(safetensors).batch_frames == 3200
+    with pytest.raises(ModelFileError, match="ONNX models run in fp32 on CPU"):
+        load_model(onnx, precision="bf16")
     seen = {}
     monkeypatch.setitem(loading.LOADERS, "onnx", lambda path, **kw: seen.setdefault("onnx", (path, kw)))
     load_model(onnx, min_duration=1.5)
     assert seen["onnx"][0] == onnx and seen["onnx"][1]["min_duration"] == 1.5
-    with pytest.raises(ModelFileError, match="ONNX models run in fp32 on CPU"):
-        loading.load_onnx_model(onnx, precision="bf16")
 
 
 def test_both_models_declare_the_whole_contract(saved):

@@ -186,11 +186,11 @@ class OnnxSpeakerModel(Embedder):
 def load_onnx_model(
     path: str | os.PathLike,
     *,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    min_duration: float = 0.5,
-    mirror: bool | None = None,
-    batch_frames: int = 3200,
+    device: str | torch.device,
+    precision: str,
+    min_duration: float,
+    mirror: bool | None,
+    batch_frames: int,
 ) -> OnnxSpeakerModel:
     """:class:`OnnxSpeakerModel` with :func:`~ghostvlad.loading.load_model`'s arguments (CPU and fp32 only)."""
     if resolve_device(device).type != "cpu" or precision != "fp32":

@@ -135,11 +135,11 @@ class SpeakerModel(Embedder):
 def load_pytorch_model(
     path: str | os.PathLike,
     *,
-    device: str | torch.device = "cpu",
-    precision: str = "fp32",
-    min_duration: float = 0.5,
-    mirror: bool | None = None,
-    batch_frames: int = 3200,
+    device: str | torch.device,
+    precision: str,
+    min_duration: float,
+    mirror: bool | None,
+    batch_frames: int,
 ) -> SpeakerModel:
     """A :class:`SpeakerModel` from a model directory, ``.safetensors`` file or run folder (see
     :func:`ghostvlad.loading.load_model` for the arguments). Raises :class:`ModelFileError`."""
