@@ -155,7 +155,7 @@ ROOM_MAX_ORDER = 40  # image-source reflection order (about 30 ms per room); bey
 RIR_SECONDS = 1.0
 
 
-def shortest_rt60(dim: np.ndarray, speed_of_sound: float = 343.0) -> float:
+def shortest_rt60(dim: np.ndarray, speed_of_sound: float) -> float:
     """Sabine's reverberation time (s) of a shoebox room of size ``dim`` (m) whose walls absorb everything."""
     volume = float(np.prod(dim))
     surface = 2.0 * float(dim[0] * dim[1] + dim[0] * dim[2] + dim[1] * dim[2])
@@ -175,7 +175,8 @@ def simulate_rooms(count: int, seed: int) -> list[np.ndarray]:
     rooms = []
     for _ in range(count):
         dim = rng.uniform([3.0, 3.0, 2.5], [12.0, 10.0, 4.5])
-        absorption, order = pra.inverse_sabine(max(float(rng.uniform(0.15, 1.0)), 1.05 * shortest_rt60(dim)), dim)
+        shortest = shortest_rt60(dim, pra.constants.get("c"))
+        absorption, order = pra.inverse_sabine(max(float(rng.uniform(0.15, 1.0)), 1.05 * shortest), dim)
         room = pra.ShoeBox(dim, fs=SAMPLE_RATE, materials=pra.Material(absorption),
                            max_order=min(order, ROOM_MAX_ORDER))
         room.add_source(rng.uniform(0.5, dim - 0.5))

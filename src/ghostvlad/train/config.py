@@ -237,8 +237,9 @@ def load_run_config(path: Path) -> TrainConfig:
     and ``optim.eps`` for every optimiser; the one its optimiser does not take is dropped (it had no effect)."""
     data = _read_yaml(str(path))
     optim = data.get("optim")
-    if isinstance(optim, dict) and optim.get("name", OptimConfig.name) in OPTIMIZERS:
-        taken = {p.name for p in OPTIMIZERS.params(optim.get("name", OptimConfig.name))}
+    name = optim.get("name", OptimConfig.name) if isinstance(optim, dict) else None
+    if isinstance(name, str) and name in OPTIMIZERS:
+        taken = {p.name for p in OPTIMIZERS.params(name)}
         data["optim"] = {k: v for k, v in optim.items() if k not in ("momentum", "eps") or k in taken}
     return TrainConfig.from_dict(data, str(path))
 
