@@ -34,7 +34,7 @@ def test_padded_batch_equals_alone_on_gpu(policy, tf32_policy):
     model = calibrated_tiny_model([w[:16000] for w in waves], device="cuda")
     batched = model.embed_waveforms(waves)
     alone = np.stack([model.embed_waveforms([w])[0] for w in waves])
-    tolerance = 1e-5 if policy == "ieee" else 1e-3  # TF32: 10-bit mantissas, kernels may differ by batch size
+    tolerance = 1e-5 if policy == "ieee" else 5e-3  # TF32: 10-bit mantissas, kernels differ by batch size
     np.testing.assert_allclose(batched, alone, rtol=0, atol=tolerance)
 
 
@@ -56,14 +56,21 @@ def test_heads_are_fp32_under_gpu_autocast(name, dtype):
 
 @pytest.mark.parametrize("name", ["softmax", "amsoftmax", "aamsoftmax"])
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_two_training_steps_on_gpu(corpus, tmp_path, name, precision):  # noqa: F811
+def test_training_steps_on_gpu(corpus, tmp_path, name, precision):  # noqa: F811
     from ghostvlad.train.config import load_config
     from ghostvlad.train.loop import Trainer
 
     manifest, config = corpus
     cfg = load_config(config, [f"head.name={name}", f"train.precision={precision}", "train.channels_last=true"])
     trainer = Trainer(cfg, manifest, tmp_path / "run", device="cuda")
-    assert trainer.run(max_steps=2).global_step == 2
-    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
-    assert [r["skipped"] for r in rows] == ["0", "0"]
+    steps = 2 if precision == "bf16" else 20
+    assert trainer.run(max_steps=steps).global_step == steps
+    skipped = [r["skipped"] for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open()) if r["step"]]
+    if precision == "bf16":
+        assert skipped == ["0", "0"]
+    else:  # fp16: the loss scaler starts at 2**16 and halves on each overflow until the gradients fit (with the
+        # margin heads' scale of 30 about 9 of the first 11 steps skip on this tiny model, on the CPU too); then
+        # every step is taken
+        assert skipped[-8:] == ["0"] * 8, skipped
+        assert trainer.parts.scaler.get_scale() == 2.0 ** 16 / 2 ** skipped.count("1")
     assert all(torch.isfinite(t).all() for t in trainer.parts.net.state_dict().values() if t.is_floating_point())

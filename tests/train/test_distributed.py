@@ -28,6 +28,19 @@ def test_torchrun_then_slurm_variables_or_a_clear_refusal():
     assert launch_environment({"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}) == (0, 1, 0, 1)
 
 
+def test_plain_cuda_means_this_ranks_gpu(monkeypatch):
+    """``--device cuda`` (no index) trains on the local rank's GPU: torch.cuda.set_device refuses an unindexed
+    device (seen on an H200: every single-GPU ``train --device cuda`` failed)."""
+    chosen = []
+    monkeypatch.setattr(distributed, "resolve_device", torch.device)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(key, raising=False)
+    assert distributed.setup("cuda").device == torch.device("cuda", 0) and chosen == [torch.device("cuda", 0)]
+    assert distributed.setup("cuda:1").device == torch.device("cuda", 1)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -68,6 +68,8 @@ def setup(device: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> DistIn
         device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
     dev = resolve_device(device)
     if dev.type == "cuda":
+        if dev.index is None:  # plain "cuda": this rank's GPU (torch.cuda.set_device needs an index)
+            dev = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))  # env:// rendezvous
