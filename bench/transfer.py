@@ -13,7 +13,8 @@ For every (scenario, recipe, pooling, seed) it trains the ``demo`` network on a 
 * with ``--recorded DIR``, also "recorded": real talkers (Debian ``ktuberling-data``'s word recordings, one person
   per language) through field channels, the ``recorded`` family of :mod:`ghostvlad.data.engine_set`, built likewise.
 
-Scenarios: ``demo`` trains on the demo corpus (:data:`ghostvlad.recipes.DEMO_CORPUS`, scaled by ``--speakers``);
+Scenarios: ``demo`` trains on the demo corpus (:data:`ghostvlad.recipes.DEMO_CORPUS`, sized by ``--speakers``,
+``--sessions``, ``--utterances``, with ``--trials`` in-domain trials);
 ``two-session`` on 30 speakers who each have two sessions of very different channels (the case where a model is
 most tempted to learn channels), tested on its 10 unseen speakers. Recipes: ``baseline`` (no augmentation, no
 speed perturbation, random batches: the previous demo recipe) and ``demo`` (the shipped demo config).
@@ -38,6 +39,7 @@ from _runtime import add_runtime_options, apply_runtime_options
 
 from ghostvlad.data.augment import STAGE_ORDER
 from ghostvlad.data.engine_set import EngineSetConfig, build_engine_set
+from ghostvlad.data.synth import SynthConfig
 from ghostvlad.data.voices import EngineUnavailable
 from ghostvlad.fileio import atomic_write_text
 from ghostvlad.loading import load_model
@@ -49,9 +51,10 @@ POOLING = {"tap": [], "tstp": [], "astp": [],
            "vlad": ["model.clusters=8"], "gvlad": ["model.clusters=8", "model.ghost_clusters=2"]}
 
 
-def corpus_config(scenario: str, speakers: int, voices: str):
+def corpus_config(scenario: str, args) -> SynthConfig:
     if scenario == "demo":
-        return replace(DEMO_CORPUS, speakers=speakers, test_speakers=max(2, speakers // 10), voices=voices)
+        return replace(DEMO_CORPUS, speakers=args.speakers, test_speakers=max(2, args.speakers // 10),
+                       voices=args.voices, sessions=args.sessions, utterances=args.utterances, trials=args.trials)
     return replace(DEMO_CORPUS, speakers=40, test_speakers=10, sessions=2, utterances=10, trials=2000, seed=200,
                    voices="all")
 
@@ -67,9 +70,11 @@ def run_one(work: Path, scenario: str, recipe: str, pooling: str, seed: int, arg
             row.update({k: asdict(score_corpus(model, d, work / "cache")[0]) for k, d in missing.items()})
             atomic_write_text(result_path, json.dumps(row, indent=1))
         return row
-    suffix = "" if args.voices == DEMO_CORPUS.voices else f"-{args.voices}"
-    corpus = synthesize(work / f"corpus-{scenario}-{args.speakers}{suffix}", corpus_config(scenario, args.speakers,
-                                                                                            args.voices))
+    config = corpus_config(scenario, args)
+    changed = [name for name in ("voices", "sessions", "utterances", "trials")
+               if scenario == "demo" and getattr(config, name) != getattr(DEMO_CORPUS, name)]
+    suffix = "".join(f"-{config.voices}" if name == "voices" else f"-{getattr(config, name)}{name}" for name in changed)
+    corpus = synthesize(work / f"corpus-{scenario}-{args.speakers}{suffix}", config)
     cross = synthesize(work / "cross", CROSS_DOMAIN)
     overrides = [*RECIPES[recipe], f"model.pooling={pooling}", *POOLING[pooling], f"train.seed={seed}",
                  f"train.epochs={args.epochs}", "data.workers=1", *args.set]
@@ -108,6 +113,10 @@ def main() -> None:
     parser.add_argument("--speakers", type=int, default=DEMO_CORPUS.speakers, help="Demo scenario corpus size.")
     parser.add_argument("--voices", default=DEMO_CORPUS.voices, choices=["all", "formant", "klatt"],
                         help="Demo scenario training voices (synth pool).")
+    parser.add_argument("--sessions", type=int, default=DEMO_CORPUS.sessions, help="Demo scenario sessions a speaker.")
+    parser.add_argument("--utterances", type=int, default=DEMO_CORPUS.utterances,
+                        help="Demo scenario utterances a session.")
+    parser.add_argument("--trials", type=int, default=DEMO_CORPUS.trials, help="Demo scenario in-domain trials.")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--set", nargs="*", default=[], help="Extra config overrides (key.sub=value).")
     parser.add_argument("--engines", type=Path, default=None,
