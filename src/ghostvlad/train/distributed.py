@@ -64,11 +64,11 @@ def setup(device: str | None = None, timeout: float = DEFAULT_TIMEOUT) -> DistIn
     ``timeout``: seconds a rank waits in a collective before the job fails (NCCL's default is 10 minutes).
     """
     rank, world, local, local_world = launch_environment()
-    if device is None:  # (srun --gpus-per-task 1 shows each task one GPU: cuda:0)
-        device = f"cuda:{local % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = resolve_device(device)
     if dev.type == "cuda":
-        if dev.index is None:  # plain "cuda": this rank's GPU (torch.cuda.set_device needs an index)
+        if dev.index is None:  # this rank's GPU (srun --gpus-per-task 1 shows each task one GPU: cuda:0)
             dev = torch.device("cuda", local % torch.cuda.device_count())
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
