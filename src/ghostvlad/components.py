@@ -9,6 +9,7 @@ from .models import BACKBONES, HEADS, POOLINGS
 from .precision import PRECISIONS
 from .registry import Choice
 from .train.optim import OPTIMIZERS
+from .train.sampler import SAMPLERS
 from .train.schedules import SCHEDULES
 from .train.vlad_init import VLAD_INITS
 
@@ -38,6 +39,7 @@ def component_slots() -> list[Slot]:
         Slot("precision", "train.precision", "a name (also --precision of the commands that embed)",
              tuple(PRECISIONS.describe())),
         Slot("vlad_init", "train.vlad_init", "a name", tuple(VLAD_INITS.describe())),
+        Slot("sampler", "train.sampler", "a name (session batches: train.per_speaker)", tuple(SAMPLERS.describe())),
         # a stage takes the crop, a generator and the stage context; its config is a probability
         Slot("augmentation", "data.augment", "stage: probability, applied in the order listed",
              tuple(replace(c, params=()) for c in sorted(STAGES.describe(),

@@ -104,11 +104,12 @@ def test_info_components_lists_every_slot_with_parameters_and_defaults():
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     slots = [line.split(":")[0] for line in lines if not line.startswith(" ")]
-    assert slots == ["backbone", "pooling", "head", "optimiser", "schedule", "precision", "vlad_init", "augmentation"]
+    assert slots == ["backbone", "pooling", "head", "optimiser", "schedule", "precision", "vlad_init", "sampler",
+                     "augmentation"]
     choice = {line.split()[0]: line for line in lines if line.startswith("  ")}
     assert choice["gvlad"].endswith("[clusters=8, ghost_clusters=2]") and choice["vlad"].endswith("[clusters=8]")
     assert choice["aamsoftmax"].endswith("[margin=0.2, scale=30.0]") and "[" not in choice["softmax"]
     assert choice["sgd"].endswith("[momentum=0.9]") and choice["resnet34s"].endswith("[width=1.0]")
-    assert {"tap", "tstp", "astp", "fp16", "kmeans", "orthogonal", "codec", "cosine"} <= set(choice)
+    assert {"tap", "tstp", "astp", "fp16", "kmeans", "orthogonal", "codec", "cosine", "sessions"} <= set(choice)
     res = runner.invoke(app, ["info"])
     assert res.exit_code == 1 and "give a model path, or --components" in res.output

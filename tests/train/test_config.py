@@ -36,7 +36,8 @@ def test_dump_round_trips(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [("optim.lr", "bad override"), ("lr=1", "bad override"), ("optim.lrate=1", "optim: unknown key\\(s\\) lrate"),
-     ("optimizer.lr=1", "unknown config sections: optimizer"), ("model.pooling=attn", "unknown pooling")],
+     ("optimizer.lr=1", "unknown config sections: optimizer"), ("model.pooling=attn", "unknown pooling"),
+     ("train.ema=1", "train.ema=1.*strictly between 0 and 1")],
 )
 def test_bad_overrides_fail_clearly(override, message):
     with pytest.raises(ValueError, match=message):

@@ -230,8 +230,8 @@ def test_channel_augmentation_speeds_and_session_batches_train(corpus, tmp_path)
     labels = trainer.parts.dataset.labels[batch]
     assert (labels[0::2] == labels[1::2]).all()
     assert not torch.equal(trainer.parts.net.prototypical.w.detach(), prototypical_w)  # the prototypical loss trains
-    with pytest.raises(TrainError, match="unknown train.sampler 'fancy'"):
-        Trainer(load_config(config_path, ["train.sampler=fancy"]), manifest, tmp_path / "run2")
+    with pytest.raises(ConfigError, match="unknown sampler 'fancy'; choose one of: random, sessions"):
+        load_config(config_path, ["train.sampler=fancy"])
     with pytest.raises(TrainError, match="head.prototypical needs train.sampler=sessions"):
         Trainer(load_config(config_path, ["head.prototypical=0.5"]), manifest, tmp_path / "run3")
 
@@ -293,6 +293,16 @@ def test_non_finite_step_is_skipped_and_counted_and_never_saved(corpus, tmp_path
         trainer.save()
 
 
+def test_a_skipped_first_step_raises_no_scheduler_order_warning(corpus, tmp_path, monkeypatch, recwarn):
+    manifest, config = corpus
+    trainer = Trainer(load_config(config, ["train.epochs=1"]), manifest, tmp_path / "run")
+    original = trainer.parts.net.head.forward
+    monkeypatch.setattr(trainer.parts.net.head, "forward", lambda x, labels=None: original(x, labels) * float("nan"))
+    trainer.run(max_steps=2)
+    assert trainer.state.global_step == 2
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]
+
+
 def test_prefetch_depth_adapts_to_dev_shm(corpus, tmp_path, monkeypatch):
     manifest, config = corpus
     trainer = Trainer(load_config(config, ["train.batch_size=16"]), manifest, tmp_path / "run")
@@ -332,3 +342,24 @@ def test_min_steps_passes_a_small_corpus_several_times_an_epoch(corpus, tmp_path
     assert steps == {"pass": 4, "min": 8, "less": 4}  # ceil(30 / 4 epochs) = 8; 8 steps are within 4 epochs of one pass
     with pytest.raises(ConfigError, match="train.min_steps=30: .*not given with train.steps_per_epoch"):
         load_config(config, ["train.min_steps=30"])
+
+
+def test_ema_run_exports_the_average_and_resumes_exactly(corpus, tmp_path):
+    manifest, config = corpus
+    cfg = load_config(config, ["train.ema=0.8"])
+    Trainer(cfg, manifest, tmp_path / "full").run()
+    Trainer(cfg, manifest, tmp_path / "split").run(max_steps=7)
+    Trainer(cfg, manifest, tmp_path / "split").run()
+    full = load_checkpoint(tmp_path / "full" / CHECKPOINT_NAME)
+    split = load_checkpoint(tmp_path / "split" / CHECKPOINT_NAME)
+    assert full["average"]["updates"] == split["average"]["updates"] == 20
+    for k, v in full["average"]["module"].items():
+        torch.testing.assert_close(split["average"]["module"][k], v, rtol=0, atol=1e-6, msg=k)
+    model = load_model(tmp_path / "full")  # exported at the epoch of the lowest mean loss
+    Trainer(cfg, manifest, tmp_path / "then").run(max_steps=model.info["global_step"])
+    then = load_checkpoint(tmp_path / "then" / CHECKPOINT_NAME)
+    exported = model.saved_encoder.state_dict()
+    trained = {k.removeprefix("encoder."): v for k, v in then["model"].items() if k.startswith("encoder.")}
+    for k, v in exported.items():  # the average at that step, not that step's weights
+        torch.testing.assert_close(v, then["average"]["module"][k], rtol=0, atol=1e-6, msg=k)
+    assert any(not torch.allclose(v, trained[k], atol=1e-4) for k, v in exported.items() if v.is_floating_point())

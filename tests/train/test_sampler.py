@@ -2,7 +2,8 @@ import pytest
 
 import numpy as np
 
-from ghostvlad.train.sampler import EpochBatches, SessionBatches
+from ghostvlad.schema import ConfigError
+from ghostvlad.train.sampler import SAMPLERS, EpochBatches, SamplerError, SessionBatches
 
 
 def test_one_pass_per_epoch_deterministic_and_resumable():
@@ -72,3 +73,23 @@ def test_session_batches_refuse_impossible_settings():
         SessionBatches(speakers, sessions, batch_size=6, per_speaker=4)
     with pytest.raises(ValueError, match="6 speakers cannot fill a batch of 8 speakers"):
         SessionBatches(speakers, sessions, batch_size=16, per_speaker=2)
+
+
+def test_samplers_are_chosen_by_name():
+    class Manifest:  # what the sessions sampler reads from a CropDataset
+        labels = np.repeat(np.arange(4), 4)
+
+        def sessions(self):
+            return np.tile([0, 0, 1, 1], 4)
+
+    common = dict(size=16, batch_size=4, per_speaker=2, rank=0, world=1, seed=0, steps=None)
+    plain = SAMPLERS.build("random", dataset=Manifest(), **common)
+    assert isinstance(plain, EpochBatches) and plain.steps == 4
+    grouped = SAMPLERS.build("sessions", dataset=Manifest(), **common)
+    batch = np.array(grouped.batches(0)[0])
+    assert (Manifest.labels[batch[0::2]] == Manifest.labels[batch[1::2]]).all()
+    assert (Manifest().sessions()[batch[0::2]] != Manifest().sessions()[batch[1::2]]).all()  # across sessions
+    with pytest.raises(SamplerError, match="needs a manifest CSV"):
+        SAMPLERS.build("sessions", dataset=object(), **common)  # a shard stream has no sessions
+    with pytest.raises(ConfigError, match="unknown sampler 'fancy'"):
+        SAMPLERS.get("fancy")

@@ -25,14 +25,13 @@ from ..loading import load_model
 from ..models import HEADS, SpeakerEncoder
 from ..models.heads import AngularPrototypicalLoss
 from ..precision import Precision, get_precision
+from .averaging import WeightAverage
 from .config import TrainConfig
 from .distributed import DistInfo
 from .optim import OPTIMIZERS
-from .sampler import EpochBatches, SessionBatches
+from .sampler import SAMPLERS, Batches, SamplerError
 from .schedules import SCHEDULES
 from .vlad_init import KMEANS_CROPS, VLAD_INITS
-
-SAMPLERS = ("random", "sessions")
 
 
 class TrainError(GhostvladError):
@@ -65,7 +64,7 @@ class Components:
     dataset: CropDataset | ShardCropDataset
     speakers: list[str]
     utterances: int
-    batches: EpochBatches | SessionBatches
+    batches: Batches
     net: Classifier  # the module itself (weights, checkpoints, export)
     forward: nn.Module  # what a step calls: ``net`` wrapped by DDP and torch.compile as configured
     frontend: Spectrogram
@@ -74,10 +73,17 @@ class Components:
     scaler: torch.amp.GradScaler
     precision: Precision
     fused: bool  # the optimiser skips a step itself on a device-side ``found_inf`` flag
+    average: WeightAverage | None = None  # ``train.ema``: the averaged encoder
+
+    @property
+    def encoder(self) -> SpeakerEncoder:
+        """The encoder a run validates and exports: the weight average with ``train.ema``, else the trained one."""
+        return self.net.encoder if self.average is None else self.average.module
 
     def stateful(self) -> dict[str, Any]:
         """Checkpoint key -> object with ``state_dict`` / ``load_state_dict``."""
-        return {"model": self.net, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+        parts = {"model": self.net, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+        return parts if self.average is None else {**parts, "average": self.average}
 
 
 def build(config: TrainConfig, data: str | os.PathLike, dist: DistInfo, *, init: str | os.PathLike | None = None,
@@ -113,13 +119,14 @@ def build(config: TrainConfig, data: str | os.PathLike, dist: DistInfo, *, init:
         if dist.device.type != "cuda":
             raise TrainError("train.sync_bn=true needs GPUs (SyncBatchNorm has no CPU implementation)")
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # same parameters and buffers, in place
+    average = None if config.train.ema is None else WeightAverage(net.encoder, config.train.ema)
     ddp = DistributedDataParallel(net) if dist.world > 1 else net
     fused = dist.device.type == "cuda"
     optimizer = build_optimizer(net, config, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, batches.steps))
     scaler = torch.amp.GradScaler(dist.device.type, enabled=precision.scaled)
     return Components(dataset, speakers, size, batches, net, torch.compile(ddp) if config.train.compile else ddp,
-                      frontend, optimizer, scheduler, scaler, precision, fused)
+                      frontend, optimizer, scheduler, scaler, precision, fused, average)
 
 
 def gpu_settings(config: TrainConfig, device: torch.device) -> None:
@@ -146,28 +153,17 @@ def _dataset(config: TrainConfig, data: Path, dist: DistInfo):
     return ds, manifest.speaker_ids(), len(manifest)
 
 
-def _batches(config: TrainConfig, dataset: CropDataset | ShardCropDataset, size: int,
-             dist: DistInfo) -> EpochBatches | SessionBatches:
+def _batches(config: TrainConfig, dataset: CropDataset | ShardCropDataset, size: int, dist: DistInfo) -> Batches:
     """The run's sampler; with ``train.min_steps``, epochs of a small corpus hold more than one pass."""
     run = config.train
-    if run.sampler not in SAMPLERS:
-        raise TrainError(f"unknown train.sampler {run.sampler!r}; choose {' or '.join(SAMPLERS)}")
-    if run.sampler == "sessions" and not isinstance(dataset, CropDataset):
-        raise TrainError("train.sampler=sessions needs a manifest CSV (shards are read in stream order)")
-    sessions = dataset.sessions() if run.sampler == "sessions" else None  # once: a pass over every path
-
-    def sampler(steps: int | None) -> EpochBatches | SessionBatches:
-        if sessions is None:
-            return EpochBatches(size, run.batch_size, dist.rank, dist.world, run.seed, steps)
-        try:
-            return SessionBatches(dataset.labels, sessions, run.batch_size, run.per_speaker,
-                                  dist.rank, dist.world, run.seed, steps)
-        except ValueError as exc:
-            raise TrainError(f"train.sampler=sessions: {exc}") from None
-
-    batches = sampler(run.steps_per_epoch)
+    try:
+        batches = SAMPLERS.build(run.sampler, dataset=dataset, size=size, batch_size=run.batch_size,
+                                 per_speaker=run.per_speaker, rank=dist.rank, world=dist.world, seed=run.seed,
+                                 steps=run.steps_per_epoch)
+    except SamplerError as exc:
+        raise TrainError(f"train.sampler={run.sampler}: {exc}") from None
     if run.min_steps is not None and batches.steps * run.epochs < run.min_steps:
-        batches = sampler(math.ceil(run.min_steps / run.epochs))
+        batches.steps = math.ceil(run.min_steps / run.epochs)
     return batches
 
 

@@ -13,6 +13,7 @@ from ..models import HEADS, EncoderConfig
 from ..precision import PRECISIONS
 from ..schema import ConfigError, checked
 from .optim import OPTIMIZERS
+from .sampler import SAMPLERS
 from .vlad_init import VLAD_INITS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -95,6 +96,9 @@ class RunConfig:
     log_every: int = 20  # steps
     channels_last: bool = True
     bn_momentum: float = 0.01  # PyTorch convention; 0.01 = Keras' 0.99. Short runs need more (e.g. 0.1)
+    # decay of an exponential moving average of the encoder's weights (train/averaging.py): the model validated and
+    # exported; None: the last step's weights (the original)
+    ema: float | None = None
     # VLAD centers of a run from scratch: orthogonal (the original) | kmeans (of the first crops' frame descriptors)
     vlad_init: str = "orthogonal"
     sampler: str = "random"  # random (permutations) | sessions (per_speaker utterances a speaker, across sessions)
@@ -110,9 +114,13 @@ class RunConfig:
     def __post_init__(self) -> None:
         PRECISIONS.get(self.precision)
         VLAD_INITS.get(self.vlad_init)
+        SAMPLERS.get(self.sampler)
         if self.min_steps is not None and (self.min_steps < 1 or self.steps_per_epoch is not None):
             raise ConfigError(f"train.min_steps={self.min_steps}: must be at least 1, and not given with "
                               f"train.steps_per_epoch (which fixes the steps)")
+        if self.ema is not None and not 0.0 < self.ema < 1.0:
+            raise ConfigError(f"train.ema={self.ema}: the decay must lie strictly between 0 and 1 (e.g. 0.99), "
+                              "or null for no averaging")
 
 
 @dataclass

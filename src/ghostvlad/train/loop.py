@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -135,14 +136,14 @@ class Trainer:
         """Validate (when due), export the model if it is the best so far, log the epoch row."""
         threshold, metric, valid_eer = None, mean_loss, None
         if self.config.valid.trials and ((epoch + 1) % self.config.valid.every == 0 or epoch + 1 == self.total_epochs):
-            found = _validate(self.parts.net.encoder, self.config, self.dist)
+            found = _validate(self.parts.encoder, self.config, self.dist)
             if found is not None:
                 valid_eer, threshold = found
                 metric = valid_eer
         if self.dist.main:
             if metric <= self.state.best:
                 self.state.best = metric
-                self.folder.export(self.parts.net, threshold, self.state, len(self.parts.speakers))
+                self.folder.export(self.parts.encoder, threshold, self.state, len(self.parts.speakers))
             self.folder.log({"time": f"{time.time():.0f}", "epoch": epoch, "global_step": self.state.global_step,
                              "loss": f"{mean_loss:.4f}", "valid_eer": "" if valid_eer is None else f"{valid_eer:.5f}"})
 
@@ -236,6 +237,13 @@ class Trainer:
         elif bool(finite):  # CPU: a sync costs nothing there
             self.parts.optimizer.step()
         self.parts.scaler.update()
-        self.parts.scheduler.step()
+        if self.state.global_step == 0:  # a skipped first step (fp16 scaler, non-finite loss) is not a call-order bug
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+                self.parts.scheduler.step()
+        else:
+            self.parts.scheduler.step()
+        if self.parts.average is not None:
+            self.parts.average.update(self.parts.net.encoder)
         acc = (logits.argmax(1) == labels).float().mean()
         return loss.detach(), acc, finite

@@ -21,8 +21,9 @@ from ..features import FrontEndConfig
 from ..fileio import atomic_write_text
 from ..inference import SpeakerModel
 from ..modelfile import RUN_MODEL_DIR
+from ..models import SpeakerEncoder
 from . import distributed
-from .build import Classifier, TrainError
+from .build import TrainError
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, TrainState, load_checkpoint, save_checkpoint
 from .config import TrainConfig, dump_config, load_run_config, run_differences
 
@@ -124,10 +125,10 @@ class RunFolder:
                              f"{f' (+{len(bad) - 3} more)' if len(bad) > 3 else ''} at step {state.global_step}; "
                              "not saved (the last checkpoint is kept)")
 
-    def export(self, net: Classifier, threshold: float | None, state: TrainState, speakers: int) -> None:
-        """Write the encoder of ``net`` (checked finite, head included) as the run's model, with its threshold."""
-        self._check_finite(net.state_dict(), state)
-        model = SpeakerModel(copy.deepcopy(net.encoder).float().cpu(), FrontEndConfig(), threshold=threshold,
+    def export(self, encoder: SpeakerEncoder, threshold: float | None, state: TrainState, speakers: int) -> None:
+        """Write ``encoder`` (checked finite) as the run's model, with its threshold."""
+        self._check_finite(encoder.state_dict(), state)
+        model = SpeakerModel(copy.deepcopy(encoder).float().cpu(), FrontEndConfig(), threshold=threshold,
                              info={"source": "ghostvlad-train", "run": self.path.name, "epoch": state.epoch,
                                    "global_step": state.global_step, "speakers": speakers},
                              channels_last=False)

@@ -1,13 +1,16 @@
 """Deterministic, resumable batch order: the same batches for any number of workers, exactly continued after a restart.
 
-:class:`EpochBatches` (``train.sampler=random``) permutes the utterances; :class:`SessionBatches`
-(``train.sampler=sessions``) groups several utterances of a speaker from different sessions in each batch.
+Samplers by name (``train.sampler``, :data:`SAMPLERS`): ``random`` (:class:`EpochBatches`) permutes the utterances;
+``sessions`` (:class:`SessionBatches`) groups several utterances of a speaker from different sessions in each batch.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
 from ..errors import GhostvladError
+from ..registry import Registry
 
 
 class SamplerError(GhostvladError, ValueError):
@@ -90,3 +93,25 @@ class SessionBatches:
             order.append([u for s in chosen for u in self._pick(int(s), rng)])
         per_rank = self.batch_size // self.world
         return [batch[self.rank * per_rank : (self.rank + 1) * per_rank] for batch in order[start:]]
+
+
+Batches = EpochBatches | SessionBatches
+# a factory draws a run's batches over the ``size`` utterances of ``dataset`` (a CropDataset or ShardCropDataset)
+SAMPLERS: Registry[Batches] = Registry("sampler", context=(
+    "dataset", "size", "batch_size", "per_speaker", "rank", "world", "seed", "steps"))
+
+
+@SAMPLERS.register("random")
+def random_batches(dataset: Any, size: int, batch_size: int, per_speaker: int, rank: int, world: int, seed: int,
+                   steps: int | None) -> EpochBatches:
+    """Permutations of all utterances (the original)."""
+    return EpochBatches(size, batch_size, rank, world, seed, steps)
+
+
+@SAMPLERS.register("sessions")
+def session_batches(dataset: Any, size: int, batch_size: int, per_speaker: int, rank: int, world: int, seed: int,
+                    steps: int | None) -> SessionBatches:
+    """train.per_speaker utterances of each speaker in a batch, from different sessions where it has them."""
+    if not hasattr(dataset, "sessions"):
+        raise SamplerError("needs a manifest CSV (shards are read in stream order)")
+    return SessionBatches(dataset.labels, dataset.sessions(), batch_size, per_speaker, rank, world, seed, steps)
