@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import calibrated_tiny_model, varied_audio
+from support.audio import varied_audio
+from support.models import calibrated_tiny_model, largest_activations
 
 from ghostvlad.features import FrontEndConfig, Spectrogram
 from ghostvlad.inference import SpeakerModel
@@ -91,28 +92,6 @@ def test_long_clips_in_a_batch_go_through_chunks_and_short_ones_stay_batched(mon
 def test_chunk_size_is_checked():
     with pytest.raises(ValueError, match="chunk_frames must be at least 272"):
         model(chunk_frames=271)
-
-
-def largest_activations(m: SpeakerModel, run) -> tuple[int, int]:
-    """(largest tensor any module of the network outputs, widest span in frames the backbone sees) during ``run``."""
-    seen = {"numel": 0, "width": 0}
-
-    def record(module, inputs, output):
-        for t in output if isinstance(output, tuple) else (output,):
-            if isinstance(t, torch.Tensor):
-                seen["numel"] = max(seen["numel"], t.numel())
-
-    def width(module, inputs, output):
-        seen["width"] = max(seen["width"], inputs[0].shape[-1])
-
-    hooks = [mod.register_forward_hook(record) for mod in m.fused_encoder.modules() if mod is not m.fused_encoder]
-    hooks.append(m.fused_encoder.backbone.stem.bn.register_forward_hook(width))  # the stem's input: frames in time
-    try:
-        run()
-    finally:
-        for h in hooks:
-            h.remove()
-    return seen["numel"], seen["width"]
 
 
 @pytest.mark.parametrize("mirror", [False, True])

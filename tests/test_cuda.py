@@ -1,20 +1,17 @@
 """GPU checks (skipped without CUDA; `bench/gpu_check.sh` runs them): exact batching under both TF32 policies,
 heads in fp32 under autocast, and short training runs of every head in bf16 and fp16."""
 import csv
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from support.training import corpus  # noqa: F401  (fixtures)
 
 from ghostvlad.models import HEADS
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-sys.path.insert(0, str(Path(__file__).parent / "train"))
-from test_loop import corpus  # noqa: E402,F401  (the training fixture)
 
 
 @pytest.fixture()
@@ -26,7 +23,7 @@ def tf32_policy():
 
 @pytest.mark.parametrize("policy", ["ieee", "tf32"])
 def test_padded_batch_equals_alone_on_gpu(policy, tf32_policy):
-    from conftest import calibrated_tiny_model
+    from support.models import calibrated_tiny_model
 
     torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = policy
     rng = np.random.default_rng(0)

@@ -3,8 +3,7 @@ import os
 
 import numpy as np
 import pytest
-import soundfile as sf
-from conftest import calibrated_tiny_model
+from support.evaluate import corpus, model, tiny_model  # noqa: F401  (fixtures)
 
 from ghostvlad import evaluate as ev
 from ghostvlad import metrics
@@ -16,47 +15,6 @@ from ghostvlad.scoring import as_norm, eer, min_dcf
 from ghostvlad.scoring.asnorm import cohort_scores
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SPEAKERS = {"a": 220.0, "b": 330.0, "c": 500.0}
-
-
-def tiny_model(seed: int = 0) -> SpeakerModel:
-    """Random tiny model; batch-norm statistics set on a few tones so that embeddings differ (cosines ~0.5-0.95)."""
-    rng = np.random.default_rng(seed)
-    return calibrated_tiny_model([_clip(rng, 100.0 + 90 * k, 0.5) for k in range(6)], seed)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-def _clip(rng, freq, seconds):
-    t = np.arange(int(seconds * 16000)) / 16000
-    return (0.3 * np.sin(2 * np.pi * freq * t) + rng.normal(0, 0.05, t.size)).astype(np.float32)
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    """wav root with 2 clips per speaker (different lengths), 3 cohort clips, and all 15 pairs as trials."""
-    rng = np.random.default_rng(0)
-    root = tmp_path / "wav"
-    files = []
-    for spk, freq in SPEAKERS.items():
-        for k, seconds in enumerate((1.0, 1.3)):
-            rel = f"{spk}/{k}.wav"
-            (root / spk).mkdir(parents=True, exist_ok=True)
-            sf.write(root / rel, _clip(rng, freq * (1 + 0.02 * k), seconds), 16000)
-            files.append(rel)
-    cohort = []
-    for k in range(4):
-        path = tmp_path / "cohort" / f"c{k}.wav"
-        path.parent.mkdir(exist_ok=True)
-        sf.write(path, _clip(rng, 150.0 + 90 * k, 1.1), 16000)
-        cohort.append(str(path))
-    lines = [f"{int(x[0] == y[0])} {x} {y}" for i, x in enumerate(files) for y in files[i + 1:]]
-    trials = tmp_path / "trials.txt"
-    trials.write_text("\n".join(lines) + "\n")
-    return {"root": root, "files": files, "trials": trials, "cohort": cohort, "cache": tmp_path / "cache"}
 
 
 def test_scores_are_cosines_and_metrics_match_scoring(model, corpus):

@@ -6,17 +6,14 @@ import onnxruntime as ort
 import pytest
 import soundfile as sf
 import torch
+from support.export import LENGTHS, WAVES, clip, min_cosine, mirrored, tiny_model  # noqa: F401  (fixtures)
 
 from ghostvlad import load_model
 from ghostvlad.export import OnnxSpeakerModel, export_onnx, export_torchscript
 from ghostvlad.features import FrontEndConfig
 from ghostvlad.inference import SpeakerModel
 from ghostvlad.modelfile import FORMAT, VERSION
-from conftest import tiny_config
-from ghostvlad.models import SpeakerEncoder
 
-# 0.6 s, 1.3 s, 3 s and 1.315 s: odd and even frame counts with and without mirror (the stride-2 stem cares)
-LENGTHS = (9600, 20800, 48000, 21040)
 CASES = {
     f"{pooling}-{backbone}-{'mirror' if mirror else 'plain'}": (pooling, backbone, mirror)
     for pooling, backbone, mirror in [
@@ -28,41 +25,11 @@ CASES = {
 }
 
 
-def tiny_model(pooling: str = "gvlad", backbone: str = "resnet34s", mirror: bool = False) -> SpeakerModel:
-    torch.manual_seed(0)
-    enc = SpeakerEncoder(tiny_config(backbone, pooling))
-    with torch.no_grad():  # non-trivial BatchNorm statistics, so that folding them matters
-        for m in enc.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
-    return SpeakerModel(enc, FrontEndConfig(mirror=mirror), threshold=0.42, info={"note": "tiny"})
-
-
-def clip(samples: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(samples) / 16000
-    return (0.2 * np.sin(2 * np.pi * (110 + 35 * seed) * t) + rng.normal(0, 0.05, samples)).astype(np.float32)
-
-
-WAVES = [clip(n, i) for i, n in enumerate(LENGTHS)]
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a * b).sum(1).min() / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)).max())
-
-
 @pytest.fixture(scope="module", params=list(CASES))
 def exported(request, tmp_path_factory) -> tuple[SpeakerModel, OnnxSpeakerModel]:
     model = tiny_model(*CASES[request.param])
     path = export_onnx(model, tmp_path_factory.mktemp("onnx") / f"{request.param}.onnx")
     return model, OnnxSpeakerModel(path)
-
-
-@pytest.fixture(scope="module")
-def mirrored(tmp_path_factory) -> tuple[SpeakerModel, OnnxSpeakerModel]:
-    model = tiny_model(mirror=True)
-    return model, OnnxSpeakerModel(export_onnx(model, tmp_path_factory.mktemp("onnx") / "m.onnx"))
 
 
 def test_onnx_matches_pytorch_alone_and_in_mixed_batches(exported):

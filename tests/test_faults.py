@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import calibrated_tiny_model
+from support.models import calibrated_tiny_model
 
 from ghostvlad.audio import AudioError, load_audio
 from ghostvlad.data.manifest import build_manifest, read_manifest

@@ -8,49 +8,11 @@ import time
 
 import numpy as np
 import pytest
-import soundfile as sf
-from conftest import calibrated_tiny_model
+from support.gallery import clips, model, tiny_model  # noqa: F401  (fixtures)
 
 from ghostvlad.gallery import store as gallery_store
 from ghostvlad.evaluate import model_key
 from ghostvlad.gallery import Gallery, GalleryError, top_matches
-from ghostvlad.inference import SpeakerModel
-
-SPEAKERS = {"alice": 200.0, "bob": 800.0, "carol": 2500.0, "dave": 6000.0}  # one tone per "speaker"
-
-
-def _tone(rng, freq, seconds=1.0, noise=0.002):
-    t = np.arange(int(seconds * 16000)) / 16000
-    return (0.3 * np.sin(2 * np.pi * freq * t) + rng.normal(0, noise, t.size)).astype(np.float32)
-
-
-def tiny_model(seed: int = 0) -> SpeakerModel:
-    """Random tiny model with batch-norm statistics set on the speakers' tones, so that embeddings differ."""
-    rng = np.random.default_rng(seed)
-    return calibrated_tiny_model([_tone(rng, f, 0.5, noise=0.05) for f in SPEAKERS.values()], seed)
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model()
-
-
-@pytest.fixture()
-def clips(tmp_path):
-    """Three clips per speaker (same tone, independent noise) and a silent and a too-short one."""
-    rng = np.random.default_rng(1)
-    out = {}
-    for name, freq in SPEAKERS.items():
-        out[name] = []
-        for k in range(3):
-            path = tmp_path / "wav" / f"{name}{k}.wav"
-            path.parent.mkdir(exist_ok=True)
-            sf.write(path, _tone(rng, freq), 16000, subtype="FLOAT")
-            out[name].append(path)
-    sf.write(tmp_path / "wav" / "silent.wav", np.zeros(16000, np.float32), 16000)
-    sf.write(tmp_path / "wav" / "short.wav", _tone(rng, 300.0, 0.2), 16000)
-    (tmp_path / "wav" / "bad.wav").write_bytes(b"RIFF not really audio" * 10)
-    return out
 
 
 def _unit(x):

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import torch
-from conftest import calibrated_tiny_model, varied_audio
-from test_chunked import largest_activations
+from support.audio import varied_audio
+from support.models import calibrated_tiny_model, largest_activations
 
 from ghostvlad.audio import AudioError
 from ghostvlad.features import FrontEndConfig

@@ -1,19 +1,16 @@
 """`ghostvlad calibrate`, then `verify` reporting the calibrated operating point."""
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from support.audio import tone
+from support.calibration import tiny_model
 from typer.testing import CliRunner
 
 import ghostvlad.cli.calibrate  # noqa: F401  (registers calibrate)
 from ghostvlad.cli import app
 from ghostvlad.scoring.calibration import fit_calibration
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "scoring"))
-from test_calibration import _tone, tiny_model  # noqa: E402,F401  (helpers)
 
 
 def _output(result) -> str:
@@ -27,7 +24,7 @@ def test_cli_calibrate_then_verify_reports_the_operating_point(tmp_path):
     files = []
     for k in range(8):
         files.append(f"{k}.wav")
-        sf.write(tmp_path / files[-1], _tone(rng, 150 + 90 * k, 1.0), 16000)
+        sf.write(tmp_path / files[-1], tone(rng, 150 + 90 * k, 1.0), 16000)
     pairs = [(a, b) for i, a in enumerate(files) for b in files[i + 1:]]
     emb = {f: model.embed(tmp_path / f) for f in files}
     order = np.argsort([-float(emb[a] @ emb[b]) for a, b in pairs])
@@ -71,7 +68,7 @@ def test_cli_calibrate_errors(tmp_path):
     model_dir = model.save(tmp_path / "model")
     rng = np.random.default_rng(1)
     for k in range(3):
-        sf.write(tmp_path / f"{k}.wav", _tone(rng, 150 + 400 * k, 1.0), 16000)
+        sf.write(tmp_path / f"{k}.wav", tone(rng, 150 + 400 * k, 1.0), 16000)
     trials = tmp_path / "trials.txt"
     trials.write_text("1 0.wav 0.wav\n0 0.wav 1.wav\n0 1.wav 2.wav\n")  # a self-trial scores 1: separable
     res = CliRunner().invoke(app, ["calibrate", "--model", str(model_dir), "--trials", str(trials), "--wav-root",

@@ -1,17 +1,11 @@
 """`ghostvlad prepare` and `ghostvlad synth`."""
-import sys
-from pathlib import Path
-
 import numpy as np
+from support.manifest import GOOD, tree  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 import ghostvlad.cli.data  # noqa: F401  (registers the data commands)
 from ghostvlad.cli import app
 from ghostvlad.data.manifest import bad_report_path, read_manifest
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "data"))
-from test_manifest import GOOD, tree  # noqa: E402,F401  (the tree fixture and its file list)
-
 
 runner = CliRunner(env={"COLUMNS": "1000"})  # no line wrapping by rich
 

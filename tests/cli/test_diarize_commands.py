@@ -1,15 +1,10 @@
 """`ghostvlad diarize`."""
-import sys
-from pathlib import Path
-
-from pyannote.database.util import load_rttm
 import soundfile as sf
+from pyannote.database.util import load_rttm
+from support.diarize import RATE, conversation, der, model  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from ghostvlad.cli import app
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from test_diarize import RATE, conversation, der, model  # noqa: E402,F401  (fixtures and helpers)
 
 
 def test_cli_diarize_end_to_end(model, conversation, tmp_path):

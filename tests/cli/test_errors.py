@@ -173,11 +173,7 @@ def test_calibrate_into_a_read_only_model_folder(tmp_path, model_dir, monkeypatc
 
 
 def test_convert_keras_ghost_clusters_mismatch_fails(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))
-    from keras_fixture import write_keras_h5
+    from support.keras import write_keras_h5
 
     h5 = tmp_path / "weights.h5"
     write_keras_h5(h5, backbone="resnet34s", width=0.125, pooling="vlad", clusters=3, ghost_clusters=0,

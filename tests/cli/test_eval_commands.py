@@ -1,15 +1,11 @@
 """`ghostvlad eval`."""
 import json
 import os
-import sys
-from pathlib import Path
 
+from support.evaluate import corpus, model  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from ghostvlad.cli import app
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from test_evaluate import corpus, model  # noqa: E402,F401  (fixtures and helpers)
 
 
 def _output(result) -> str:

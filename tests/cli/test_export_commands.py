@@ -1,20 +1,16 @@
 """`ghostvlad export`, and the CLI on exported and broken ONNX files."""
-import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import soundfile as sf
 import torch
+from support.export import WAVES, min_cosine, mirrored, tiny_model  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from ghostvlad import ModelFileError, load_model
 from ghostvlad.cli import app
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from test_export import WAVES, min_cosine, mirrored, tiny_model  # noqa: E402,F401  (fixtures and helpers)
 
 
 def test_bad_onnx_files_give_one_line_errors(mirrored, tmp_path):

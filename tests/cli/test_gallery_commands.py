@@ -1,11 +1,10 @@
 """`ghostvlad enroll`, `identify` and `gallery`, and the CLI on foreign or mismatched galleries."""
 import os
 import sqlite3
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from support.gallery import clips, model, tiny_model  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 import ghostvlad.cli.gallery  # noqa: F401  (registers enroll, identify, gallery)
@@ -14,9 +13,6 @@ from ghostvlad.evaluate import model_key
 from ghostvlad.features import FrontEndConfig
 from ghostvlad.gallery import APPLICATION_ID, Gallery, GalleryError
 from ghostvlad.inference import SpeakerModel
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from test_gallery import clips, model, tiny_model  # noqa: E402,F401  (fixtures and helpers)
 
 
 def _output(result) -> str:

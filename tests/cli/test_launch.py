@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -61,11 +60,10 @@ def test_auto_device_and_precision(monkeypatch):
 def test_embed_states_where_it_runs(args, tmp_path):
     import numpy as np
     import soundfile as sf
+    from support.evaluate import tiny_model
     from typer.testing import CliRunner
 
     from ghostvlad.cli import app
-    sys.path.insert(0, str(Path(__file__).parents[1]))
-    from test_evaluate import tiny_model
 
     tiny_model().save(tmp_path / "m")
     sf.write(tmp_path / "a.wav", np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32), 16000)

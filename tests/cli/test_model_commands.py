@@ -1,10 +1,10 @@
 """The model commands through the CLI: embed (bad files, exit status), convert-keras, info, verify."""
-import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+from support.keras import write_keras_h5
 from typer.testing import CliRunner
 
 from ghostvlad.cli import app
@@ -13,9 +13,6 @@ from ghostvlad.inference import SpeakerModel
 from ghostvlad.loading import load_model
 from ghostvlad.models import EncoderConfig, SpeakerEncoder
 from ghostvlad.registry import Component
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))
-from keras_fixture import write_keras_h5  # noqa: E402
 
 runner = CliRunner()
 

@@ -7,13 +7,12 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
+from support.audio import tone
+from support.evaluate import tiny_model
 from typer.testing import CliRunner
 
 from ghostvlad.cli import app
 from ghostvlad.sharding import Shard, ShardError, merge_parts
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from test_evaluate import _clip, tiny_model  # noqa: E402
 
 runner = CliRunner()
 
@@ -27,7 +26,7 @@ def setup(tmp_path_factory):
         for k, seconds in enumerate((0.9, 1.2, 1.5)):
             path = root / "wav" / f"s{spk}" / f"{k}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, _clip(rng, freq * (1 + 0.03 * k), seconds), 16000)
+            sf.write(path, tone(rng, freq * (1 + 0.03 * k), seconds), 16000)
             files.append(path)
     bad = root / "wav" / "bad.wav"
     bad.write_bytes(b"not audio")

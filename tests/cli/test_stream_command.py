@@ -1,9 +1,10 @@
 """``ghostvlad stream``: a file (fast) or PCM16 on stdin, with and without a gallery; bad input in one line."""
-import sys
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from support.audio import varied_audio
+from support.models import calibrated_tiny_model
 from typer.testing import CliRunner
 
 from ghostvlad.cli import app
@@ -11,9 +12,6 @@ from ghostvlad.features import FrontEndConfig
 from ghostvlad.gallery import Gallery
 from ghostvlad.inference import SpeakerModel
 from ghostvlad.loading import load_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import calibrated_tiny_model, varied_audio  # noqa: E402
 
 runner = CliRunner()
 RNG = np.random.default_rng(3)

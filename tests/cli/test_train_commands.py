@@ -1,17 +1,13 @@
 """`ghostvlad train` on bad config values and a full disk."""
 import errno
 import os
-import sys
-from pathlib import Path
 
 import torch
+from support.training import corpus  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from ghostvlad.cli import app
 from ghostvlad.train.checkpoint import CHECKPOINT_NAME
-
-sys.path.insert(0, str(Path(__file__).parent.parent / "train"))
-from test_loop import corpus  # noqa: E402,F401  (the tiny corpus fixture)
 
 
 def test_cli_checkpoint_on_a_full_disk_and_bad_config_values(corpus, tmp_path, monkeypatch):  # noqa: F811

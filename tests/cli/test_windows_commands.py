@@ -1,16 +1,11 @@
 """`ghostvlad embed --window/--hop`."""
-import sys
-from pathlib import Path
-
 import numpy as np
 import soundfile as sf
+from support.windows import RATE, clip, model  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from ghostvlad.cli import app
 from ghostvlad.windows import embed_windows
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from test_windows import RATE, clip, model  # noqa: E402,F401  (fixtures and helpers)
 
 
 def test_cli_embed_with_windows(model, tmp_path):

@@ -3,20 +3,17 @@ from __future__ import annotations
 
 import re
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+import h5py
+import numpy as np
+import pytest
+import torch
+from support.keras import write_keras_h5
+from support.numpy_reference import keras_embed
 
-import h5py  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from ghostvlad.convert.keras import KerasConversionError, infer_keras_config, read_keras_encoder  # noqa: E402
-from ghostvlad.models.encoder import EncoderConfig  # noqa: E402
-from keras_fixture import write_keras_h5  # noqa: E402
-from numpy_reference import keras_embed  # noqa: E402
+from ghostvlad.convert.keras import KerasConversionError, infer_keras_config, read_keras_encoder
+from ghostvlad.models.encoder import EncoderConfig
 
 # design/original.md section 7, verbatim: layer_names of the released eval model (resnet34s, gvlad).
 SPEC_LAYER_NAMES = """

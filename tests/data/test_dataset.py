@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import write_aac
+from support.audio import write_aac
 from torch.utils.data import DataLoader
 
 from ghostvlad.audio import AudioError, load_audio

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import calibrated_tiny_model
+from support.models import calibrated_tiny_model
 
 from ghostvlad.data import engine_set, voices
 from ghostvlad.data.engine_set import EngineSetConfig, build_engine_set, roster

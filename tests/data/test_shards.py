@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import webdataset as wds
-from conftest import write_aac
+from support.audio import write_aac
 from torch.utils.data import DataLoader
 
 from ghostvlad.audio import AudioError, load_audio

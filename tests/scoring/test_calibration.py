@@ -2,10 +2,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import calibrated_tiny_model
 from scipy.stats import norm
+from support.calibration import tiny_model
 
-from ghostvlad.inference import SpeakerModel
 from ghostvlad.loading import load_model
 from ghostvlad.scoring import eer
 from ghostvlad.scoring.calibration import (
@@ -133,17 +132,6 @@ def test_invalid_stored_calibration():
 
 
 # -- stored with the model, used by the CLI --------------------------------------------------------------
-
-def tiny_model() -> SpeakerModel:
-    """Random tiny model with batch-norm statistics set on a few tones, so that embeddings differ."""
-    rng = np.random.default_rng(0)
-    return calibrated_tiny_model([_tone(rng, 150 + 200 * k) for k in range(6)])
-
-
-def _tone(rng, freq, seconds=0.8):
-    t = np.arange(int(seconds * 16000)) / 16000
-    return (0.3 * np.sin(2 * np.pi * freq * t) + rng.normal(0, 0.05, t.size)).astype(np.float32)
-
 
 @pytest.mark.parametrize("name", ["model", "model.safetensors"])
 def test_calibration_is_stored_and_loaded_with_the_model(tmp_path, name):

@@ -4,7 +4,7 @@ import json
 import httpx
 import numpy as np
 import pytest
-from harness import VOICES, model, serve, voice, wav_bytes  # noqa: F401  (fixtures)
+from support.serve import VOICES, voice, wav_bytes
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 

@@ -4,7 +4,7 @@ import shutil
 import httpx
 import pytest
 import soundfile as sf
-from harness import VOICES, model, serve, voice, wav_bytes  # noqa: F401  (fixtures)
+from support.serve import VOICES, voice, wav_bytes
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(

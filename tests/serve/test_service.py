@@ -7,7 +7,7 @@ from urllib.parse import urlparse
 import httpx
 import numpy as np
 import pytest
-from harness import VOICES, model, serve, voice, wav_bytes  # noqa: F401  (fixtures)
+from support.serve import VOICES, voice, wav_bytes
 
 from ghostvlad.audio import AudioError, load_audio
 from ghostvlad.gallery import Gallery

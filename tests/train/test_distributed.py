@@ -65,10 +65,9 @@ def _validate_rank(rank: int, port: int, config_path: str, out: str) -> None:
 
 
 def test_validation_sharded_over_two_ranks_equals_one_process(tmp_path):
-    from test_loop import TINY
-
     import numpy as np
     import soundfile as sf
+    from support.training import TINY
 
     from ghostvlad.models import SpeakerEncoder
     from ghostvlad.train.loop import _validate

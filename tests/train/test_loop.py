@@ -14,9 +14,9 @@ import pytest
 import soundfile as sf
 import torch
 import yaml
+from support.training import corpus  # noqa: F401  (fixtures)
 
 from ghostvlad import load_model
-from ghostvlad.data.manifest import build_manifest
 from ghostvlad.evaluate import evaluate
 from ghostvlad.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ghostvlad.train.config import load_config
@@ -26,37 +26,6 @@ from ghostvlad.train.build import TrainError, first_crops
 from ghostvlad.train.loop import Trainer
 from ghostvlad.train.run_folder import BAD_FILES_NAME
 from ghostvlad.train.vlad_init import KMEANS_CROPS
-
-TINY = {
-    "model": {"backbone": {"name": "resnet34s", "width": 0.0625}, "pooling": {"name": "gvlad", "clusters": 2,
-              "ghost_clusters": 1}, "descriptor_dim": 8, "embed_dim": 8},
-    "head": {"name": "softmax"},
-    "optim": {"name": "adam", "lr": 0.003},
-    "schedule": {"name": "paper", "warmup_ratio": 0.5, "warmup_epochs": 1},
-    "data": {"frames": 50, "workers": 0},
-    "train": {"epochs": 4, "batch_size": 4, "steps_per_epoch": 5, "precision": "fp32", "checkpoint_every": 1,
-              "log_every": 1, "channels_last": False},
-}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("corpus")
-    rng = np.random.default_rng(0)
-    files, speakers = [], []
-    for s in range(4):
-        for u in range(4):
-            t = np.arange(int(rng.uniform(0.8, 1.5) * 16000)) / 16000
-            wave = 0.3 * np.sin(2 * np.pi * (150 + 60 * s) * t * (1 + 0.05 * rng.standard_normal()))
-            path = root / f"id{s:05d}" / "vid" / f"{u:05d}.wav"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, (wave + rng.normal(0, 0.02, t.size)).astype(np.float32), 16000)
-            files.append(path)
-            speakers.append(f"id{s:05d}")
-    manifest = build_manifest(files, speakers, root / "train.csv", workers=1).manifest
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(TINY))
-    return Path(manifest), config
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

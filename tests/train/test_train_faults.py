@@ -3,13 +3,13 @@ import csv
 import os
 
 import pytest
+from support.training import corpus  # noqa: F401  (fixtures)
 
 from ghostvlad.train.checkpoint import CHECKPOINT_NAME, CheckpointError
 from ghostvlad.train.config import load_config
 from ghostvlad.train.build import TrainError
 from ghostvlad.train.loop import Trainer
 from ghostvlad.train.run_folder import METRICS_NAME
-from test_loop import corpus  # noqa: F401  (the tiny corpus fixture)
 
 LOGGED = ("epoch", "step", "global_step", "loss", "acc", "lr", "valid_eer")  # all but timings
 

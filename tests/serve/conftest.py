@@ -1,31 +1,14 @@
-"""Test harness (fixtures imported by the tests): the service on a free loopback port, run by uvicorn in a
-thread, with a tiny calibrated random model."""
-import io
+"""The service's fixtures: a tiny calibrated random model, and the service on a free loopback port, run by uvicorn
+in a thread."""
 import socket
 import threading
 import time
 
-import numpy as np
 import pytest
-import soundfile as sf
-from conftest import calibrated_tiny_model
+from support.models import calibrated_tiny_model
+from support.serve import VOICES, voice
 
 from ghostvlad.serve import ServeConfig, create_app, make_server
-
-VOICES = {"alice": 220.0, "bob": 700.0, "carol": 2100.0}  # one tone (plus harmonics) per "speaker"
-
-
-def voice(freq: float, seconds: float = 1.0, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    x = sum(0.2 / k * np.sin(2 * np.pi * k * freq * t + rng.uniform(0, 6)) for k in (1, 2, 3))
-    return (x + rng.normal(0, 0.01, t.size)).astype(np.float32)
-
-
-def wav_bytes(x: np.ndarray, rate: int = 16000, fmt: str = "WAV") -> bytes:
-    buffer = io.BytesIO()
-    sf.write(buffer, x, rate, format=fmt, subtype="PCM_16")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")
