@@ -5,15 +5,14 @@ import soundfile as sf
 
 from ghostvlad.inference import SpeakerModel
 from support.audio import tone
-from support.models import calibrated_tiny_model
+from support.models import tone_model
 
 SPEAKERS = {"a": 220.0, "b": 330.0, "c": 500.0}
 
 
 def tiny_model(seed: int = 0) -> SpeakerModel:
     """Random tiny model; batch-norm statistics set on a few tones so that embeddings differ (cosines ~0.5-0.95)."""
-    rng = np.random.default_rng(seed)
-    return calibrated_tiny_model([tone(rng, 100.0 + 90 * k, 0.5) for k in range(6)], seed)
+    return tone_model([100.0 + 90 * k for k in range(6)], 0.5, seed)
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,14 @@ import soundfile as sf
 
 from ghostvlad.inference import SpeakerModel
 from support.audio import tone
-from support.models import calibrated_tiny_model
+from support.models import tone_model
 
 SPEAKERS = {"alice": 200.0, "bob": 800.0, "carol": 2500.0, "dave": 6000.0}  # one tone per "speaker"
 
 
 def tiny_model(seed: int = 0) -> SpeakerModel:
     """Random tiny model with batch-norm statistics set on the speakers' tones, so that embeddings differ."""
-    rng = np.random.default_rng(seed)
-    return calibrated_tiny_model([tone(rng, f, 0.5) for f in SPEAKERS.values()], seed)
+    return tone_model(SPEAKERS.values(), 0.5, seed)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ from ghostvlad.features import FrontEndConfig, Spectrogram
 from ghostvlad.inference import SpeakerModel
 from ghostvlad.models import EncoderConfig, SpeakerEncoder
 from ghostvlad.registry import Component
+from support.audio import tone
 
 
 def tiny_config(backbone: str = "resnet34s", pooling: str = "gvlad") -> EncoderConfig:
@@ -32,6 +33,12 @@ def calibrated_tiny_model(waves, seed: int = 0, mirror: bool = False, backbone: 
     with torch.no_grad():
         encoder.train()(Spectrogram()(torch.from_numpy(np.stack(waves)))[0])
     return SpeakerModel(encoder.eval(), FrontEndConfig(mirror=mirror), **model_kwargs)
+
+
+def tone_model(freqs, seconds: float, seed: int = 0) -> SpeakerModel:
+    """:func:`calibrated_tiny_model` on one noisy tone per frequency (``support.audio.tone``), all drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    return calibrated_tiny_model([tone(rng, f, seconds) for f in freqs], seed)
 
 
 def largest_activations(m: SpeakerModel, run) -> tuple[int, int]:
