@@ -60,3 +60,33 @@ def test_cli_eval_errors(model, corpus, tmp_path):
     (tmp_path / "taken").write_text("a file, not a folder")
     res = runner.invoke(app, [*base, "--wav-root", str(corpus["root"]), "--out", str(tmp_path / "taken")])
     assert res.exit_code == 1 and "cannot write the results: " in _output(res) and "taken" in _output(res)
+
+
+def test_cli_eval_mirror_override_scores_with_that_front_end(model, corpus, tmp_path, monkeypatch):
+    from ghostvlad.features import FrontEndConfig
+    from ghostvlad.inference import SpeakerModel
+    from ghostvlad.loading import load_model
+
+    model_dir = model.save(tmp_path / "model")  # mirror off
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    base = ["eval", "--model", str(model_dir), "--trials", str(corpus["trials"]), "--wav-root", str(corpus["root"]),
+            "--cache", str(corpus["cache"])]
+    assert runner.invoke(app, [*base, "--out", "plain"]).exit_code == 0
+    res = runner.invoke(app, [*base, "--out", "mirrored", "--mirror"])
+    assert res.exit_code == 0 and "embedded 6 files, 0 from the cache" in _output(res)  # another cache key
+    mirrored = SpeakerModel(model.saved_encoder, FrontEndConfig(mirror=True))
+    emb = {f: mirrored.embed(str(corpus["root"] / f)) for f in corpus["files"]}
+    rows = [line.split() for line in (tmp_path / "mirrored" / "scores.txt").read_text().splitlines()]
+    assert len(rows) == 15
+    for score, _, a, b in rows:
+        assert abs(float(score) - float(emb[a] @ emb[b])) < 1e-5
+    plain = (tmp_path / "plain" / "scores.txt").read_text().split()[0]
+    assert abs(float(plain) - float(rows[0][0])) > 1e-4  # the override changed the scores
+
+    res = runner.invoke(app, [*base, "--out", "o3", "--mirror", "--store-threshold"])
+    assert res.exit_code == 1
+    assert "--store-threshold stores the threshold of the model as saved (mirror off)" in _output(res)
+    assert load_model(model_dir).threshold is None
+    res = runner.invoke(app, [*base, "--out", "o3", "--no-mirror", "--store-threshold"])  # the saved front-end: allowed
+    assert res.exit_code == 0 and "stored threshold" in _output(res)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from .common import (DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, VerifyCacheOpt, app, err, fail, open_model, out,
-                     progress_callback, require_stored_model, resolve_auto, start_ranks)
+from .common import (DeviceOpt, MinDurOpt, MirrorOpt, ModelOpt, PrecisionOpt, VerifyCacheOpt, app, err, fail,
+                     open_model, out, progress_callback, require_stored_model, resolve_auto, start_ranks)
 
 if TYPE_CHECKING:
     from ..evaluate import EvalSummary
@@ -49,7 +49,9 @@ def eval_(
     workers: int = typer.Option(2, min=1, help="Threads reading metadata and decoding audio."),
     shard: Optional[str] = typer.Option(None, help="k/n: only embed every n-th file from the k-th into the cache (a "
                                         "job-array task); then run eval without --shard to score from the cache."),
-    store_threshold: bool = typer.Option(False, "--store-threshold", help="Save the EER threshold into the model, for 'verify'."),
+    mirror: Optional[bool] = MirrorOpt,
+    store_threshold: bool = typer.Option(False, "--store-threshold", help="Save the EER threshold into the model, for "
+                                         "'verify' (with the model's own front-end: not with a --mirror override)."),
 ) -> None:
     """Score every trial by cosine similarity; report EER, minDCF (p=0.01, 0.05) and write scores, DET plot, JSON.
 
@@ -75,9 +77,13 @@ def eval_(
     if ranks is not None and device == "auto":
         device = str(ranks.device)
     device, precision = resolve_auto(device, precision)
-    model = open_model(model_path, precision, device, min_duration, batch_frames=batch_frames)
+    model = open_model(model_path, precision, device, min_duration, None if store_threshold else mirror, batch_frames)
     if store_threshold:
         require_stored_model(model, model_path, "a threshold")
+        if mirror is not None and mirror != model.frontend_config.mirror:
+            fail(f"{model_path}: --store-threshold stores the threshold of the model as saved (mirror "
+                 f"{'on' if model.frontend_config.mirror else 'off'}); drop --{'' if mirror else 'no-'}mirror to store "
+                 "it, or --store-threshold to measure the override")
     if ranks is None or ranks.main:
         err.print(f"embedding on {device}, {precision}"
                   + (f", {ranks.world} ranks" if ranks else f", shard {part}" if part else ""), highlight=False)
