@@ -81,3 +81,17 @@ def test_a_failed_write_names_the_target_and_leaves_nothing(tmp_path):
     with pytest.raises(OSError) as info:  # a file where a folder is expected
         fileio.atomic_write_text(tmp_path / "file" / "out.txt", "x")
     assert describe(info.value).startswith(str(tmp_path / "file"))
+
+
+def test_a_symbolic_link_is_written_through_and_a_fifo_is_refused(tmp_path):
+    (tmp_path / "real").mkdir()
+    link = tmp_path / "link.txt"
+    link.symlink_to(tmp_path / "real" / "target.txt")  # dangling until written
+    fileio.atomic_write_text(link, "through")
+    assert link.is_symlink() and (tmp_path / "real" / "target.txt").read_text() == "through"
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError) as info:
+        fileio.atomic_write_text(fifo, "x")
+    assert describe(info.value) == f"{fifo}: exists and is not a regular file (a device, FIFO or socket)"
+    assert fifo.is_fifo() and sorted(p.name for p in tmp_path.iterdir()) == ["fifo.txt", "link.txt", "real"]

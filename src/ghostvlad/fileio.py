@@ -1,7 +1,9 @@
 """Small file helpers shared by everything that writes results: atomic writes."""
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
@@ -25,10 +27,17 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     removed if ``write`` fails or the process is interrupted before the rename. The file gets the mode an
     ordinary ``open`` would give it (0666 less the umask), not the temporary's private 0600. An ``OSError``
     (read-only folder, full disk, a file where a folder is expected) is raised naming ``path``, not the temporary.
+    A symbolic link is written through (its target is replaced); a device, FIFO or socket at ``path`` is refused.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     tmp = None
     try:
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # a folder fails at the rename
+            raise OSError(errno.EEXIST, "exists and is not a regular file (a device, FIFO or socket)", str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)

@@ -209,3 +209,27 @@ def test_non_finite_threshold_flag_is_refused(tmp_path, model_dir, value):
     a = clip(tmp_path / "a.wav")
     res = runner.invoke(app, ["verify", a, a, "-m", str(model_dir), "--threshold", value])
     one_line_error(res, f"threshold must be a finite number, got {value}")
+
+
+def test_the_argument_parser_leaves_file_checks_to_the_command(tmp_path, model_dir, monkeypatch):
+    files = [clip(tmp_path / "a.wav", 0), clip(tmp_path / "b.wav", 1)]
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not str(path).endswith("b.wav")
+                        and real_access(path, mode, **kw))  # what a user without read permission sees
+    res = runner.invoke(app, ["embed", *files, "-m", str(model_dir), "-o", str(tmp_path / "e.npz")])
+    assert res.exit_code == 0, res.output  # (root reads it anyway; the parser did not refuse the batch)
+    assert list(np.load(tmp_path / "e.npz")["paths"]) == files
+
+
+def test_an_output_that_is_one_of_the_inputs_is_refused(tmp_path, model_dir):
+    files = [clip(tmp_path / "a.wav", 0), clip(tmp_path / "b.wav", 1)]
+    before = (tmp_path / "a.wav").read_bytes()
+    text = one_line_error(runner.invoke(app, ["embed", *files, "-m", str(model_dir), "-o", files[0]]))
+    assert text == f"error: {files[0]}: is also an input ({files[0]}); choose another --out"
+    assert (tmp_path / "a.wav").read_bytes() == before
+    parts = [tmp_path / f"p{k}.npz" for k in range(2)]
+    for k, part in enumerate(parts):
+        assert runner.invoke(app, ["embed", *files, "-m", str(model_dir), "--shard", f"{k}/2", "-o", str(part)]).exit_code == 0
+    kept = parts[1].read_bytes()
+    one_line_error(runner.invoke(app, ["merge", *map(str, parts), "-o", str(parts[1])]), "p1.npz: is also an input")
+    assert parts[1].read_bytes() == kept

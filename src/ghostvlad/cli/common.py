@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
@@ -114,6 +114,23 @@ def open_model(path: Path, precision: str = "auto", device: str = "auto", min_du
     device, precision = resolve_auto(device, precision)
     return load_model(path, device=device, precision=precision, min_duration=min_duration, mirror=mirror,
                       batch_frames=batch_frames)
+
+
+def refuse_input_as_output(out_path: Path, inputs: Iterable[str | os.PathLike]) -> None:
+    """Fail in one line when ``out_path`` is one of the command's inputs: writing it would destroy that input."""
+    try:
+        target = os.stat(out_path)
+    except OSError:
+        return
+    names = {out_path.name, Path(os.path.realpath(out_path)).name}
+    for item in inputs:
+        if Path(item).name in names:  # same name first: no stat per input for a long --list
+            try:
+                same = os.path.samestat(target, os.stat(item))
+            except OSError:
+                continue
+            if same:
+                fail(f"{out_path}: is also an input ({item}); choose another --out")
 
 
 def require_stored_model(model, model_path: Path, what: str) -> None:

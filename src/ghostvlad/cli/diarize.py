@@ -11,7 +11,7 @@ from .common import DeviceOpt, ModelOpt, PrecisionOpt, app, err, fail, open_mode
 
 @app.command()
 def diarize(
-    audio: Path = typer.Argument(..., help="Recording to diarize (wav, flac, m4a, mp3, ...)."),
+    audio: Path = typer.Argument(..., readable=False, help="Recording to diarize (wav, flac, m4a, mp3, ...)."),
     model_path: Path = ModelOpt,
     speakers: Optional[int] = typer.Option(None, "--speakers", "-n", min=1,
                                            help="Number of speakers (default: estimated)."),

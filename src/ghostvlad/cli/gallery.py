@@ -28,7 +28,7 @@ def _open(db: Path, model=None):
 @app.command()
 def enroll(
     name: str = typer.Argument(..., help="Speaker name (enrolling again adds recordings to the speaker)."),
-    files: list[Path] = typer.Argument(..., help="Recordings of the speaker."),
+    files: list[Path] = typer.Argument(..., readable=False, help="Recordings of the speaker."),
     model_path: Path = ModelOpt,
     db: Path = DbOpt,
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Enrol the good recordings when some are bad (default: enrol none)."),
@@ -59,7 +59,7 @@ def enroll(
 
 @app.command()
 def identify(
-    query: Path = typer.Argument(..., help="Recording of the speaker to identify."),
+    query: Path = typer.Argument(..., readable=False, help="Recording of the speaker to identify."),
     model_path: Path = ModelOpt,
     db: Path = DbOpt,
     top: int = typer.Option(5, "--top", min=1, help="How many candidates to list."),

@@ -7,12 +7,13 @@ from typing import Optional
 import typer
 
 from .common import (DeviceOpt, MinDurOpt, MirrorOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model, out, progress_bar,
-                     resolve_auto, start_ranks)
+                     refuse_input_as_output, resolve_auto, start_ranks)
 
 
 @app.command("convert-keras")
 def convert_keras(
-    weights: Path = typer.Argument(..., help="The authors' Keras weights.h5 (or a checkpoint of the original code)."),
+    weights: Path = typer.Argument(..., readable=False,
+                                   help="The authors' Keras weights.h5 (or a checkpoint of the original code)."),
     out_path: Path = typer.Option(..., "--out", "-o", help="Output model directory (or .safetensors file)."),
     backbone: Optional[str] = typer.Option(None, help="Expected backbone (resnet34s/resnet34l); checked against the file."),
     pooling: Optional[str] = typer.Option(None, help="Expected aggregation (vlad/gvlad/tap); checked."),
@@ -53,7 +54,7 @@ def _read_list(path: Path) -> list[str]:
 
 @app.command()
 def embed(
-    files: list[Path] = typer.Argument(None, help="Audio files (wav, flac, ogg, m4a, mp3, ...)."),
+    files: list[Path] = typer.Argument(None, readable=False, help="Audio files (wav, flac, ogg, m4a, mp3, ...)."),
     model_path: Path = ModelOpt,
     out_path: Path = typer.Option(..., "--out", "-o", help="Output .npz with 'embeddings' (N, D) and 'paths' (N,); "
                                   "with --window also 'starts' and 'ends' (N,) in seconds."),
@@ -85,6 +86,7 @@ def embed(
     paths = [str(p) for p in files or []] + (_read_list(list_file) if list_file else [])
     if not paths:
         fail("no input files (give paths or --list)")
+    refuse_input_as_output(out_path, [*paths, *([list_file] if list_file else [])])
     if hop is not None and window is None:
         fail("--hop needs --window")
     try:
@@ -176,12 +178,14 @@ def _report(out_path: Path, arrays: dict, window: Optional[float], total: int, f
 
 @app.command()
 def merge(
-    parts: list[Path] = typer.Argument(..., help="The parts written by `embed --shard k/n` (all n of them)."),
+    parts: list[Path] = typer.Argument(..., readable=False,
+                                       help="The parts written by `embed --shard k/n` (all n of them)."),
     out_path: Path = typer.Option(..., "--out", "-o", help="The merged .npz (as one `embed` over all files writes)."),
 ) -> None:
     """Merge the parts of a sharded `embed` (job arrays) into one file, rows in input order."""
     from ..sharding import ShardError, merge_parts, write_npz
 
+    refuse_input_as_output(out_path, parts)
     try:
         arrays = merge_parts(parts)
         write_npz(out_path, arrays)
@@ -194,8 +198,8 @@ def merge(
 
 @app.command()
 def verify(
-    first: Path = typer.Argument(..., help="First recording."),
-    second: Path = typer.Argument(..., help="Second recording."),
+    first: Path = typer.Argument(..., readable=False, help="First recording."),
+    second: Path = typer.Argument(..., readable=False, help="Second recording."),
     model_path: Path = ModelOpt,
     threshold: Optional[float] = typer.Option(None, help="Decision threshold on the cosine score (instead of an operating point)."),
     operating_point: Optional[str] = typer.Option(
@@ -224,7 +228,8 @@ def verify(
 
 @app.command()
 def info(
-    model_path: Optional[Path] = typer.Argument(None, help="Model directory, .safetensors, .onnx file or run folder."),
+    model_path: Optional[Path] = typer.Argument(None, readable=False,
+                                                help="Model directory, .safetensors, .onnx file or run folder."),
     components: bool = typer.Option(False, "--components", help="List every component slot (backbone, pooling, "
                                     "head, optimiser, ...) with its choices, their parameters and defaults."),
 ) -> None:
