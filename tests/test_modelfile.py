@@ -93,3 +93,30 @@ def test_model_file_of_an_earlier_version_loads(tmp_path, model):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelFileError, match="pooling 'tstp' does not take: clusters"):
         load_model(path)
+
+
+@pytest.mark.parametrize("name", ["m", "m.safetensors"])
+def test_non_finite_weights_and_failed_writes_leave_the_saved_model_as_it_was(tmp_path, model, name, monkeypatch):
+    import safetensors.torch
+
+    from ghostvlad import modelfile
+
+    path = model.save(tmp_path / name)
+    saved = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    broken = SpeakerModel(SpeakerEncoder(model.config), FrontEndConfig())
+    with torch.no_grad():
+        broken.saved_encoder.backbone.stem.bn.bias[0] = float("nan")
+    with pytest.raises(ModelFileError, match=r"tensor 'backbone.stem.bn.bias' holds NaN or infinite values"):
+        broken.save(path)
+
+    def full_disk(state, filename, metadata=None):
+        open(filename, "wb").write(b"part")
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(modelfile, "save_file", full_disk)
+    with pytest.raises(OSError, match="cannot write the weights .*No space left on device") as info:
+        model.save(path)
+    assert str(path) in info.value.filename
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == saved
+    monkeypatch.undo()
+    assert torch.equal(read_model(path)[1]["backbone.stem.bn.bias"], model.saved_encoder.state_dict()["backbone.stem.bn.bias"])

@@ -5,9 +5,11 @@ A model is either a directory holding ``config.json`` and ``model.safetensors``,
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
+
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -27,16 +29,35 @@ class ModelFileError(GhostvladError):
     """A model path that is missing, not ours, or inconsistent."""
 
 
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ModelFileError(f"{path}: tensor {bad[0]!r} holds NaN or infinite values{more}; refusing the model")
+
+
 def write_model(path: str | os.PathLike, config: dict, state: dict[str, torch.Tensor]) -> Path:
-    """Write ``config`` (JSON-able) and ``state`` (tensors) as a model directory or single file."""
+    """Write ``config`` (JSON-able) and ``state`` (tensors) as a model directory or single file.
+
+    Weights holding NaN or inf are refused (:class:`ModelFileError`) before anything is written; a failed write
+    (full disk, read-only folder) is an ``OSError`` naming the file, and leaves the file it would replace as it was.
+    """
     path = Path(path)
     header = {"format": FORMAT, "version": VERSION, **config}
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    _check_finite(state, path)
     text = json.dumps(header, indent=2, sort_keys=True)
+
+    def weights(tmp: str, metadata: dict | None = None) -> None:
+        try:
+            save_file(state, tmp, metadata=metadata)
+        except SafetensorError as exc:  # safetensors reports I/O failures (ENOSPC, EIO) in its own error
+            raise OSError(errno.EIO, f"cannot write the weights ({exc})") from None
+
     if path.suffix == ".safetensors":
-        atomic_write(path, lambda tmp: save_file(state, tmp, metadata={METADATA_KEY: text}))
+        atomic_write(path, lambda tmp: weights(tmp, {METADATA_KEY: text}))
         return path
-    atomic_write(path / WEIGHTS_NAME, lambda tmp: save_file(state, tmp))
+    atomic_write(path / WEIGHTS_NAME, weights)
     atomic_write_text(path / CONFIG_NAME, text + "\n")
     return path
 
@@ -95,8 +116,5 @@ def read_model(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{weights}: unreadable weights ({exc})") from None
-    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
-    if bad:
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-        raise ModelFileError(f"{weights}: tensor {bad[0]!r} holds NaN or infinite values{more}; refusing the model")
+    _check_finite(state, weights)
     return config, state
