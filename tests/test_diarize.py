@@ -42,6 +42,12 @@ def test_energy_vad_finds_known_silent_gaps():
     assert speech_regions(wave, config=VadConfig(min_speech=0.05))[-1] == pytest.approx([6.6, 6.7], abs=0.03)
     steady = rng.normal(0, 0.1, 2 * RATE)
     assert speech_regions(steady).tolist() == [[0.0, 2.0]]  # energy spread under min_range_db: all speech
+    sparse = pause(31.0, rng)  # speech in 1 s of 31 (under the 5 % above the speech percentile)
+    sparse[15 * RATE:16 * RATE] += voice("low", 1.0, rng)
+    np.testing.assert_allclose(speech_regions(sparse), [(15.0, 16.0)], atol=0.03)
+    silent = np.zeros(31 * RATE, np.float32)  # digital silence around it
+    silent[15 * RATE:16 * RATE] = sparse[15 * RATE:16 * RATE]
+    np.testing.assert_allclose(speech_regions(silent), [(15.0, 16.0)], atol=0.03)
     with pytest.raises(ValueError, match="VadConfig: threshold 1.5 must be in"):
         VadConfig(threshold=1.5)
 
@@ -78,7 +84,7 @@ def _count_by_brute_force(x: np.ndarray, threshold: float, min_share: float) -> 
         if sim[i, j] < threshold:
             break
         groups[i] += groups.pop(j)
-    return max(1, sum(len(g) >= min_share * len(x) for g in groups))
+    return sum(len(g) >= min_share * len(x) for g in groups) or len(groups)
 
 
 def test_speaker_count_from_a_threshold_on_cluster_means():
@@ -91,7 +97,10 @@ def test_speaker_count_from_a_threshold_on_cluster_means():
     assert count_speakers(both, 0.5) == 3
     assert count_speakers(both, 0.5, min_share=0.0) == 4
     assert count_speakers(both, -1.0) == 1  # everything is one speaker
-    assert count_speakers(both, 1.01) == 1 and count_speakers(both, 1.01, min_share=0.0) == 58  # nothing merges
+    assert count_speakers(both, 1.0) == 58 and count_speakers(both, 1.0, min_share=0.0) == 58  # nothing merges
+    for bad in (1.01, -1.5, float("nan")):
+        with pytest.raises(ValueError, match="threshold must be a cosine in \\[-1, 1\\]"):
+            count_speakers(both, bad)
     assert count_speakers(x[:0], 0.5) == 1
     # hand-checked: 0 and 30 degrees merge first (cos 30 = 0.866); their mean, at 15, is 45 from 60 (cos 0.707)
     angles = np.radians([0.0, 30.0, 60.0])

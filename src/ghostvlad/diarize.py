@@ -132,8 +132,10 @@ def speech_frames(wave: np.ndarray, sample_rate: int = SAMPLE_RATE, config: VadC
     """Speech/non-speech decision (bool) for every ``config.hop``-s frame of ``wave``."""
     energy = frame_log_energy(wave, sample_rate, config.frame, config.hop)
     floor, level = np.percentile(energy, [config.floor_percentile, config.speech_percentile])
-    if level - floor < config.min_range_db:
-        return np.ones(len(energy), dtype=bool)
+    if level - floor < config.min_range_db:  # speech in under (100 - speech_percentile) % of the frames, or none
+        level = energy.max()
+        if level - floor < config.min_range_db:
+            return np.ones(len(energy), dtype=bool)
     speech = energy > floor + config.threshold * (level - floor)
     size = 2 * round(config.smooth / config.hop / 2) + 1
     speech = scipy.ndimage.median_filter(speech, size=size, mode="nearest")
@@ -183,10 +185,12 @@ def count_speakers(embeddings: np.ndarray, threshold: float, min_share: float = 
 
     Greedy agglomeration on cluster means: the two clusters whose unit-normalised mean embeddings are most similar
     merge while that similarity is at least ``threshold``; clusters left with under ``min_share`` of the embeddings
-    (stray windows: overlaps, noises, turn changes) are not counted. ``O(N**2)`` memory and about ``N**3`` time.
+    (stray windows: overlaps, noises, turn changes) are not counted, unless no cluster reaches it. ``O(N**2)`` memory and about ``N**3`` time.
     """
     if not 0 <= min_share < 1:
         raise DiarizeError(f"min_share must be in [0, 1), got {min_share}")
+    if not -1 <= threshold <= 1:  # also refuses NaN
+        raise DiarizeError(f"threshold must be a cosine in [-1, 1], got {threshold}")
     n = len(embeddings)
     if n == 0:
         return 1
@@ -206,7 +210,8 @@ def count_speakers(embeddings: np.ndarray, threshold: float, min_share: float = 
         row = np.where(alive, unit @ unit[i], -np.inf)
         row[i] = -np.inf
         similarity[i, :] = similarity[:, i] = row
-    return max(1, int(np.sum(sizes[alive] >= min_share * n)))
+    counted = int(np.sum(sizes[alive] >= min_share * n))
+    return counted if counted else int(alive.sum())  # no cluster big enough: nothing merged, each its own speaker
 
 
 def cluster(

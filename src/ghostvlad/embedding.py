@@ -157,10 +157,16 @@ class Embedder(ABC):
 
     def load_item(self, item: AudioInput, sample_rate: int | None = None) -> np.ndarray:
         """One item as a validated 16 kHz mono float32 waveform: a file decoded, or an array (at ``sample_rate``,
-        default 16 kHz) resampled and checked. Raises :class:`AudioError` (too short: under ``min_duration``)."""
+        default 16 kHz) resampled and checked. Raises :class:`AudioError` (too short: under ``min_duration``, or
+        under the front-end's minimum whatever ``min_duration`` is)."""
         if isinstance(item, np.ndarray):
-            return prepare_waveform(item, sample_rate or SAMPLE_RATE, min_duration=self.min_duration)
-        return load_audio(item, min_duration=self.min_duration)
+            wave, source = prepare_waveform(item, sample_rate or SAMPLE_RATE, min_duration=self.min_duration), "<array>"
+        else:
+            wave, source = load_audio(item, min_duration=self.min_duration), os.fspath(item)
+        if len(wave) < self.frontend_config.min_samples:
+            raise AudioError(source, f"too short for the front-end: {len(wave)} samples, needs at least "
+                                     f"{self.frontend_config.min_samples}")
+        return wave
 
     def iter_embeddings(
         self, items: Sequence[AudioInput], sample_rate: int | None = None, *, workers: int = 2

@@ -233,3 +233,14 @@ def test_an_output_that_is_one_of_the_inputs_is_refused(tmp_path, model_dir):
     kept = parts[1].read_bytes()
     one_line_error(runner.invoke(app, ["merge", *map(str, parts), "-o", str(parts[1])]), "p1.npz: is also an input")
     assert parts[1].read_bytes() == kept
+
+
+@pytest.mark.parametrize("min_duration", ["0", "-1", "nan"])
+def test_a_clip_under_the_front_ends_minimum_is_that_items_error_whatever_min_duration(tmp_path, model_dir,
+                                                                                      min_duration):
+    files = [clip(tmp_path / "a.wav", 0), clip(tmp_path / "one.wav", 1, seconds=1 / 16000), clip(tmp_path / "b.wav", 2)]
+    res = runner.invoke(app, ["embed", *files, "-m", str(model_dir), "-o", str(tmp_path / "e.npz"),
+                              "--min-duration", min_duration])
+    assert res.exit_code == 0, res.output
+    assert f"skipped {files[1]}: too short for the front-end: 1 samples, needs at least 257" in " ".join(res.output.split())
+    assert list(np.load(tmp_path / "e.npz")["paths"]) == [files[0], files[2]]
