@@ -104,3 +104,36 @@ def test_shard_take_and_parse():
     assert Shard.parse("1/3").take(list(range(8))) == [1, 4, 7]
     with pytest.raises(ShardError, match="bad shard 'x'"):
         Shard.parse("x")
+
+
+def test_merge_refuses_parts_of_other_jobs_and_bad_parts(setup, tmp_path):
+    files = setup["files"]
+    common = ["embed", "--model", str(setup["model"]), "--device", "cpu"]
+    parts = [tmp_path / f"part{k}.npz" for k in range(2)]
+    for k, part in enumerate(parts):
+        single(*common, *files, "--shard", f"{k}/2", "--out", str(part))
+    assert len(merge_parts(parts)["paths"]) == 9  # the good parts merge
+
+    other = tmp_path / "other.npz"  # shard 1/2 of the same files in another order
+    single(*common, *reversed(files), "--shard", "1/2", "--out", str(other))
+    with pytest.raises(ShardError, match="other.npz: a part of another job than .*part0.npz"):
+        merge_parts([parts[0], other])
+    tiny_model(seed=1).save(tmp_path / "model1")  # the same files, another model
+    single("embed", "--model", str(tmp_path / "model1"), "--device", "cpu", *files, "--shard", "1/2", "--out", str(other))
+    with pytest.raises(ShardError, match="a part of another job"):
+        merge_parts([parts[0], other])
+
+    with np.load(parts[1]) as data:
+        arrays = {k: data[k] for k in data.files}
+    for name, change, message in (
+            ("nan", {"embeddings": np.where(np.eye(*arrays["embeddings"].shape) > 0, np.nan, arrays["embeddings"])},
+             "nan.npz: embeddings hold NaN or infinite values"),
+            ("rows", {"paths": arrays["paths"][:2]}, "rows.npz: arrays of different lengths"),
+            ("dims", {"embeddings": arrays["embeddings"][:, :4]}, "parts hold embeddings of different sizes")):
+        np.savez(tmp_path / f"{name}.npz", **{**arrays, **change})
+        with pytest.raises(ShardError, match=message):
+            merge_parts([parts[0], tmp_path / f"{name}.npz"])
+    np.save(tmp_path / "bare.npy", arrays["embeddings"])
+    result = runner.invoke(app, ["merge", str(parts[0]), str(tmp_path / "bare.npy"), "--out", str(tmp_path / "m.npz")])
+    assert result.exit_code == 1 and "bare.npy: not a shard part (a single array, not an .npz)" in result.output
+    assert not (tmp_path / "m.npz").exists()

@@ -79,7 +79,7 @@ def embed(
     """
     import numpy as np
 
-    from ..sharding import Shard, ShardError, merge_parts, write_npz
+    from ..sharding import Shard, ShardError, job_key, merge_parts, write_npz
     from ..train.distributed import barrier, gather_to_main, teardown
     from ..windows import WindowError, Windows, iter_windows, window_samples
 
@@ -141,7 +141,7 @@ def embed(
                       ends=np.concatenate([found[i].ends for i in order] or [np.zeros(0)]))
     if part is not None:
         arrays.update(index=np.repeat(np.array([positions[i] for i in order], dtype=np.int64), rows),
-                      shard=np.array(str(part)))
+                      shard=np.array(str(part)), job=np.array(job_key(paths, model.cache_key())))
     target = out_path if ranks is None else out_path.with_name(f".{out_path.name}.part{ranks.rank}")
     write_npz(target, arrays)  # an OSError is one line naming the file (the CLI's error handling)
     if ranks is not None:  # rank 0 merges every rank's part (next to --out: a folder all ranks see) into --out
