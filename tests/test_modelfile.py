@@ -120,3 +120,18 @@ def test_non_finite_weights_and_failed_writes_leave_the_saved_model_as_it_was(tm
     assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == saved
     monkeypatch.undo()
     assert torch.equal(read_model(path)[1]["backbone.stem.bn.bias"], model.saved_encoder.state_dict()["backbone.stem.bn.bias"])
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"hop_length": 0}, r"frontend: need 0 < hop_length \(0\) <= win_length \(400\) <= n_fft \(512\)"),
+    ({"win_length": 1024}, r"frontend: need 0 < hop_length \(160\) <= win_length \(1024\) <= n_fft \(512\)"),
+    ({"sample_rate": 0}, r"frontend.sample_rate 0: audio is always resampled to 16000 Hz"),
+    ({"eps": 2.0}, r"frontend.eps 2.0: must be in \(0, 1\)"),
+])
+def test_an_edited_front_end_that_cannot_run_is_refused(tmp_path, model, change, message):
+    path = model.save(tmp_path / "m")
+    config = json.loads((path / "config.json").read_text())
+    config["frontend"].update(change)
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="m: bad model config \\(ValueError: " + message):
+        load_model(path)

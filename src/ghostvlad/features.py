@@ -27,6 +27,15 @@ class FrontEndConfig:
     eps: float = 1e-5
     mirror: bool = False  # evaluation-time "wav + reversed wav" extension of the original
 
+    def __post_init__(self) -> None:
+        if self.sample_rate != 16000:
+            raise ValueError(f"frontend.sample_rate {self.sample_rate}: audio is always resampled to 16000 Hz")
+        if not 0 < self.hop_length <= self.win_length <= self.n_fft:
+            raise ValueError(f"frontend: need 0 < hop_length ({self.hop_length}) <= win_length ({self.win_length}) "
+                             f"<= n_fft ({self.n_fft})")
+        if not 0 < self.eps < 1:  # also refuses NaN
+            raise ValueError(f"frontend.eps {self.eps}: must be in (0, 1)")
+
     @property
     def n_freq(self) -> int:
         return self.n_fft // 2 + 1
