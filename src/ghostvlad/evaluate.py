@@ -441,8 +441,9 @@ def evaluate(
         usable = [done.embeddings[p] for p in distinct if p in done.embeddings]
         if len(usable) < 2:
             label = cohort if isinstance(cohort, (str, os.PathLike)) else "cohort"
+            first = next((done.errors[p] for p in distinct if p in done.errors), None)
             raise EvalError(f"{label}: only {len(usable)} of {len(distinct)} cohort files could be embedded; "
-                            "AS-norm needs at least 2")
+                            "AS-norm needs at least 2" + (f" (first: {first})" if first else ""))
         asnorm_scores = _as_norm(scores, emb, a, b, np.stack(usable), top_k)
         asnorm = AsNormMetrics(**vars(Metrics.of(asnorm_scores, labels)), top_k=min(top_k, len(usable)),
                                cohort_size=len(usable), cohort_bad_files=len(distinct) - len(usable))

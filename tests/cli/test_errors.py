@@ -67,7 +67,7 @@ def test_list_takes_one_exact_path_per_line(tmp_path, model_dir):
     spaced = clip(tmp_path / "my clip  two.wav", 0)
     plain = clip(tmp_path / "plain.wav", 1)
     listing = tmp_path / "files.txt"
-    listing.write_text(f"# recordings\n\n{spaced}\n   \n{plain}\n")
+    listing.write_text(f"{spaced}\n# recordings\n\n   \n{plain}\n", encoding="utf-8-sig")  # a BOM, as some editors write
     out = tmp_path / "emb.npz"
     res = runner.invoke(app, ["embed", "--list", str(listing), "-m", str(model_dir), "-o", str(out)])
     assert res.exit_code == 0, res.output

@@ -212,6 +212,11 @@ def _reshape(f: h5py.File, dataset: str, shape: tuple[int, ...]) -> None:
     f.create_dataset(dataset, data=np.zeros(shape, np.float32))
 
 
+def _replace(f: h5py.File, dataset: str, data: np.ndarray) -> None:
+    del f[dataset]
+    f.create_dataset(dataset, data=data)
+
+
 @pytest.mark.parametrize("edit,message", [
     (lambda f: _drop_layer(f, "conv3_b_3x3/bn"), "missing layer 'conv3_b_3x3/bn'"),
     (lambda f: f.__delitem__("conv3_b_3x3"), "layer 'conv3_b_3x3' is listed in layer_names but has no group"),
@@ -228,6 +233,9 @@ def _reshape(f: h5py.File, dataset: str, shape: tuple[int, ...]) -> None:
     (lambda f: f["x_fc"].__delitem__("x_fc/bias:0"),
      "x_fc: weight 'x_fc/bias:0' is listed in weight_names but missing"),
     (lambda f: f.attrs.__delitem__("layer_names"), "no 'layer_names' attribute at the root or in 'model_weights'"),
+    (lambda f: _replace(f, "x_fc/x_fc/bias:0", np.array([b"x"] * 4)), "x_fc: weight 'x_fc/bias:0' holds |S1 values"),
+    (lambda f: _replace(f, "x_fc/x_fc/bias:0", np.full(4, np.nan, np.float32)),
+     "x_fc: weight 'x_fc/bias:0' holds NaN or infinite values"),
 ])
 def test_broken_files_fail_with_one_line(tiny_copy, edit, message):
     _edit(tiny_copy, edit)

@@ -45,7 +45,7 @@ def eval_(
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,
     min_duration: float = MinDurOpt,
-    batch_frames: int = typer.Option(3200, help="Cap on padded frames per batch (measured fastest on CPU: ~3200)."),
+    batch_frames: int = typer.Option(3200, min=1, help="Cap on padded frames per batch (measured fastest on CPU: ~3200)."),
     workers: int = typer.Option(2, min=1, help="Threads reading metadata and decoding audio."),
     shard: Optional[str] = typer.Option(None, help="k/n: only embed every n-th file from the k-th into the cache (a "
                                         "job-array task); then run eval without --shard to score from the cache."),

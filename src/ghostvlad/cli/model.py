@@ -46,7 +46,7 @@ def convert_keras(
 def _read_list(path: Path) -> list[str]:
     """One path per line, exactly as written (spaces kept); blank lines and ``#`` comment lines skipped."""
     try:
-        lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
+        lines = path.read_text(encoding="utf-8-sig", errors="surrogateescape").splitlines()  # a BOM is not a path
     except OSError as exc:
         fail(f"{path}: cannot read the file list ({exc.strerror or exc})")
     return [ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
@@ -64,7 +64,7 @@ def embed(
     device: str = DeviceOpt,
     min_duration: float = MinDurOpt,
     mirror: Optional[bool] = MirrorOpt,
-    batch_frames: int = typer.Option(3200, help="Cap on padded frames per batch (measured fastest on CPU: ~3200)."),
+    batch_frames: int = typer.Option(3200, min=1, help="Cap on padded frames per batch (measured fastest on CPU: ~3200)."),
     workers: int = typer.Option(2, min=1, help="Threads reading metadata and decoding audio."),
     window: Optional[float] = typer.Option(None, help="Embed every window of this many seconds, not whole files."),
     hop: Optional[float] = typer.Option(None, help="Seconds between window starts, with --window (default 0.5)."),

@@ -107,7 +107,11 @@ def _read_layer(root: h5py.Group, layer: str, path: Path) -> dict[str, np.ndarra
         suffix = name.rsplit("/", 1)[-1].split(":")[0]  # "x_fc_1/kernel:0" -> "kernel"
         if suffix in values:
             raise KerasConversionError(f"{path}: {layer}: two weights named '{suffix}'")
+        if data.dtype.kind not in "fiu":
+            raise KerasConversionError(f"{path}: {layer}: weight {name!r} holds {data.dtype} values, not numbers")
         values[suffix] = np.asarray(data[()], dtype=np.float32)
+        if not np.isfinite(values[suffix]).all():
+            raise KerasConversionError(f"{path}: {layer}: weight {name!r} holds NaN or infinite values")
     return values
 
 
