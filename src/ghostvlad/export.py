@@ -127,6 +127,10 @@ class OnnxSpeakerModel(Embedder):
         self._config = self._read_config()
         self._check_weights()
         self.config = EncoderConfig.from_dict(self._config["encoder"])
+        width = self.session.get_outputs()[0].shape[-1]
+        if isinstance(width, int) and width != self.config.embed_dim:
+            raise ModelFileError(f"{self.path}: the graph gives {width}-d embeddings, its metadata says "
+                                 f"{self.config.embed_dim}")
         self.frontend_config = FrontEndConfig(**self._config["frontend"])
         if mirror is not None and mirror != self.frontend_config.mirror:
             raise ModelFileError(f"{self.path}: the mirror extension is fixed in an ONNX file (this one: "

@@ -1,4 +1,5 @@
 """`ghostvlad export`, and the CLI on exported and broken ONNX files."""
+import json
 import warnings
 
 import numpy as np
@@ -28,12 +29,19 @@ def test_bad_onnx_files_give_one_line_errors(mirrored, tmp_path):
     onnx.helper.set_model_props(proto, {"ghostvlad": "{not json"})
     garbled = tmp_path / "garbled.onnx"
     onnx.save(proto, garbled)
+    meta = json.loads({p.key: p.value for p in onnx.load(str(mirrored[1].path)).metadata_props}["ghostvlad"])
+    width = meta["encoder"]["embed_dim"]
+    meta["encoder"]["embed_dim"] = width + 1
+    onnx.helper.set_model_props(proto, {"ghostvlad": json.dumps(meta)})
+    widened = tmp_path / "widened.onnx"
+    onnx.save(proto, widened)
     cases = {
         tmp_path / "missing.onnx": "no such ONNX model file",
         corrupt: "not a readable ONNX model",
         foreign: "not a ghostvlad export",
         bare: "ONNX file without ghostvlad metadata",
         garbled: "bad ghostvlad metadata",
+        widened: f"the graph gives {width}-d embeddings, its metadata says {width + 1}",
     }
     for path, message in cases.items():
         with pytest.raises(ModelFileError) as info:
