@@ -253,9 +253,11 @@ def test_non_finite_step_is_skipped_and_counted_and_never_saved(corpus, tmp_path
     rows = [r for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open()) if r["step"]]
     assert [r["skipped"] for r in rows] == ["0", "1", "0", "0", "0"]
     assert rows[1]["loss"] == "nan" and rows[0]["loss"] != "nan"
-    for name, value in before[2].items():  # the skipped step left the weights as they were
-        if name.endswith("weight") and "head" in name:
+    for name, value in before[2].items():  # the skipped step left the weights and running statistics as they were
+        if name.endswith("weight") and "head" in name or "running_" in name or "num_batches" in name:
             torch.testing.assert_close(value, before[1][name], rtol=0, atol=0)
+    assert not torch.equal(before[3]["encoder.backbone.stem.bn.running_mean"],
+                           before[2]["encoder.backbone.stem.bn.running_mean"])  # a taken step updates them
     with torch.no_grad():
         next(trainer.parts.net.parameters()).fill_(float("inf"))
     with pytest.raises(TrainError, match="non-finite values in encoder.* not saved"):

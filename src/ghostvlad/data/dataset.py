@@ -94,19 +94,24 @@ def read_crop(path: str | os.PathLike, rng: np.random.Generator, duration: float
     """``train_crop(load_audio(path), rng, frames)``, reading only the crop's samples where the format allows.
 
     ``duration`` (seconds, from the manifest) is checked against the file: a file that changed since the manifest
-    was made raises :class:`AudioError`, as does any file that can no longer be read.
+    was made raises :class:`AudioError`, as does any file that can no longer be read, and a crop holding NaN or
+    infinite samples (a float file the manifest did not check).
     """
     source = os.fsdecode(path)
     suffix = Path(source).suffix.lower()
     if suffix in PARTIAL_READ_SUFFIXES | SEEK_DECODE_SUFFIXES and not os.path.isfile(source):
         raise AudioError(source, "file not found")
+    crop = None
     if suffix in PARTIAL_READ_SUFFIXES:
-        return crop_soundfile(source, rng, duration, frames, source)
-    if suffix in SEEK_DECODE_SUFFIXES and duration is not None:
+        crop = crop_soundfile(source, rng, duration, frames, source)
+    elif suffix in SEEK_DECODE_SUFFIXES and duration is not None:
         crop = _crop_seek_decode(source, rng, duration, frames)
-        if crop is not None:
-            return crop
-    return train_crop(_load_whole(source, duration), rng, frames)
+    if crop is None:
+        crop = train_crop(_load_whole(source, duration), rng, frames)
+    bad = crop.size - np.count_nonzero(np.isfinite(crop))
+    if bad:
+        raise AudioError(source, f"contains {bad} NaN or infinite sample(s)")
+    return crop
 
 
 def _load_whole(source: str, duration: float | None) -> np.ndarray:

@@ -218,6 +218,8 @@ class Trainer:
         waves, labels = waves.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.no_grad():
             feats, _ = self.parts.frontend(waves)
+            buffers = [b for b in self.parts.net.buffers() if b.is_floating_point() or b.dtype == torch.long]
+            before = [b.clone() for b in buffers]  # BatchNorm statistics, kept if the step is skipped
         with self._autocast():
             logits, extra = self.parts.forward(feats, labels)  # fp32: the head and the loss leave autocast
         loss = F.cross_entropy(logits, labels) + extra
@@ -228,6 +230,9 @@ class Trainer:
         bad = (~torch.isfinite(loss.detach())).float() + (~torch.isfinite(torch.nn.utils.get_total_norm(grads))).float()
         bad = distributed.all_sum(bad, self.dist)  # gradients are all-reduced already; the loss is per rank
         finite = bad == 0
+        with torch.no_grad():  # a skipped step leaves no trace, not even in the running statistics (no host sync)
+            for buffer, kept in zip(buffers, before):
+                buffer.copy_(torch.where(finite, buffer, kept))
         if self.parts.scaler.is_enabled():
             self.parts.scaler.step(self.parts.optimizer)  # skips the step itself on non-finite gradients
         elif self.parts.fused:
