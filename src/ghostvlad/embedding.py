@@ -163,6 +163,11 @@ class Embedder(ABC):
             wave, source = prepare_waveform(item, sample_rate or SAMPLE_RATE, min_duration=self.min_duration), "<array>"
         else:
             wave, source = load_audio(item, min_duration=self.min_duration), os.fspath(item)
+        return self.check_length(wave, source)
+
+    def check_length(self, wave: np.ndarray, source: str) -> np.ndarray:
+        """``wave`` unchanged, or :class:`AudioError` when it is shorter than the front-end can take (whatever
+        ``min_duration`` allows)."""
         if len(wave) < self.frontend_config.min_samples:
             raise AudioError(source, f"too short for the front-end: {len(wave)} samples, needs at least "
                                      f"{self.frontend_config.min_samples}")

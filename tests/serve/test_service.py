@@ -255,3 +255,16 @@ def test_health_docs_and_page(model, serve):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert httpx.get(f"{base}/v1/speakers").status_code == 409  # no gallery
     assert httpx.get(f"{base}/static/../app.py").status_code == 404
+
+
+def test_a_clip_too_short_for_the_front_end_fails_alone(model, serve):
+    from ghostvlad.inference import SpeakerModel
+
+    lenient = SpeakerModel(model.saved_encoder, model.frontend_config, min_duration=0.0)  # `serve --min-duration 0`
+    base = serve(lenient, max_wait=0.5)
+    clips = [wav_bytes(voice(VOICES["alice"], 0.6, seed=k)) for k in range(6)]
+    clips.insert(3, wav_bytes(voice(VOICES["bob"], 10 / 16000)))  # 10 samples
+    with ThreadPoolExecutor(len(clips)) as pool:
+        answers = list(pool.map(lambda c: httpx.post(f"{base}/v1/embed", content=c, timeout=30), clips))
+    assert [r.status_code for r in answers] == [200, 200, 200, 400, 200, 200, 200]
+    assert answers[3].json() == {"detail": "body: too short for the front-end: 10 samples, needs at least 257"}

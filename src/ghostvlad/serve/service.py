@@ -90,8 +90,9 @@ class Service:
 
     async def decode(self, upload: Upload | bytes, source: str) -> np.ndarray:
         data = await upload.read() if isinstance(upload, Upload) else upload
-        return await run_in_threadpool(load_audio_bytes, data, source, SAMPLE_RATE, self.model.min_duration,
+        wave = await run_in_threadpool(load_audio_bytes, data, source, SAMPLE_RATE, self.model.min_duration,
                                        self.config.max_duration)
+        return self.model.check_length(wave, source)
 
     async def decode_all(self, uploads: list[UploadFile], fields: list[str]) -> list[np.ndarray]:
         """Decode uploads concurrently; the first bad one raises its :class:`AudioError`."""
