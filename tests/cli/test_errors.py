@@ -235,12 +235,27 @@ def test_an_output_that_is_one_of_the_inputs_is_refused(tmp_path, model_dir):
     assert parts[1].read_bytes() == kept
 
 
-@pytest.mark.parametrize("min_duration", ["0", "-1", "nan"])
-def test_a_clip_under_the_front_ends_minimum_is_that_items_error_whatever_min_duration(tmp_path, model_dir,
-                                                                                      min_duration):
+def test_a_clip_under_the_front_ends_minimum_is_that_items_error_whatever_min_duration(tmp_path, model_dir):
     files = [clip(tmp_path / "a.wav", 0), clip(tmp_path / "one.wav", 1, seconds=1 / 16000), clip(tmp_path / "b.wav", 2)]
-    res = runner.invoke(app, ["embed", *files, "-m", str(model_dir), "-o", str(tmp_path / "e.npz"),
-                              "--min-duration", min_duration])
+    base = ["embed", *files, "-m", str(model_dir), "-o", str(tmp_path / "e.npz"), "--min-duration"]
+    res = runner.invoke(app, [*base, "0"])
     assert res.exit_code == 0, res.output
     assert f"skipped {files[1]}: too short for the front-end: 1 samples, needs at least 257" in " ".join(res.output.split())
     assert list(np.load(tmp_path / "e.npz")["paths"]) == [files[0], files[2]]
+    for bad, message in (("-1", "greater than or equal to 0"), ("nan", "--min-duration"),
+                         ("inf", "must be a finite number, got inf")):
+        res = runner.invoke(app, [*base, bad])
+        text = " ".join(w for w in res.output.split() if w != "│")
+        assert res.exit_code == 2 and "Invalid value for '--min-duration'" in text and message in text, res.output
+
+
+@pytest.mark.parametrize("args", [
+    ["serve", "--max-wait-ms", "inf"], ["serve", "--max-upload-mb", "inf"], ["serve", "--read-timeout", "inf"],
+    ["stream", "x.wav", "--update", "inf"], ["synth", "-o", "corpus", "--max-duration", "inf"],
+    ["prepare", "--root", "r", "-o", "m.csv", "--shard-mb", "inf"]])
+def test_infinite_flag_values_are_refused_before_any_work(tmp_path, model_dir, monkeypatch, args):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, [*args, *(["-m", str(model_dir)] if args[0] in ("serve", "stream") else [])])
+    text = " ".join(w for w in res.output.split() if w != "│")
+    assert res.exit_code == 2 and "must be a finite number, got inf" in text, res.output
+    assert list(tmp_path.iterdir()) == []  # nothing written (synth used to leave a synth.json that blocked a rerun)

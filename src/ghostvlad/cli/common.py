@@ -4,6 +4,7 @@ Each topic module (``cli/model.py``, ``cli/data.py``, ...) registers its command
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -142,12 +143,19 @@ def require_stored_model(model, model_path: Path, what: str) -> None:
              ".safetensors) and export again")
 
 
+def finite(value: Optional[float]) -> Optional[float]:
+    """Option callback: refuse NaN and infinities (click's ``min``/``max`` let them through)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
 ModelOpt = typer.Option(..., "--model", "-m", help="Model directory, .safetensors file, or training run folder.")
 PrecisionOpt = typer.Option("auto", help="fp32, or bf16 (autocast; faster on CPUs with AVX512-BF16 and on GPUs); "
                             "auto: bf16 on a GPU, fp32 on the CPU.")
 DeviceOpt = typer.Option("auto", help="cpu, cuda, cuda:1, ...; auto: the GPU if there is one (this rank's under "
                          "torchrun), else the CPU.")
-MinDurOpt = typer.Option(0.5, help="Reject clips shorter than this many seconds.")
+MinDurOpt = typer.Option(0.5, min=0.0, callback=finite, help="Reject clips shorter than this many seconds.")
 VerifyCacheOpt = typer.Option(
     False, "--verify-cache",
     help="Trust a cached embedding only while the file's content hash (SHA-256) matches, not its size and "

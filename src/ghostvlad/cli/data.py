@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import app, err, fail, out, progress_callback
+from .common import app, err, fail, finite, out, progress_callback
 
 
 @app.command()
@@ -17,12 +17,12 @@ def prepare(
         None, "--list", help="The original's list file ('idXXXXX/<video>/<nnnnn>.wav <label>', relative to --root) "
                              "instead of scanning --root."),
     shards: Optional[Path] = typer.Option(None, "--shards", help="Also pack the data into WebDataset shards here."),
-    shard_size: int = typer.Option(1000, help="Most utterances per shard."),
-    shard_mb: float = typer.Option(1000.0, help="Most megabytes of audio per shard."),
+    shard_size: int = typer.Option(1000, min=1, help="Most utterances per shard."),
+    shard_mb: float = typer.Option(1000.0, min=0.001, callback=finite, help="Most megabytes of audio per shard."),
     keep_original: bool = typer.Option(
         False, help="Store WAV/FLAC files in shards as they are (default: as 16-bit FLAC)."),
     seed: int = typer.Option(0, help="Seed of the shuffled shard order."),
-    workers: Optional[int] = typer.Option(None, help="Decoding processes (default: all CPUs)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Decoding processes (default: all CPUs)."),
 ) -> None:
     """Check that every file decodes and write a training manifest; bad files are listed next to it and left out."""
     from ..audio import AudioError
@@ -75,15 +75,15 @@ def synth(
     test_speakers: int = typer.Option(10, help="Of which held out for test."),
     sessions: int = typer.Option(4, help="Sessions (videos) per speaker."),
     utterances: int = typer.Option(5, help="Utterances per session."),
-    min_duration: float = typer.Option(2.0, help="Shortest utterance, seconds."),
-    max_duration: float = typer.Option(6.0, help="Longest utterance, seconds."),
+    min_duration: float = typer.Option(2.0, callback=finite, help="Shortest utterance, seconds."),
+    max_duration: float = typer.Option(6.0, callback=finite, help="Longest utterance, seconds."),
     trials: int = typer.Option(2000, help="Verification trials over the test speakers (half target)."),
     seed: int = typer.Option(0, help="Seed: the same seed gives byte-identical files."),
     voices: str = typer.Option("all", help="Speaker pool: all, formant (espeak-ng's own synthesiser) or klatt "
                                            "(its Klatt synthesiser): two families for cross-domain checks."),
     channels: str = typer.Option("studio", help="Session channels: studio (rooms, noise, EQ, band limits) or field "
                                                 "(adds telephone lines, speech codecs, saturation, larger rooms)."),
-    workers: Optional[int] = typer.Option(None, help="Synthesis processes (default: all CPUs)."),
+    workers: Optional[int] = typer.Option(None, min=1, help="Synthesis processes (default: all CPUs)."),
 ) -> None:
     """Synthesise a VoxCeleb-layout corpus of espeak-ng speakers heard through random channels."""
     from ..data.synth import SynthConfig, synthesize_corpus

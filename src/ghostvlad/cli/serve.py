@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, err, fail, open_model
+from .common import DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, err, fail, finite, open_model
 
 
 @app.command()
@@ -20,10 +20,10 @@ def serve(
         None, envvar="GHOSTVLAD_TOKEN", show_envvar=True,
         help="Bearer token: required for every request when listening beyond loopback, for enrol/delete always. "
              "Prefer the environment variable: other users can read a command line."),
-    max_upload_mb: float = typer.Option(25.0, min=0.001, help="Largest request body, in MiB."),
-    max_duration: float = typer.Option(60.0, min=0.1, help="Longest recording accepted, in seconds."),
-    read_timeout: float = typer.Option(30.0, min=0.1, help="Seconds within which a request body must arrive."),
-    max_wait_ms: float = typer.Option(5.0, min=0.0, help="How long a request waits for others to share its batch."),
+    max_upload_mb: float = typer.Option(25.0, min=0.001, callback=finite, help="Largest request body, in MiB."),
+    max_duration: float = typer.Option(60.0, min=0.1, callback=finite, help="Longest recording accepted, in seconds."),
+    read_timeout: float = typer.Option(30.0, min=0.1, callback=finite, help="Seconds within which a request body must arrive."),
+    max_wait_ms: float = typer.Option(5.0, min=0.0, callback=finite, help="How long a request waits for others to share its batch."),
     max_queue: int = typer.Option(256, min=1, help="Recordings waiting for the model beyond which requests get 503."),
     precision: str = PrecisionOpt,
     device: str = DeviceOpt,

@@ -12,7 +12,7 @@ import numpy as np
 import typer
 
 from .calibrate import OperatingPointOpt, PriorOpt, ThresholdOpt, decision_rule
-from .common import DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, fail, open_model, out
+from .common import DeviceOpt, MinDurOpt, ModelOpt, PrecisionOpt, app, fail, finite, open_model, out
 
 
 def _file_blocks(path: str, block: int, real_time: bool, rate: int, min_duration: float) -> Iterator[np.ndarray]:
@@ -48,7 +48,7 @@ def stream(
     source: str = typer.Argument(..., help="A recording, or - for raw 16 kHz mono 16-bit little-endian PCM on stdin."),
     model_path: Path = ModelOpt,
     db: Optional[Path] = typer.Option(None, "--db", help="Speaker gallery: print the running best match."),
-    update: float = typer.Option(0.5, "--update", min=0.01, help="Seconds of audio between updates."),
+    update: float = typer.Option(0.5, "--update", min=0.01, callback=finite, help="Seconds of audio between updates."),
     fast: bool = typer.Option(False, "--fast", help="Read a file as fast as possible instead of in real time."),
     operating_point: Optional[str] = OperatingPointOpt,
     threshold: Optional[float] = ThresholdOpt,
