@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from typing import Any
@@ -18,9 +19,14 @@ class ConfigError(GhostvladError):
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
 
 
+_EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def convert(value: Any, kind: type) -> tuple[bool, Any]:
     """``(ok, value)``: ``value`` as ``kind`` where that is lossless (an int where a float is expected)."""
     if kind is float:
+        if isinstance(value, str) and _EXPONENT.fullmatch(value.strip()):  # "1e-3": YAML 1.1 leaves it a string
+            value = float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return True, float(value)
         return False, value

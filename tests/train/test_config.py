@@ -37,7 +37,11 @@ def test_dump_round_trips(tmp_path):
     ("override", "message"),
     [("optim.lr", "bad override"), ("lr=1", "bad override"), ("optim.lrate=1", "optim: unknown key\\(s\\) lrate"),
      ("optimizer.lr=1", "unknown config sections: optimizer"), ("model.pooling=attn", "unknown pooling"),
-     ("train.ema=1", "train.ema=1.*strictly between 0 and 1")],
+     ("train.ema=1", "train.ema=1.*strictly between 0 and 1"), ("optim.lr=-1", r"optim.lr=-1.0: must be > 0"),
+     ("optim.lr=0", r"optim.lr=0.0: must be > 0"), ("data.frames=0", r"data.frames=0: must be >= 1"),
+     ("data.workers=-1", r"data.workers=-1: must be >= 0"), ("train.epochs=0", r"train.epochs=0: must be >= 1"),
+     ("schedule.warmup_ratio=5", r"schedule.warmup_ratio=5.0: must be in \(0, 1\]"),
+     ("optim.weight_decay=-5", r"optim.weight_decay=-5.0: must be >= 0"), ("optim.lr=1e400", "expected a number")],
 )
 def test_bad_overrides_fail_clearly(override, message):
     with pytest.raises(ValueError, match=message):
@@ -47,6 +51,11 @@ def test_bad_overrides_fail_clearly(override, message):
 def test_unknown_config_name():
     with pytest.raises(ValueError, match="unknown config 'papr'; shipped: demo, modern, paper, paper-amsoftmax"):
         load_config("papr")
+
+
+def test_numbers_in_scientific_notation_are_numbers():  # YAML 1.1 reads "1e-3" (no dot) as a string
+    assert load_config("demo", ["optim.lr=1e-3"]).optim.lr == 0.001
+    assert load_config("demo", ["finetune.lr=2.5E-6"]).finetune.lr == 2.5e-6
 
 
 def test_parse_override_types():

@@ -18,7 +18,7 @@ def train(
     init: Optional[Path] = typer.Option(None, help="Start from this model (converted Keras model or ours; new head)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, ... (default: this rank's GPU if any, else cpu)."),
     max_steps: Optional[int] = typer.Option(
-        None, help="Stop (with a checkpoint) once the run has made this many steps in all, counted from its start; "
+        None, min=1, help="Stop (with a checkpoint) once the run has made this many steps in all, counted from its start; "
                    "the same command without it (or with a larger value) continues exactly as an uninterrupted run. "
                    "The learning-rate schedule follows the config's epochs, never --max-steps."),
 ) -> None:
@@ -60,5 +60,8 @@ def train(
         teardown()
     if main:
         best = "" if state.best == float("inf") else f", best {'EER' if cfg.valid.trials else 'loss'} {state.best:.4f}"
-        out.print(f"{out_dir}: epoch {state.epoch}/{trainer.total_epochs}, step {state.global_step}{best}; "
-                  f"model in {out_dir / 'model'}", highlight=False)
+        model = out_dir / "model"
+        where = (f"model in {model}" if (model / "config.json").exists()
+                 else "no model yet (one is exported at the end of each epoch); run again to continue")
+        out.print(f"{out_dir}: epoch {state.epoch}/{trainer.total_epochs}, step {state.global_step}{best}; {where}",
+                  highlight=False)

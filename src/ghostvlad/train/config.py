@@ -140,6 +140,42 @@ class FinetuneConfig:
     lr: float = 1e-5
 
 
+# numeric settings and the values that make sense: (lowest, highest, whether the lowest itself is excluded)
+RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "optim.lr": (0, None, True),
+    "optim.weight_decay": (0, None, False),
+    "schedule.warmup_ratio": (0, 1, True),
+    "schedule.warmup_epochs": (0, None, False),
+    "schedule.min_ratio": (0, 1, False),
+    "data.frames": (1, None, False),
+    "data.workers": (0, None, False),
+    "data.augment_prob": (0, 1, False),
+    "data.rooms": (1, None, False),
+    "data.prefetch": (1, None, False),
+    "data.max_bad_fraction": (0, 1, False),
+    "train.epochs": (1, None, False),
+    "train.batch_size": (1, None, False),
+    "train.steps_per_epoch": (1, None, False),
+    "train.checkpoint_every": (1, None, False),
+    "train.log_every": (1, None, False),
+    "train.bn_momentum": (0, 1, True),
+    "train.per_speaker": (1, None, False),
+    "train.dist_timeout": (0, None, True),
+    "valid.every": (1, None, False),
+    "finetune.epochs": (0, None, False),
+    "finetune.frames": (1, None, False),
+    "finetune.lr": (0, None, True),
+}
+
+
+def _check_range(key: str, value: float) -> None:
+    low, high, open_low = RANGES[key]
+    if (value > low if open_low else value >= low) and (high is None or value <= high):
+        return
+    rule = f"{'>' if open_low else '>='} {low}" if high is None else f"in {'(' if open_low else '['}{low}, {high}]"
+    raise ConfigError(f"{key}={value}: must be {rule}")
+
+
 @dataclass
 class TrainConfig:
     model: EncoderConfig = field(default_factory=EncoderConfig)
@@ -152,6 +188,10 @@ class TrainConfig:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
+        for key in RANGES:
+            section, name = key.split(".")
+            if (value := getattr(getattr(self, section), name)) is not None:
+                _check_range(key, value)
         if self.finetune.margin is not None and "margin" not in {p.name for p in HEADS.params(self.head.name)}:
             raise ConfigError(f"finetune.margin: head {self.head.name!r} has no margin; choose a margin head "
                               "(amsoftmax, aamsoftmax) or leave finetune.margin unset")
