@@ -280,3 +280,38 @@ def test_speaker_index_searches_and_decides_without_a_database():
         index.search(query, 0, rule)
     with pytest.raises(GalleryError, match="finite non-zero vector of 16 values"):
         index.search(np.full(16, np.nan), 1, rule)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs folder, filled up by ``fill()`` (needs root and mount; skipped otherwise)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a full disk is simulated with a small tmpfs mount, which needs root")
+
+    def fill():
+        with pytest.raises(OSError), open(folder / "fill", "wb") as fh:
+            while True:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+
+    yield folder, fill
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_is_said_and_leaves_no_empty_gallery(model, clips, tmp_path, full_disk):
+    folder, fill = full_disk
+    with Gallery(folder / "g.db", model) as gallery:
+        gallery.enroll("alice", clips["alice"][:1])
+    fill()
+    with pytest.raises(GalleryError, match=r"g.db: cannot (open|write) the gallery \((disk I/O error|database or disk "
+                                           r"is full)"):  # not "not an SQLite database"
+        with Gallery(folder / "g.db", model) as gallery:
+            gallery.enroll("bob", clips["bob"][:1])
+    with pytest.raises(GalleryError, match=r"new.db: cannot write the gallery \(database or disk is full\); nothing "
+                                           r"was changed"):
+        with Gallery(folder / "new.db", model) as gallery:
+            gallery.enroll("bob", clips["bob"][:1])
+    assert not (folder / "new.db").exists()

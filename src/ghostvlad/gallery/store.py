@@ -12,7 +12,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,10 +118,16 @@ class GalleryStore:
             return db
         try:
             db.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable commits without an fsync each
-        except sqlite3.DatabaseError:
+        except sqlite3.DatabaseError as exc:
             db.close()
-            raise GalleryError(f"{self.path}: not a ghostvlad gallery (not an SQLite database)") from None
+            raise self._unreadable(exc) from None
         return db
+
+    def _unreadable(self, exc: sqlite3.DatabaseError) -> GalleryError:
+        """The error for a file SQLite could not read: not a database, or (disk full, I/O error) not readable now."""
+        if isinstance(exc, sqlite3.OperationalError):
+            return GalleryError(f"{self.path}: cannot open the gallery ({exc})")
+        return GalleryError(f"{self.path}: not a ghostvlad gallery (not an SQLite database)")
 
     def _validate(self) -> bool:
         """True when the file holds our schema (model checked), False for an empty database; else raises."""
@@ -129,8 +135,8 @@ class GalleryStore:
             app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-        except sqlite3.DatabaseError:
-            raise GalleryError(f"{self.path}: not a ghostvlad gallery (not an SQLite database)") from None
+        except sqlite3.DatabaseError as exc:
+            raise self._unreadable(exc) from None
         if app_id == 0 and version == 0 and tables == 0:
             return False
         if app_id != APPLICATION_ID:
@@ -187,13 +193,18 @@ class GalleryStore:
         if self.read_only:
             raise GalleryError(f"{self.path}: cannot write the gallery: it is read-only (no write permission on the "
                                "file or its folder)")
+        new_file = self._db is None and not self.path.exists()
         if self._db is None:
             self._db = self._connect(create=True)
         db = self._db
-        if not self.ready():  # before the first write: neither can change later
-            db.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
-            db.execute("PRAGMA journal_mode=WAL")
-        db.execute("BEGIN IMMEDIATE")
+        try:
+            if not self.ready():  # before the first write: neither can change later
+                db.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:  # disk full, I/O error, read-only file system, ...
+            self._forget(new_file)
+            raise GalleryError(f"{self.path}: cannot write the gallery ({exc}); nothing was changed") from None
         fresh = False
         try:
             if not self._validate():  # re-read under the write lock: another process may have written
@@ -208,9 +219,19 @@ class GalleryStore:
             if fresh:
                 self._meta = {}
             if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error, read-only file system, ...
+                self._forget(new_file)
                 raise GalleryError(f"{self.path}: cannot write the gallery ({exc}); nothing was changed") from None
             raise
         self._ready = True
+
+    def _forget(self, new_file: bool) -> None:
+        """After a failed first write into a file this call created: close, and remove the file if it is empty."""
+        if not new_file:
+            return
+        self.close()
+        with suppress(OSError):
+            if self.path.stat().st_size == 0:
+                self.path.unlink()
 
     def _create(self, db: sqlite3.Connection) -> None:
         if self.identity is None:
