@@ -315,3 +315,13 @@ def test_a_full_disk_is_said_and_leaves_no_empty_gallery(model, clips, tmp_path,
         with Gallery(folder / "new.db", model) as gallery:
             gallery.enroll("bob", clips["bob"][:1])
     assert not (folder / "new.db").exists()
+
+
+def test_a_new_gallery_creates_its_folder_or_says_why_it_cannot(model, clips, tmp_path):
+    with Gallery(tmp_path / "new" / "sub" / "g.db", model) as gallery:
+        gallery.enroll("alice", clips["alice"][:1])
+    assert (tmp_path / "new" / "sub" / "g.db").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GalleryError, match=r"file/g.db: cannot create the gallery's folder \(.*file: File exists\)"):
+        with Gallery(tmp_path / "file" / "g.db", model) as gallery:
+            gallery.enroll("alice", clips["alice"][:1])

@@ -74,3 +74,8 @@ def test_cli_synth_then_prepare(tmp_path):
     assert np.all((m.durations >= 1.0) & (m.durations <= 1.5))
     result = runner.invoke(app, [*args[:-4], "--seed", "4"])  # other settings into the same directory
     assert result.exit_code == 1 and "made with other settings" in result.output
+    lst.write_text("a file")
+    result = runner.invoke(app, ["prepare", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "m.csv"),
+                                 "--shards", str(lst)])
+    assert result.exit_code == 1 and "l.txt: exists and is not a folder" in " ".join(result.output.split())
+    assert not (tmp_path / "m.csv").exists()  # refused before decoding anything

@@ -32,6 +32,8 @@ def prepare(
 
     if not root.is_dir():
         fail(f"{root}: not a directory")
+    if shards is not None and shards.exists() and not shards.is_dir():
+        fail(f"{shards}: exists and is not a folder (--shards names the folder the shards go in)")
     try:
         if list_file is not None:
             files, speakers = read_original_list(list_file, root)

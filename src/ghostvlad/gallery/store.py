@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import __version__
 from ..data.manifest import speaker_name
+from ..errors import describe
 from .index import GalleryError, speaker_mean
 
 APPLICATION_ID = 0x47564C47  # "GVLG" in the SQLite header
@@ -107,8 +108,13 @@ class GalleryStore:
             self.read_only = True
             wal = self.path.with_name(self.path.name + "-wal")
             mode = "ro" if wal.exists() else "ro&immutable=1"
-        elif create and not _writable(self.path):
-            raise GalleryError(f"{self.path}: cannot create the gallery: no write permission on its folder")
+        elif create:
+            try:
+                self.path.absolute().parent.mkdir(parents=True, exist_ok=True)  # as every other output's folder
+            except OSError as exc:
+                raise GalleryError(f"{self.path}: cannot create the gallery's folder ({describe(exc)})") from None
+            if not _writable(self.path):
+                raise GalleryError(f"{self.path}: cannot create the gallery: no write permission on its folder")
         uri = f"{self.path.absolute().as_uri()}?mode={mode}"
         try:
             db = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
