@@ -165,6 +165,15 @@ def test_body_limits_and_slow_uploads(model, serve):
         answer = answer.decode()
     assert answer.startswith("HTTP/1.1 408") and "request body not complete within 0.5 s (10 bytes received)" in answer
     assert time.monotonic() - t0 < 5
+    for first in (b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"):  # a head that never ends, on a new connection
+        t0 = time.monotonic()                                            # or after a first request (keep-alive)
+        with socket.create_connection((host, port)) as slow:
+            slow.sendall(first + b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-a: b")
+            slow.settimeout(10)
+            answer = b""
+            while chunk := slow.recv(65536):  # until the server closes the connection
+                answer += chunk
+        assert answer.count(b"HTTP/1.1 200") == (1 if first else 0) and time.monotonic() - t0 < 5
     ok = httpx.post(f"{base}/v1/embed", content=wav_bytes(voice(VOICES["alice"], 1.0)))
     assert ok.status_code == 200
 

@@ -1,10 +1,12 @@
 """Running the service under uvicorn with the limits of a :class:`~ghostvlad.serve.service.ServeConfig`."""
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .service import ServeConfig
 
@@ -12,12 +14,44 @@ WS_MAX_BYTES = 2**20
 """Largest WebSocket message accepted."""
 
 
+def _header_deadline(seconds: float) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a deadline for each request's headers: a connection that has not sent a whole
+    request head within ``seconds`` of opening (or of its previous response) is closed, so clients that trickle
+    headers cannot hold the connection slots (uvicorn itself only times out idle keep-alive connections)."""
+
+    class HeaderDeadline(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._deadline = self.loop.call_later(seconds, self._head_overdue)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._deadline.cancel()
+            self._deadline = self.loop.call_later(seconds, self._head_overdue)
+
+        def handle_websocket_upgrade(self, event) -> None:  # the connection becomes a WebSocket's
+            self._deadline.cancel()
+            super().handle_websocket_upgrade(event)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def _head_overdue(self) -> None:
+            if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+                self.transport.close()
+
+    return HeaderDeadline
+
+
 def make_server(app: FastAPI, config: ServeConfig, *, log_level: str = "info") -> uvicorn.Server:
-    """A uvicorn server for ``app`` on ``config.host:config.port``: idle connections closed after 5 s,
+    """A uvicorn server for ``app`` on ``config.host:config.port``: idle connections closed after 5 s, request
+    heads due within ``config.read_timeout`` (bodies too: :class:`~ghostvlad.serve.limits.BodyLimits`),
     ``config.max_connections`` at once (503 beyond), WebSocket messages of at most 1 MiB, no proxy headers
     trusted. ``server.run()`` serves until ``server.should_exit`` is set or SIGINT/SIGTERM."""
     return uvicorn.Server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level=log_level, timeout_keep_alive=5,
+        http=_header_deadline(config.read_timeout),
         limit_concurrency=config.max_connections, ws_max_size=WS_MAX_BYTES, proxy_headers=False,
         server_header=False, timeout_graceful_shutdown=5))
 
