@@ -5,6 +5,7 @@ import os
 import pytest
 from support.training import corpus  # noqa: F401  (fixtures)
 
+from ghostvlad.schema import ConfigError
 from ghostvlad.train.checkpoint import CHECKPOINT_NAME, CheckpointError
 from ghostvlad.train.config import load_config
 from ghostvlad.train.build import TrainError
@@ -54,8 +55,9 @@ def test_impossible_settings_are_refused_before_training(corpus, tmp_path):  # n
     manifest, config = corpus
     with pytest.raises(TrainError, match="train.batch_size=1000 is larger than the 16 utterances"):
         Trainer(load_config(config, ["train.batch_size=1000"]), manifest, tmp_path / "a")
-    with pytest.raises(TrainError, match="train.checkpoint_every must be at least 1"):
+    with pytest.raises(ConfigError, match="train.checkpoint_every=0: must be >= 1"):  # before any run folder
         Trainer(load_config(config, ["train.checkpoint_every=0"]), manifest, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
     (tmp_path / "file").write_text("x")
     with pytest.raises(TrainError, match="file: exists and is not a folder"):
         Trainer(load_config(config), manifest, tmp_path / "file")

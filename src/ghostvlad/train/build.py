@@ -91,9 +91,6 @@ def build(config: TrainConfig, data: str | os.PathLike, dist: DistInfo, *, init:
     """Build a run's components on ``dist.device``. ``fresh``: a new run (no checkpoint to resume), whose VLAD centers
     ``train.vlad_init=kmeans`` sets (rank 0; DDP copies them to the others). ``bad_log``: where the dataset logs
     files that fail to decode."""
-    for key in ("batch_size", "checkpoint_every", "log_every"):
-        if getattr(config.train, key) < 1:
-            raise TrainError(f"train.{key} must be at least 1, got {getattr(config.train, key)}")
     precision = get_precision(config.train.precision)
     precision.check_device(dist.device.type)
     gpu_settings(config, dist.device)
