@@ -54,6 +54,11 @@ def test_cli_prepare_errors(tmp_path):
     result = runner.invoke(app, ["prepare", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "m.csv"),
                                  "--workers", "1"])
     assert result.exit_code == 1 and "none of the 1 files could be decoded" in result.output
+    lst.write_text("a file")
+    result = runner.invoke(app, ["prepare", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "s.csv"),
+                                 "--shards", str(lst)])
+    assert result.exit_code == 1 and "l.txt: exists and is not a folder" in " ".join(result.output.split())
+    assert not (tmp_path / "s.csv").exists()  # refused before decoding anything
 
 
 def test_cli_synth_then_prepare(tmp_path):
@@ -74,8 +79,3 @@ def test_cli_synth_then_prepare(tmp_path):
     assert np.all((m.durations >= 1.0) & (m.durations <= 1.5))
     result = runner.invoke(app, [*args[:-4], "--seed", "4"])  # other settings into the same directory
     assert result.exit_code == 1 and "made with other settings" in result.output
-    lst.write_text("a file")
-    result = runner.invoke(app, ["prepare", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "m.csv"),
-                                 "--shards", str(lst)])
-    assert result.exit_code == 1 and "l.txt: exists and is not a folder" in " ".join(result.output.split())
-    assert not (tmp_path / "m.csv").exists()  # refused before decoding anything
