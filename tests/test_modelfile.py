@@ -118,6 +118,9 @@ def test_non_finite_weights_and_failed_writes_leave_the_saved_model_as_it_was(tm
         model.save(path)
     assert str(path) in info.value.filename
     assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == saved
+    with pytest.raises(OSError):
+        model.save(tmp_path / "new")
+    assert not (tmp_path / "new").exists()  # no empty or half model directory
     monkeypatch.undo()
     assert torch.equal(read_model(path)[1]["backbone.stem.bn.bias"], model.saved_encoder.state_dict()["backbone.stem.bn.bias"])
 

@@ -461,10 +461,13 @@ def _score_lines(scores: np.ndarray, result: EvalResult) -> str:
 def write_outputs(result: EvalResult, out_dir: str | os.PathLike, json_path: str | os.PathLike | None = None
                   ) -> list[Path]:
     """Write ``scores.txt`` (``<score> <label> <enroll> <test>`` per scored trial; ``scores_asnorm.txt`` too with
-    AS-norm), ``det.png`` and ``summary.json`` into ``out_dir`` (and the summary to ``json_path``), atomically.
+    AS-norm), ``det.png`` and ``summary.json`` into ``out_dir`` (and the summary to ``json_path``, first: when that
+    fails, ``out_dir`` is left as it was), each file atomically.
     """
     out_dir = Path(out_dir)
-    written = [atomic_write_text(out_dir / "scores.txt", _score_lines(result.scores, result))]
+    text = json.dumps(result.summary.to_dict(), indent=2) + "\n"
+    written = [] if json_path is None else [atomic_write_text(json_path, text)]
+    written.append(atomic_write_text(out_dir / "scores.txt", _score_lines(result.scores, result)))
     curves = {"cosine": (result.scores, result.labels)}
     if result.asnorm_scores is not None:
         written.append(atomic_write_text(out_dir / "scores_asnorm.txt", _score_lines(result.asnorm_scores, result)))
@@ -472,8 +475,5 @@ def write_outputs(result: EvalResult, out_dir: str | os.PathLike, json_path: str
     title = Path(result.summary.trials).name if result.summary.trials else None
     plot_det(curves, out_dir / "det.png", title=title)
     written.append(out_dir / "det.png")
-    text = json.dumps(result.summary.to_dict(), indent=2) + "\n"
     written.append(atomic_write_text(out_dir / "summary.json", text))
-    if json_path is not None:
-        written.append(atomic_write_text(json_path, text))
     return written

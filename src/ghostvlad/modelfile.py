@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,7 +41,8 @@ def write_model(path: str | os.PathLike, config: dict, state: dict[str, torch.Te
     """Write ``config`` (JSON-able) and ``state`` (tensors) as a model directory or single file.
 
     Weights holding NaN or inf are refused (:class:`ModelFileError`) before anything is written; a failed write
-    (full disk, read-only folder) is an ``OSError`` naming the file, and leaves the file it would replace as it was.
+    (full disk, read-only folder) is an ``OSError`` naming the file, and leaves the file it would replace as it was
+    (and no model directory that did not exist before).
     """
     path = Path(path)
     header = {"format": FORMAT, "version": VERSION, **config}
@@ -57,8 +59,14 @@ def write_model(path: str | os.PathLike, config: dict, state: dict[str, torch.Te
     if path.suffix == ".safetensors":
         atomic_write(path, lambda tmp: weights(tmp, {METADATA_KEY: text}))
         return path
-    atomic_write(path / WEIGHTS_NAME, weights)
-    atomic_write_text(path / CONFIG_NAME, text + "\n")
+    created = not path.exists()
+    try:
+        atomic_write(path / WEIGHTS_NAME, weights)
+        atomic_write_text(path / CONFIG_NAME, text + "\n")
+    except BaseException:
+        if created:  # no half model directory left behind
+            shutil.rmtree(path, ignore_errors=True)
+        raise
     return path
 
 

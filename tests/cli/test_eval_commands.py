@@ -60,6 +60,10 @@ def test_cli_eval_errors(model, corpus, tmp_path):
     (tmp_path / "taken").write_text("a file, not a folder")
     res = runner.invoke(app, [*base, "--wav-root", str(corpus["root"]), "--out", str(tmp_path / "taken")])
     assert res.exit_code == 1 and "cannot write the results: " in _output(res) and "taken" in _output(res)
+    res = runner.invoke(app, [*base, "--wav-root", str(corpus["root"]), "--out", str(tmp_path / "o"),
+                              "--json", str(tmp_path / "taken" / "s.json")])
+    assert res.exit_code == 1 and "cannot write the results: " in _output(res)
+    assert not (tmp_path / "o").exists()  # the summary file is written first: a failure leaves no half result
 
 
 def test_cli_eval_mirror_override_scores_with_that_front_end(model, corpus, tmp_path, monkeypatch):
