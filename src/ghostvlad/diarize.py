@@ -185,7 +185,8 @@ def count_speakers(embeddings: np.ndarray, threshold: float, min_share: float = 
 
     Greedy agglomeration on cluster means: the two clusters whose unit-normalised mean embeddings are most similar
     merge while that similarity is at least ``threshold``; clusters left with under ``min_share`` of the embeddings
-    (stray windows: overlaps, noises, turn changes) are not counted, unless no cluster reaches it. ``O(N**2)`` memory and about ``N**3`` time.
+    (stray windows: overlaps, noises, turn changes) are not counted, unless no cluster reaches it. ``O(N**2)``
+    memory and about ``N**3`` time.
     """
     if not 0 <= min_share < 1:
         raise DiarizeError(f"min_share must be in [0, 1), got {min_share}")

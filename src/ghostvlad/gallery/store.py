@@ -203,16 +203,12 @@ class GalleryStore:
         if self._db is None:
             self._db = self._connect(create=True)
         db = self._db
+        fresh = False
         try:
             if not self.ready():  # before the first write: neither can change later
                 db.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
                 db.execute("PRAGMA journal_mode=WAL")
             db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:  # disk full, I/O error, read-only file system, ...
-            self._forget(new_file)
-            raise GalleryError(f"{self.path}: cannot write the gallery ({exc}); nothing was changed") from None
-        fresh = False
-        try:
             if not self._validate():  # re-read under the write lock: another process may have written
                 fresh = True
                 self._create(db)

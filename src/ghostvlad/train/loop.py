@@ -71,6 +71,8 @@ class Trainer:
         self.folder = RunFolder(out, config, self.dist)
         self.parts = build(config, data, self.dist, init=init, fresh=not self.folder.checkpoint.exists(),
                            bad_log=self.folder.bad_files)
+        # what a forward pass may change besides the weights (BatchNorm statistics): restored when a step is skipped
+        self._buffers = [b for b in self.parts.net.buffers() if b.is_floating_point() or b.dtype == torch.long]
         self.state = TrainState()
 
     @property
@@ -218,8 +220,7 @@ class Trainer:
         waves, labels = waves.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.no_grad():
             feats, _ = self.parts.frontend(waves)
-            buffers = [b for b in self.parts.net.buffers() if b.is_floating_point() or b.dtype == torch.long]
-            before = [b.clone() for b in buffers]  # BatchNorm statistics, kept if the step is skipped
+            before = [b.clone() for b in self._buffers]
         with self._autocast():
             logits, extra = self.parts.forward(feats, labels)  # fp32: the head and the loss leave autocast
         loss = F.cross_entropy(logits, labels) + extra
@@ -231,7 +232,7 @@ class Trainer:
         bad = distributed.all_sum(bad, self.dist)  # gradients are all-reduced already; the loss is per rank
         finite = bad == 0
         with torch.no_grad():  # a skipped step leaves no trace, not even in the running statistics (no host sync)
-            for buffer, kept in zip(buffers, before):
+            for buffer, kept in zip(self._buffers, before):
                 buffer.copy_(torch.where(finite, buffer, kept))
         if self.parts.scaler.is_enabled():
             self.parts.scaler.step(self.parts.optimizer)  # skips the step itself on non-finite gradients
