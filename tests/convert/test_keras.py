@@ -207,14 +207,13 @@ def _add_layer(f: h5py.File, layer: str) -> None:
     f[layer].create_dataset(f"{layer}/kernel:0", data=np.zeros((1, 1, 4, 4), np.float32))
 
 
-def _reshape(f: h5py.File, dataset: str, shape: tuple[int, ...]) -> None:
-    del f[dataset]
-    f.create_dataset(dataset, data=np.zeros(shape, np.float32))
-
-
 def _replace(f: h5py.File, dataset: str, data: np.ndarray) -> None:
     del f[dataset]
     f.create_dataset(dataset, data=data)
+
+
+def _reshape(f: h5py.File, dataset: str, shape: tuple[int, ...]) -> None:
+    _replace(f, dataset, np.zeros(shape, np.float32))
 
 
 @pytest.mark.parametrize("edit,message", [
