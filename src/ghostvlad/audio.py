@@ -300,6 +300,13 @@ def pcm_to_float(x: np.ndarray) -> np.ndarray:
     return ((x.astype(np.float64) - offset) / scale).astype(np.float32)
 
 
+def check_finite(wave: np.ndarray, source: str) -> None:
+    """:class:`AudioError` naming ``source`` when ``wave`` holds NaN or infinite samples."""
+    bad = wave.size - np.count_nonzero(np.isfinite(wave))
+    if bad:
+        raise AudioError(source, f"contains {bad} NaN or infinite sample(s)")
+
+
 def _check_rate(source: str, rate: float) -> None:
     if not isinstance(rate, numbers.Real) or not math.isfinite(rate) or rate < MIN_SAMPLE_RATE:
         raise AudioError(source, f"sample rate {rate!r} Hz is below the {MIN_SAMPLE_RATE} Hz minimum (corrupt header?)")
@@ -312,9 +319,7 @@ def _finish(wave: np.ndarray, rate: float, target_rate: float, min_duration: flo
     _check_rate(source, rate)
     if wave.size == 0:
         raise AudioError(source, "no audio samples")
-    bad = wave.size - np.count_nonzero(np.isfinite(wave))
-    if bad:
-        raise AudioError(source, f"contains {bad} NaN or infinite sample(s)")
+    check_finite(wave, source)
     duration = wave.size / rate
     if duration < min_duration:
         raise AudioError(source, f"too short: {duration:.3f} s, minimum is {min_duration:.3f} s")

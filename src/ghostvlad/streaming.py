@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 import torch
 
-from .audio import SILENCE_PEAK, AudioError, pcm_to_float
+from .audio import SILENCE_PEAK, AudioError, check_finite, pcm_to_float
 from .chunked import merge, span_statistics, steps_per_chunk
 from .features import FrontEndConfig, Spectrogram
 from .models import SpeakerEncoder
@@ -91,9 +91,7 @@ class EmbeddingStream:
         if x.ndim != 1 or x.dtype.kind not in "fiu":
             raise AudioError(SOURCE, f"expected a 1-D array of samples, got shape {x.shape} and dtype {x.dtype}")
         x = pcm_to_float(x)
-        bad = x.size - np.count_nonzero(np.isfinite(x))
-        if bad:
-            raise AudioError(SOURCE, f"contains {bad} NaN or infinite sample(s)")
+        check_finite(x, SOURCE)
         if not x.size:
             return
         self._buffer = np.concatenate([self._buffer, x])

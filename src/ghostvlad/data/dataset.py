@@ -30,7 +30,7 @@ import soxr
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from ..audio import SAMPLE_RATE, AudioError, load_audio, prepare_waveform
+from ..audio import SAMPLE_RATE, AudioError, check_finite, load_audio, prepare_waveform
 from ..errors import GhostvladError
 from ..features import train_crop
 from .augment import Augment
@@ -108,9 +108,7 @@ def read_crop(path: str | os.PathLike, rng: np.random.Generator, duration: float
         crop = _crop_seek_decode(source, rng, duration, frames)
     if crop is None:
         crop = train_crop(_load_whole(source, duration), rng, frames)
-    bad = crop.size - np.count_nonzero(np.isfinite(crop))
-    if bad:
-        raise AudioError(source, f"contains {bad} NaN or infinite sample(s)")
+    check_finite(crop, source)
     return crop
 
 
