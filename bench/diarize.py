@@ -10,7 +10,7 @@ turn order and concatenated with 0.2-0.8 s pauses of faint noise, so the true tu
 * the diarization error rate (``pyannote.metrics``; no collar and a 0.25 s collar) of the conversation, with the
   number of speakers given and estimated (from the model's threshold when it has one, and from the eigengap), next
   to putting all speech on one speaker; ``--seed`` changes the pauses between turns. With random weights the
-  DER is meaningless (only the speech detection is measured): pass a trained model (``--model demo/run``).
+  DER is meaningless (only the speech detection is measured): pass a trained model (``--model demo/model``).
 
     python bench/diarize.py [--model DIR] [--corpus DIR] [--speakers 4] [--minutes 3] [--threads 2]
 

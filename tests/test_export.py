@@ -15,12 +15,13 @@ from ghostvlad.inference import SpeakerModel
 from ghostvlad.modelfile import FORMAT, VERSION
 
 CASES = {
-    f"{pooling}-{backbone}-{'mirror' if mirror else 'plain'}": (pooling, backbone, mirror)
-    for pooling, backbone, mirror in [
-        *((p, "resnet34s", m) for p in ("tap", "vlad", "gvlad") for m in (False, True)),
-        ("gvlad", "resnet34l", False),
-        ("tstp", "resnet34s", False),
-        ("astp", "resnet34s", True),
+    f"{pooling}-{backbone}-{'mirror' if mirror else 'plain'}-{branches}": (pooling, backbone, mirror, branches)
+    for pooling, backbone, mirror, branches in [
+        *((p, "resnet34s", m, 1) for p in ("tap", "vlad", "gvlad") for m in (False, True)),
+        ("gvlad", "resnet34l", False, 1),
+        ("tstp", "resnet34s", False, 1),
+        ("astp", "resnet34s", True, 1),
+        ("astp", "resnet34s", False, 2),
     ]
 }
 

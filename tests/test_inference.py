@@ -76,3 +76,24 @@ def test_bf16_is_close_to_fp32(tmp_path, model):
     bf16 = load_model(path, precision="bf16")
     w = clip(2.0, 5)
     assert float(bf16.embed(w) @ model.embed(w)) > 0.99
+
+
+def test_an_ensemble_scores_the_mean_of_its_members_and_keeps_their_front_end(tmp_path):
+    from ghostvlad.inference import ensemble
+    from ghostvlad.modelfile import ModelFileError
+
+    members = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        enc = SpeakerEncoder(EncoderConfig(width=0.125, pooling="astp", descriptor_dim=8, embed_dim=8))
+        members.append(SpeakerModel(enc, FrontEndConfig(mirror=True), threshold=0.3, info={"seed": seed}))
+    both = ensemble(members)
+    assert both.frontend_config.mirror and both.threshold is None
+    assert both.info == {"ensemble": [{"seed": 3}, {"seed": 4}]}
+    a, b = clip(1.3, 0), clip(2.1, 1)
+    np.testing.assert_allclose(both.score(a, b), np.mean([m.score(a, b) for m in members]), atol=1e-5)
+    again = load_model(both.save(tmp_path / "both.safetensors"))
+    np.testing.assert_allclose(again.embed(a), both.embed(a), atol=1e-6)
+    plain = SpeakerModel(members[1].saved_encoder, FrontEndConfig(mirror=False))
+    with pytest.raises(ModelFileError, match="ensemble: model 2's front-end differs from model 1's: mirror False vs True"):
+        ensemble([members[0], plain])

@@ -76,10 +76,10 @@ def test_resolve_checks_types_and_fills_defaults():
 
 def test_every_registered_backbone_and_pooling_is_of_its_slot_type():
     for name in BACKBONES.names():
-        backbone = BACKBONES.build(name, width=0.125)
+        backbone = BACKBONES.build(name, branches=1, width=0.125)
         assert isinstance(backbone, Backbone) and backbone.out_channels > 0 and backbone.out_height == 7
         for pooling_name in POOLINGS.names():
-            pooling = POOLINGS.build(pooling_name, in_channels=backbone.out_channels, height=7, dim=4)
+            pooling = POOLINGS.build(pooling_name, in_channels=backbone.out_channels, height=7, dim=4, branches=1)
             assert isinstance(pooling, Pooling)
             x = torch.randn(2, backbone.out_channels, 7, 5)
             assert pooling(x, torch.rand(2, 4, 5)).shape == (2, pooling.out_dim)

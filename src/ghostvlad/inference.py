@@ -18,9 +18,9 @@ from .embedding import Embedder, pad_batch
 from .errors import describe
 from .features import FrontEndConfig, Spectrogram
 from .modelfile import ModelFileError, read_model, write_model
-from .models import EncoderConfig, SpeakerEncoder
+from .models import EncoderConfig, SpeakerEncoder, stack
 from .precision import get_precision
-from .schema import checked, convert
+from .schema import ConfigError, checked, convert
 from .streaming import EmbeddingStream
 
 
@@ -130,6 +130,28 @@ class SpeakerModel(Embedder):
         return EmbeddingStream(self.fused_encoder, self.frontend_config, device=self.device,
                                chunk_frames=self.chunk_frames, min_duration=self.min_duration,
                                autocast=self.autocast)
+
+
+def ensemble(models: Sequence[SpeakerModel]) -> SpeakerModel:
+    """One model holding ``models`` as its branches (:func:`ghostvlad.models.stack`): its cosine scores are the
+    means of theirs. They must share the network per branch and the front-end (:class:`ModelFileError`); the
+    ensemble has no threshold or calibration of its own (calibrate it), and its ``info`` lists its members'."""
+    if len(models) < 2 or not all(isinstance(m, SpeakerModel) for m in models):
+        raise ModelFileError("ensemble: give two or more PyTorch models (ONNX and TorchScript files cannot be stacked)")
+    first = models[0].frontend_config.to_dict()
+    for i, m in enumerate(models[1:], 2):
+        other = m.frontend_config.to_dict()
+        if other != first:
+            differ = "; ".join(f"{key} {other[key]} vs {first[key]}" for key in first if other[key] != first[key])
+            raise ModelFileError(f"ensemble: model {i}'s front-end differs from model 1's: {differ}")
+    try:
+        encoder = stack([m.saved_encoder for m in models])
+    except ConfigError as exc:
+        raise ModelFileError(f"ensemble: {exc}") from None
+    m = models[0]
+    return SpeakerModel(encoder, m.frontend_config, info={"ensemble": [m.info for m in models]}, device=m.device,
+                        precision=m.precision, min_duration=m.min_duration, batch_frames=m.batch_frames,
+                        chunk_frames=m.chunk_frames)
 
 
 def load_pytorch_model(

@@ -22,6 +22,7 @@ from .data.manifest import build_manifest, scan_voxceleb, speaker_of
 from .data.synth import OnProgress, SynthConfig, synthesize_corpus
 from .evaluate import EvalResult, embed_files, evaluate, write_outputs
 from .embedding import Embedder
+from .inference import ensemble
 from .loading import load_model
 from .train.config import load_config
 from .train.loop import LogRow, Trainer
@@ -32,6 +33,11 @@ DEMO_CORPUS = SynthConfig(speakers=200, test_speakers=20, sessions=4, utterances
 # Unseen speakers through unseen channel types: the cross-domain test set
 CROSS_DOMAIN = SynthConfig(speakers=13, test_speakers=12, sessions=3, utterances=3, min_duration=2.0,
                            max_duration=5.0, trials=600, seed=1000, voices="all", channels="field")
+
+# Networks the demo trains (train.seed = seed, seed + 1, ...) and stacks into its model (ghostvlad.inference.ensemble):
+# which random draw of the training one run makes moves the held-out EER by about 3 points; over 5 seeds, two
+# stacked runs gave a held-out mean EER of 19.9 % against 21.0 % for one run (README "Ensembles")
+DEMO_MEMBERS = 2
 
 Stage = Callable[[str], None]
 
@@ -133,12 +139,13 @@ class DemoResult:
 def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = None, epochs: int | None = None,
              overrides: Sequence[str] = (), on_stage: Stage | None = None, on_log: LogRow | None = None,
              on_synth: OnProgress | None = None) -> DemoResult:
-    """Synthesise the demo corpus and the cross-domain set, train the ``demo`` config, evaluate both.
+    """Synthesise the demo corpus and the cross-domain set, train the ``demo`` config :data:`DEMO_MEMBERS` times
+    (``out_dir/run``, ``out_dir/run-1``, ...) and stack the networks into one model, evaluate it on both.
 
     Every stage resumes when re-run into the same ``out_dir``. The model (threshold stored) is written to
-    ``out_dir/run/model``; scores, DET plots and ``summary.json`` files to ``out_dir/eval``. ``on_stage(text)``
+    ``out_dir/model``; scores, DET plots and ``summary.json`` files to ``out_dir/eval``. ``on_stage(text)``
     announces each stage, ``on_synth(done, total)`` counts synthesised utterances (per corpus), ``on_log(row,
-    steps)`` reports training's logged rows.
+    steps)`` reports training's logged rows (with ``network``: which of the networks, from 1).
     """
     out = Path(out_dir)
     stage = on_stage or (lambda text: None)
@@ -155,18 +162,22 @@ def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = N
     timings["synthesis"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    stage("training the demo config (resumes if interrupted)")
-    extra = [f"train.seed={seed}", *([f"train.epochs={epochs}"] if epochs is not None else []), *overrides]
-    run = train_on_corpus(corpus, out / "run", "demo", extra, on_log=on_log)
+    stage(f"training the demo config {DEMO_MEMBERS} times (train.seed {seed} to {seed + DEMO_MEMBERS - 1}; "
+          "resumes if interrupted)")
+    runs = []
+    for k in range(DEMO_MEMBERS):
+        extra = [f"train.seed={seed + k}", *([f"train.epochs={epochs}"] if epochs is not None else []), *overrides]
+        log = None if on_log is None else (lambda row, steps, k=k: on_log({**row, "network": k + 1}, steps))
+        runs.append(train_on_corpus(corpus, out / ("run" if k == 0 else f"run-{k}"), "demo", extra, on_log=log))
     timings["training"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     stage("evaluating on held-out speakers: in-domain and cross-domain")
-    model = load_model(run)
+    model = ensemble([load_model(run) for run in runs])
     cache = out / "cache"
     in_domain, _ = score_corpus(model, corpus, cache, out / "eval" / "in-domain")
     cross_domain, _ = score_corpus(model, cross, cache, out / "eval" / "cross-domain")
     model.threshold = in_domain.threshold
-    model.save(run / "model")
+    model.save(out / "model")
     timings["evaluation"] = time.perf_counter() - t0
-    return DemoResult(in_domain, cross_domain, run / "model", out / "eval", timings)
+    return DemoResult(in_domain, cross_domain, out / "model", out / "eval", timings)

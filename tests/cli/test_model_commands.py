@@ -1,4 +1,4 @@
-"""The model commands through the CLI: embed (bad files, exit status), convert-keras, info, verify."""
+"""The model commands through the CLI: embed (bad files, exit status), convert-keras, ensemble, info, verify."""
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +94,39 @@ def test_convert_keras_mismatch_names_the_layer(tmp_path):
     assert res.exit_code != 0
     assert "gvlad_center_assignment" in res.output
     assert not (tmp_path / "m").exists()
+
+
+def test_ensemble_stacks_models_whose_scores_average(tmp_path):
+    members = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        enc = SpeakerEncoder(EncoderConfig(width=0.125, pooling="tstp", descriptor_dim=8, embed_dim=12))
+        members.append(SpeakerModel(enc, FrontEndConfig(), threshold=0.5).save(tmp_path / f"m{seed}"))
+    result = runner.invoke(app, ["ensemble", *map(str, members), "-o", str(tmp_path / "both")])
+    assert result.exit_code == 0, result.output
+    assert "2 models as 2 branches, 24-d embeddings" in result.output
+    both, singles = load_model(tmp_path / "both"), [load_model(m) for m in members]
+    assert both.threshold is None and both.config.branches == 2 and len(both.info["ensemble"]) == 2
+    a, b = clips(tmp_path, 2)
+    np.testing.assert_allclose(both.score(a, b), np.mean([m.score(a, b) for m in singles]), atol=1e-5)
+    info = runner.invoke(app, ["info", str(tmp_path / "both")])
+    assert '"branches": 2' in info.output and '"parameters"' in info.output
+    torch.manual_seed(0)
+    SpeakerModel(SpeakerEncoder(EncoderConfig(width=0.125, pooling="tap", descriptor_dim=8, embed_dim=12)),
+                 FrontEndConfig()).save(tmp_path / "tap")
+    weights = members[0] / "model.safetensors"
+    before = weights.read_bytes()
+    for args, out, message in [
+        ([members[0], tmp_path / "tap"], tmp_path / "bad", "ensemble: stack: network 2 differs from network 1"),
+        ([members[0]], tmp_path / "bad", "ensemble: give two or more PyTorch models"),
+        ([members[0], members[1]], members[1], "would overwrite or contain the input model"),
+        ([members[0], members[1]], weights, "would overwrite or contain the input model"),  # a file inside an input
+        ([members[0], members[1], members[0]], tmp_path / "bad", "given twice"),
+    ]:
+        result = runner.invoke(app, ["ensemble", *map(str, args), "-o", str(out)])
+        assert result.exit_code != 0 and message in " ".join(result.output.split()), result.output
+        assert "Traceback" not in result.output
+    assert weights.read_bytes() == before and not (tmp_path / "bad").exists()
 
 
 def test_info_components_lists_every_slot_with_parameters_and_defaults():

@@ -1,9 +1,10 @@
+import math
 import re
 
 import pytest
 import torch
 
-from ghostvlad.models import EncoderConfig, SpeakerEncoder
+from ghostvlad.models import EncoderConfig, SpeakerEncoder, stack
 from ghostvlad.registry import Component
 from ghostvlad.schema import ConfigError
 
@@ -34,9 +35,10 @@ def test_bn_and_shapes_of_released_config():
     assert x.shape == (1, 512, 7, 16) and int(steps) == 16  # T/16 in time, as the code (not T/32)
 
 
-def tiny(backbone: str, pooling: str) -> SpeakerEncoder:
-    torch.manual_seed(0)
-    enc = SpeakerEncoder(EncoderConfig(backbone=backbone, width=0.125, pooling=pooling, descriptor_dim=16, embed_dim=24))
+def tiny(backbone: str, pooling: str, branches: int = 1, seed: int = 0) -> SpeakerEncoder:
+    torch.manual_seed(seed)
+    enc = SpeakerEncoder(EncoderConfig(backbone=backbone, width=0.125, pooling=pooling, descriptor_dim=16, embed_dim=24,
+                                       branches=branches))
     for m in enc.modules():  # non-trivial BatchNorm statistics so padding would show
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_()
@@ -45,10 +47,11 @@ def tiny(backbone: str, pooling: str) -> SpeakerEncoder:
     return enc.eval()
 
 
+@pytest.mark.parametrize(("pooling", "branches"), [("tap", 1), ("tstp", 1), ("astp", 1), ("vlad", 1), ("gvlad", 1),
+                                                   ("tap", 2), ("tstp", 2), ("astp", 2)])
 @pytest.mark.parametrize("backbone", ["resnet34s", "resnet34l"])
-@pytest.mark.parametrize("pooling", ["tap", "tstp", "astp", "vlad", "gvlad"])
-def test_padded_batch_equals_each_clip_alone(backbone, pooling):
-    enc = tiny(backbone, pooling)
+def test_padded_batch_equals_each_clip_alone(backbone, pooling, branches):
+    enc = tiny(backbone, pooling, branches)
     lengths = torch.tensor([97, 130, 64, 131, 40])
     feats = torch.zeros(len(lengths), 257, 140)
     for i, n in enumerate(lengths):
@@ -60,6 +63,60 @@ def test_padded_batch_equals_each_clip_alone(backbone, pooling):
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
     assert (unmasked - alone).abs().max() > 1e-3  # without masks the padding would change embeddings
     torch.testing.assert_close(batched.norm(dim=1), torch.ones(len(lengths)))
+
+
+@pytest.mark.parametrize("backbone", ["resnet34s", "resnet34l"])
+@pytest.mark.parametrize("pooling", ["tap", "tstp", "astp"])
+def test_branches_are_independent_networks(backbone, pooling):
+    """K branches compute exactly what K one-branch encoders holding their slices of the weights compute, and the
+    embedding's cosines are the mean of the branches' cosines."""
+    wide = tiny(backbone, pooling, branches=2)
+    ones = [SpeakerEncoder(EncoderConfig(backbone=backbone, width=0.125, pooling=pooling, descriptor_dim=8,
+                                         embed_dim=12)).eval() for _ in range(2)]
+    for k, one in enumerate(ones):
+        one.load_state_dict({name: t.chunk(2)[k] if t.ndim else t for name, t in wide.state_dict().items()})
+    x, lengths = torch.randn(3, 257, 90), torch.tensor([90, 61, 33])
+    with torch.inference_mode():
+        torch.testing.assert_close(wide(x, lengths), torch.cat([one(x, lengths) for one in ones], 1))
+        emb, parts = wide.embed(x, lengths), [one.embed(x, lengths) for one in ones]
+        torch.testing.assert_close(emb, torch.cat(parts, 1) / math.sqrt(2))
+        torch.testing.assert_close(emb @ emb[0], (parts[0] @ parts[0][0] + parts[1] @ parts[1][0]) / 2)
+    for k in range(2):  # no gradient crosses from one branch's output to the other branch's weights
+        wide.train().zero_grad()
+        wide(x)[:, 12 * k : 12 * (k + 1)].sum().backward()
+        grads = {name: p.grad.chunk(2) for name, p in wide.named_parameters() if p.grad is not None}
+        assert all(g[k].any() for name, g in grads.items() if "stem" in name or "embedding" in name)
+        assert not any(g[1 - k].any() for g in grads.values())
+
+
+def test_stacked_encoders_embed_as_the_mean_of_their_cosines():
+    """``stack`` copies separately trained networks into the branches of one encoder, in order."""
+    members = [tiny("resnet34s", "astp", seed=seed) for seed in (0, 1)]
+    both = stack(members)
+    assert both.config == EncoderConfig(width=0.125, pooling="astp", descriptor_dim=32, embed_dim=48, branches=2)
+    x, lengths = torch.randn(3, 257, 90), torch.tensor([90, 61, 33])
+    with torch.inference_mode():
+        emb, parts = both.embed(x, lengths), [m.embed(x, lengths) for m in members]
+        torch.testing.assert_close(emb @ emb.T, (parts[0] @ parts[0].T + parts[1] @ parts[1].T) / 2)
+        three = stack([both, tiny("resnet34s", "astp", seed=2)])  # a stacked encoder stacks again
+        assert three.config.branches == 3 and three.embed(x, lengths).shape == (3, 72)
+    with pytest.raises(ConfigError, match=r"stack: network 2 differs from network 1 \(per branch\): pooling "
+                                          r"\{'name': 'tstp'\} vs \{'name': 'astp'\}$"):
+        stack([members[0], tiny("resnet34s", "tstp")])
+    with pytest.raises(ConfigError, match="stack: no encoders given"):
+        stack([])
+
+
+def test_branches_must_divide_the_sizes_and_pool_per_channel():
+    with pytest.raises(ConfigError, match=r"branches=3: must be at least 1 and divide descriptor_dim \(16\)"):
+        EncoderConfig(descriptor_dim=16, embed_dim=24, branches=3)
+    with pytest.raises(ConfigError, match="branches=0"):
+        EncoderConfig(branches=0)
+    with pytest.raises(ConfigError, match="pooling 'gvlad' assigns all channels to one set of clusters"):
+        SpeakerEncoder(EncoderConfig(width=0.125, descriptor_dim=16, embed_dim=24, branches=2))
+    cfg = EncoderConfig(width=0.125, pooling="astp", descriptor_dim=16, embed_dim=24, branches=2)
+    assert cfg.to_dict()["branches"] == cfg.flat()["branches"] == 2 and EncoderConfig.from_dict(cfg.to_dict()) == cfg
+    assert "branches" not in EncoderConfig().to_dict() and "branches" not in EncoderConfig().flat()  # keys unchanged
 
 
 def test_embeddings_are_non_negative_unit_vectors():
@@ -139,8 +196,9 @@ def test_config_round_trip():
     assert EncoderConfig.from_dict(cfg.to_dict()) == cfg
 
 
-def test_fused_inference_copy_computes_the_same():
-    enc = tiny("resnet34s", "gvlad")
+@pytest.mark.parametrize(("pooling", "branches"), [("gvlad", 1), ("astp", 2)])
+def test_fused_inference_copy_computes_the_same(pooling, branches):
+    enc = tiny("resnet34s", pooling, branches)
     fused = enc.fused()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
     x, lengths = torch.randn(2, 257, 90), torch.tensor([90, 61])

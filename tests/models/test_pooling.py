@@ -21,7 +21,7 @@ def descriptors(lengths: list[int], dim: int = 6) -> tuple[torch.Tensor, torch.T
 
 def test_tstp_is_mean_and_std_of_the_valid_steps():
     f, mask = descriptors([9, 5])
-    pool = POOLINGS.build("tstp", in_channels=1, height=1, dim=6)
+    pool = POOLINGS.build("tstp", in_channels=1, height=1, dim=6, branches=1)
     out = pool(None, f, mask).numpy()
     for i, n in enumerate([9, 5]):
         ref = numpy_moments(f[i, :, :n].double().numpy(), np.full(n, 1 / n))
@@ -31,7 +31,7 @@ def test_tstp_is_mean_and_std_of_the_valid_steps():
 
 def test_astp_weights_by_a_softmax_over_valid_steps():
     f, mask = descriptors([8, 3])
-    pool = POOLINGS.build("astp", in_channels=1, height=1, dim=6).eval()
+    pool = POOLINGS.build("astp", in_channels=1, height=1, dim=6, branches=1).eval()
     with torch.no_grad():
         out = pool(None, f, mask).numpy()
         scores = pool.attention(f).double().numpy()
@@ -43,17 +43,18 @@ def test_astp_weights_by_a_softmax_over_valid_steps():
 
 def test_astp_with_constant_scores_equals_tstp():
     f, mask = descriptors([7, 4])
-    pool = POOLINGS.build("astp", in_channels=1, height=1, dim=6)
+    pool = POOLINGS.build("astp", in_channels=1, height=1, dim=6, branches=1)
     torch.nn.init.zeros_(pool.attention[2].weight)
     torch.nn.init.zeros_(pool.attention[2].bias)
     with torch.no_grad():
-        torch.testing.assert_close(pool(None, f, mask), POOLINGS.build("tstp", in_channels=1, height=1, dim=6)(None, f, mask))
+        tstp = POOLINGS.build("tstp", in_channels=1, height=1, dim=6, branches=1)
+        torch.testing.assert_close(pool(None, f, mask), tstp(None, f, mask))
 
 
 @pytest.mark.parametrize("name", ["tstp", "astp"])
 def test_statistics_stay_fp32_under_bf16_autocast(name):
     f, mask = descriptors([10, 6])
-    pool = POOLINGS.build(name, in_channels=1, height=1, dim=6)
+    pool = POOLINGS.build(name, in_channels=1, height=1, dim=6, branches=1)
     with torch.no_grad():
         ref = pool(None, f, mask)
         with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -14,9 +14,10 @@ from support.models import tiny_config
 LENGTHS = (9600, 20800, 48000, 21040)
 
 
-def tiny_model(pooling: str = "gvlad", backbone: str = "resnet34s", mirror: bool = False) -> SpeakerModel:
+def tiny_model(pooling: str = "gvlad", backbone: str = "resnet34s", mirror: bool = False,
+               branches: int = 1) -> SpeakerModel:
     torch.manual_seed(0)
-    enc = SpeakerEncoder(tiny_config(backbone, pooling))
+    enc = SpeakerEncoder(tiny_config(backbone, pooling, branches))
     with torch.no_grad():  # non-trivial BatchNorm statistics, so that folding them matters
         for m in enc.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

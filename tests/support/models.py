@@ -9,15 +9,15 @@ from ghostvlad.registry import Component
 from support.audio import tone
 
 
-def tiny_config(backbone: str = "resnet34s", pooling: str = "gvlad") -> EncoderConfig:
+def tiny_config(backbone: str = "resnet34s", pooling: str = "gvlad", branches: int = 1) -> EncoderConfig:
     """A tiny encoder config (width 1/8, 16-d); each pooling gets only the parameters it takes."""
     own = {"vlad": {"clusters": 4}, "gvlad": {"clusters": 4, "ghost_clusters": 2}}.get(pooling, {})
     return EncoderConfig(backbone=Component(backbone, {"width": 0.125}), pooling=Component(pooling, own),
-                         descriptor_dim=16, embed_dim=16)
+                         descriptor_dim=16, embed_dim=16, branches=branches)
 
 
 def calibrated_tiny_model(waves, seed: int = 0, mirror: bool = False, backbone: str = "resnet34s",
-                          pooling: str = "gvlad", **model_kwargs) -> SpeakerModel:
+                          pooling: str = "gvlad", branches: int = 1, **model_kwargs) -> SpeakerModel:
     """A random tiny model whose BatchNorm statistics are set on ``waves`` (N equal-length float32 clips).
 
     An untrained model with default statistics embeds everything almost identically; with statistics taken
@@ -25,7 +25,7 @@ def calibrated_tiny_model(waves, seed: int = 0, mirror: bool = False, backbone: 
     ``model_kwargs`` go to :class:`SpeakerModel`.
     """
     torch.manual_seed(seed)
-    encoder = SpeakerEncoder(tiny_config(backbone, pooling))
+    encoder = SpeakerEncoder(tiny_config(backbone, pooling, branches))
     for module in encoder.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()

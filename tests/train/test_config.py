@@ -41,7 +41,8 @@ def test_dump_round_trips(tmp_path):
      ("optim.lr=0", r"optim.lr=0.0: must be > 0"), ("data.frames=0", r"data.frames=0: must be >= 1"),
      ("data.workers=-1", r"data.workers=-1: must be >= 0"), ("train.epochs=0", r"train.epochs=0: must be >= 1"),
      ("schedule.warmup_ratio=5", r"schedule.warmup_ratio=5.0: must be in \(0, 1\]"),
-     ("optim.weight_decay=-5", r"optim.weight_decay=-5.0: must be >= 0"), ("optim.lr=1e400", "expected a number")],
+     ("optim.weight_decay=-5", r"optim.weight_decay=-5.0: must be >= 0"), ("optim.lr=1e400", "expected a number"),
+     ("model.branches=2", "model.branches=2: a run trains one network; .* 'ghostvlad ensemble'")],
 )
 def test_bad_overrides_fail_clearly(override, message):
     with pytest.raises(ValueError, match=message):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from ghostvlad import load_model
 from ghostvlad.recipes import CROSS_DOMAIN, DEMO_CORPUS, run_demo
 
 
@@ -13,7 +14,7 @@ def test_demo_recipe_learns_voices_that_transfer(tmp_path: Path, monkeypatch):
 
     import ghostvlad.recipes as recipes
 
-    # a smaller corpus and cross-domain set, shorter crops: the recipe as `make demo` runs it, in two minutes
+    # a smaller corpus and cross-domain set, shorter crops: the recipe as `make demo` runs it, in four minutes
     monkeypatch.setattr(recipes, "DEMO_CORPUS", replace(DEMO_CORPUS, speakers=60, test_speakers=8, trials=360,
                                                         min_duration=1.5, max_duration=3.0, seed=1))
     monkeypatch.setattr(recipes, "CROSS_DOMAIN", replace(CROSS_DOMAIN, speakers=9, test_speakers=8, utterances=2,
@@ -22,7 +23,8 @@ def test_demo_recipe_learns_voices_that_transfer(tmp_path: Path, monkeypatch):
     result = run_demo(tmp_path, seed=1, overrides=["data.frames=120", "train.batch_size=24", "train.epochs=8",
                                                    "data.rooms=8", "train.checkpoint_every=1000"],
                       on_stage=stages.append)
-    assert len(stages) == 3
+    assert len(stages) == 3 and (tmp_path / "run-1" / "model").exists()  # two networks, stacked
+    assert load_model(result.model).config.branches == 2
     assert result.in_domain.eer < 0.3, result.in_domain
     assert result.cross_domain.eer < 0.4, result.cross_domain
     assert result.in_domain.cos_cross_session > result.in_domain.cos_nontarget

@@ -14,16 +14,17 @@ from .common import app, err, fail, out, progress_bar
 def demo(
     out_dir: Path = typer.Option(Path("demo"), "--out", "-o", help="Working folder (re-running resumes every stage)."),
     speakers: Optional[int] = typer.Option(None, help="Synthetic speakers (a tenth held out for testing; default 200)."),
-    seed: int = typer.Option(0, help="Seed of the corpus and the training run."),
+    seed: int = typer.Option(0, help="Seed of the corpus and the first training run (the others: seed + 1, ...)."),
     epochs: Optional[int] = typer.Option(None, help="Override the demo config's epochs."),
 ) -> None:
-    """Synthesise a multi-speaker corpus, train the `demo` config on it, and evaluate EER/minDCF on held-out
-    speakers of its voices and channels (in-domain) and on unseen speakers heard through channel types the
-    training never saw (cross-domain: telephone lines, speech codecs, saturation)."""
+    """Synthesise a multi-speaker corpus, train the `demo` config on it twice and stack the two networks into one
+    model, and evaluate EER/minDCF on held-out speakers of its voices and channels (in-domain) and on unseen
+    speakers heard through channel types the training never saw (cross-domain: telephone lines, speech codecs,
+    saturation)."""
     from rich.table import Table
 
     from ..errors import GhostvladError, describe
-    from ..recipes import run_demo
+    from ..recipes import DEMO_MEMBERS, run_demo
 
     steps = iter(range(1, 4))
     bar = progress_bar()
@@ -35,8 +36,8 @@ def demo(
         err.print(f"[{step}/3] {text}", highlight=False)
 
     def on_log(row: dict, total: int) -> None:
-        err.print(f"  epoch {row['epoch']} step {row['step']}/{total} loss {row['loss']} acc {row['acc']} "
-                  f"{row['crops_per_s']} crops/s", highlight=False)
+        err.print(f"  network {row['network']}/{DEMO_MEMBERS} epoch {row['epoch']} step {row['step']}/{total} "
+                  f"loss {row['loss']} acc {row['acc']} {row['crops_per_s']} crops/s", highlight=False)
 
     try:
         with bar:

@@ -1,4 +1,4 @@
-"""Commands that use a model: convert-keras, embed, verify, info."""
+"""Commands that use a model: convert-keras, embed, merge, ensemble, verify, info."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -197,6 +197,31 @@ def merge(
 
 
 @app.command()
+def ensemble(
+    models: list[Path] = typer.Argument(..., readable=False, help="Two or more models (directories, .safetensors "
+                                        "files or run folders) with the same network and front-end."),
+    out_path: Path = typer.Option(..., "--out", "-o", help="The ensemble model (directory, or .safetensors file)."),
+) -> None:
+    """Stack separately trained models into one model whose cosine score is the mean of theirs."""
+    from ..inference import ensemble as stack_models
+    from ..modelfile import resolve_model_path
+
+    target = out_path.resolve()
+    seen: dict[Path, Path] = {}
+    for path in models:
+        source = resolve_model_path(path).resolve()
+        if source in seen:
+            fail(f"{path}: given twice (as {seen[source]} too); each model is one branch")
+        seen[source] = path
+        if target == source or source in target.parents or target in source.parents:
+            fail(f"{out_path}: would overwrite or contain the input model {path}; choose another --out")
+    model = stack_models([open_model(path, "fp32", "cpu") for path in models])
+    model.save(out_path)
+    out.print(f"wrote {out_path}: {len(models)} models as {model.config.branches} branches, {model.embed_dim}-d "
+              "embeddings (no threshold yet: run 'ghostvlad calibrate' on it)", highlight=False)
+
+
+@app.command()
 def verify(
     first: Path = typer.Argument(..., readable=False, help="First recording."),
     second: Path = typer.Argument(..., readable=False, help="Second recording."),
@@ -243,7 +268,7 @@ def info(
         fail("give a model path, or --components")
     model = open_model(model_path, "fp32", "cpu")
     summary = model.to_config()
-    if hasattr(model, "encoder"):  # ONNX models carry no parameter tensors we can count
+    if hasattr(model, "saved_encoder"):  # ONNX models carry no parameter tensors we can count
         summary["parameters"] = sum(p.numel() for p in model.saved_encoder.parameters())
     out.print_json(json.dumps(summary))
 

@@ -4,6 +4,10 @@ Input ``(B, 1, 257, T)`` (frequency x time), output ``(B, C, 7, T')`` after ``mp
 Layers follow the Keras code exactly: bottleneck blocks with the stride on the first 1x1 conv, BatchNorm
 with eps 1e-3, TensorFlow-SAME padding (asymmetric for the stride-2 stem of ``resnet34l``).
 
+``branches=K`` builds K independent networks side by side in one module: every conv after the stem is grouped
+(K groups), so branch k's channels only ever see branch k's (the stem's single input channel is shared). A
+branch is the backbone at ``width``; the output holds the K branches' channels one after another.
+
 Variable-length batches are exact at inference: padded time steps are zeroed before every conv whose
 kernel spans time, so each clip sees the zeros it would see alone. :meth:`ThinResNet.forward` is the one
 forward pass: it has no data-dependent Python, so :mod:`ghostvlad.export` traces it as it is.
@@ -25,7 +29,8 @@ class Backbone(nn.Module):
     """The backbone slot's interface: ``forward(x (B, 1, F, T), lengths (B,) | None)`` returns the features
     ``(B, out_channels, out_height, T')`` and their valid step counts (``out_lengths(lengths)``; None without
     lengths). Masking contract: steps past a clip's length never change its valid steps, so a padded batch
-    equals each clip alone."""
+    equals each clip alone. Registered factories take ``branches`` (from the encoder): that many independent
+    networks, whose output channels are ``branches`` equal blocks, one per branch, in order."""
 
     out_channels: int
     out_height: int
@@ -35,7 +40,7 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
 
-BACKBONES: Registry[Backbone] = Registry("backbone", base=Backbone)
+BACKBONES: Registry[Backbone] = Registry("backbone", base=Backbone, context=("branches",))
 
 BN_EPS = 1e-3  # Keras default, used by the released weights
 BN_MOMENTUM = 0.01  # Keras momentum 0.99
@@ -72,9 +77,9 @@ SPECS = {
 class ConvBN(nn.Module):
     """Conv2d without bias followed by BatchNorm (Keras epsilon and momentum)."""
 
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> None:
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0, groups: int = 1) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, bias=False)
+        self.conv = nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(cout, eps=BN_EPS, momentum=BN_MOMENTUM)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -87,7 +92,8 @@ class ConvBN(nn.Module):
             return
         bn, conv = self.bn, self.conv
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True)
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                          groups=conv.groups, bias=True)
         fused = fused.to(device=conv.weight.device, dtype=conv.weight.dtype)
         fused.weight.copy_(conv.weight * scale[:, None, None, None])
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
@@ -95,15 +101,16 @@ class ConvBN(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce (strided) -> 3x3 -> 1x1 increase, plus identity or 1x1 projection shortcut."""
+    """1x1 reduce (strided) -> 3x3 -> 1x1 increase, plus identity or 1x1 projection shortcut; every conv in
+    ``groups`` groups (the backbone's branches)."""
 
-    def __init__(self, cin: int, filters: tuple[int, int, int], stride: int, project: bool) -> None:
+    def __init__(self, cin: int, filters: tuple[int, int, int], stride: int, project: bool, groups: int = 1) -> None:
         super().__init__()
         r, m, o = filters
-        self.reduce = ConvBN(cin, r, 1, stride)
-        self.mid = ConvBN(r, m, 3, padding=1)
-        self.increase = ConvBN(m, o, 1)
-        self.proj = ConvBN(cin, o, 1, stride) if project else None
+        self.reduce = ConvBN(cin, r, 1, stride, groups=groups)
+        self.mid = ConvBN(r, m, 3, padding=1, groups=groups)
+        self.increase = ConvBN(m, o, 1, groups=groups)
+        self.proj = ConvBN(cin, o, 1, stride, groups=groups) if project else None
 
     def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
         y = F.relu(self.reduce(x), inplace=True)
@@ -154,23 +161,24 @@ def _time_mask(lengths: Tensor, steps: int, dtype: torch.dtype, offset: int = 0)
 
 
 class ThinResNet(Backbone):
-    """The original 2-D ResNet; ``width`` scales every channel count (1.0 = the paper)."""
+    """The original 2-D ResNet; ``width`` scales every channel count (1.0 = the paper); ``branches`` networks
+    side by side (module docstring)."""
 
     out_height = 7  # 257 frequency bins after the stem, max-pools, strides and mpool2
 
-    def __init__(self, spec: ResNetSpec, width: float = 1.0) -> None:
+    def __init__(self, spec: ResNetSpec, width: float = 1.0, branches: int = 1) -> None:
         super().__init__()
         if not width > 0:
             raise ConfigError(f"backbone width must be positive, got {width}")
 
         self.spec = spec
-        stem = scaled_channels(spec.stem_channels, width)
+        stem = branches * scaled_channels(spec.stem_channels, width)
         self.stem = ConvBN(1, stem, 7, stride=spec.stem_stride, padding=3 if spec.stem_stride == 1 else 0)
         stages, cin = [], stem
         for st in spec.stages:
-            filters = tuple(scaled_channels(f, width) for f in st.filters)
-            blocks = [Bottleneck(cin, filters, st.stride, project=True)]
-            blocks += [Bottleneck(filters[2], filters, 1, project=False) for _ in range(st.blocks - 1)]
+            filters = tuple(branches * scaled_channels(f, width) for f in st.filters)
+            blocks = [Bottleneck(cin, filters, st.stride, project=True, groups=branches)]
+            blocks += [Bottleneck(filters[2], filters, 1, project=False, groups=branches) for _ in range(st.blocks - 1)]
             stages.append(nn.ModuleList(blocks))
             cin = filters[2]
         self.stages = nn.ModuleList(stages)
@@ -262,12 +270,12 @@ class ThinResNet(Backbone):
 
 
 @BACKBONES.register("resnet34s")
-def resnet34s(width: float = 1.0) -> ThinResNet:
+def resnet34s(branches: int, width: float = 1.0) -> ThinResNet:
     """The paper's thin ResNet-34 (3.69 M parameters at width 1)."""
-    return ThinResNet(SPECS["resnet34s"], width)
+    return ThinResNet(SPECS["resnet34s"], width, branches)
 
 
 @BACKBONES.register("resnet34l")
-def resnet34l(width: float = 1.0) -> ThinResNet:
+def resnet34l(branches: int, width: float = 1.0) -> ThinResNet:
     """The original code's larger variant (stride-2 stem, 19.9 M parameters at width 1)."""
-    return ThinResNet(SPECS["resnet34l"], width)
+    return ThinResNet(SPECS["resnet34l"], width, branches)

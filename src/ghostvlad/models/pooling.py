@@ -24,8 +24,11 @@ class Pooling(nn.Module):
     :attr:`out_dim` values. ``forward(x, f, mask)`` is ``finish`` of ``statistics``; chunked and streaming
     inference merge the statistics of consecutive chunks.
 
-    Registered factories take the encoder's sizes, ``in_channels`` and ``height`` of the backbone output and
-    the descriptor size ``dim``, then their own config parameters (with defaults).
+    Registered factories take the encoder's sizes, ``in_channels`` and ``height`` of the backbone output, the
+    descriptor size ``dim`` of one branch and the number of ``branches`` (the descriptors are ``branches`` blocks
+    of ``dim`` channels, one per independent branch of the backbone), then their own config parameters (with
+    defaults). The pooled vector holds ``branches`` equal blocks in the same order, each computed from its own
+    branch's channels only.
     """
 
     out_dim: int  # size of the pooled vector
@@ -71,11 +74,12 @@ def _merge_moments(a: Stats, b: Stats) -> Stats:
     return mass, ma + delta * share, sa + sb + delta.square() * wa * share
 
 
-def _mean_std(stats: Stats) -> Tensor:
-    """Mean and standard deviation, concatenated ``(B, 2D)``, from :func:`_moments`."""
+def _mean_std(stats: Stats, branches: int) -> Tensor:
+    """Mean and standard deviation from :func:`_moments` of ``branches`` blocks of D channels: ``(B, 2D)`` per
+    branch (mean, then standard deviation), the branches' blocks concatenated."""
     mass, mean, squares = stats
-    var = squares / mass.clamp(min=1e-30)
-    return torch.cat([mean, var.clamp(min=1e-6).sqrt()], dim=-1)
+    std = (squares / mass.clamp(min=1e-30)).clamp(min=1e-6).sqrt()
+    return torch.cat([mean.unflatten(-1, (branches, -1)), std.unflatten(-1, (branches, -1))], dim=-1).flatten(1)
 
 
 class TemporalAveragePooling(Pooling):
@@ -104,9 +108,10 @@ class TemporalStatisticsPooling(Pooling):
     Statistics (fp32): the step count, the mean and the sum of squared deviations from it.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, branches: int = 1) -> None:
         super().__init__()
-        self.out_dim = 2 * dim
+        self.branches = branches
+        self.out_dim = 2 * dim * branches
 
     def statistics(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Stats:
         f = f.float()
@@ -116,7 +121,7 @@ class TemporalStatisticsPooling(Pooling):
         return _merge_moments(a, b)
 
     def finish(self, stats: Stats) -> Tensor:
-        return _mean_std(stats)
+        return _mean_std(stats, self.branches)
 
 
 class AttentiveStatisticsPooling(Pooling):
@@ -125,13 +130,17 @@ class AttentiveStatisticsPooling(Pooling):
     A small 1x1-conv network scores every step for every channel; a softmax over the valid steps weighs the
     mean and standard deviation. Padded steps get zero weight, so a padded batch equals each clip alone.
     Statistics (fp32), per channel: the largest score ``m``, then with ``w = exp(score - m)`` (the softmax's
-    numerator) the sum of ``w``, the ``w``-weighted mean and the weighted sum of squared deviations.
+    numerator) the sum of ``w``, the ``w``-weighted mean and the weighted sum of squared deviations. With
+    ``branches``, each branch has its own attention network (grouped convs).
     """
 
-    def __init__(self, dim: int, bottleneck: int = 128) -> None:
+    def __init__(self, dim: int, branches: int = 1, bottleneck: int = 128) -> None:
         super().__init__()
-        self.attention = nn.Sequential(nn.Conv1d(dim, bottleneck, 1), nn.Tanh(), nn.Conv1d(bottleneck, dim, 1))
-        self.out_dim = 2 * dim
+        k = branches
+        self.attention = nn.Sequential(nn.Conv1d(k * dim, k * bottleneck, 1, groups=k), nn.Tanh(),
+                                       nn.Conv1d(k * bottleneck, k * dim, 1, groups=k))
+        self.branches = branches
+        self.out_dim = 2 * dim * branches
 
     def statistics(self, x: Tensor, f: Tensor, mask: Tensor | None = None) -> Stats:
         f = f.float()
@@ -149,7 +158,7 @@ class AttentiveStatisticsPooling(Pooling):
         return (top, *_merge_moments(*scaled))
 
     def finish(self, stats: Stats) -> Tensor:
-        return _mean_std(stats[1:])
+        return _mean_std(stats[1:], self.branches)
 
 
 class NetVLAD(Pooling):
@@ -185,34 +194,43 @@ class NetVLAD(Pooling):
         return F.normalize(stats[0], dim=-1, eps=1e-6).flatten(1)  # eps 1e-6 on the norm = TF's 1e-12 on its square
 
 
-POOLINGS: Registry[Pooling] = Registry("pooling", base=Pooling, context=("in_channels", "height", "dim"))
+POOLINGS: Registry[Pooling] = Registry("pooling", base=Pooling, context=("in_channels", "height", "dim", "branches"))
+
+
+def _one_branch(name: str, branches: int) -> None:
+    if branches != 1:
+        raise ConfigError(f"pooling {name!r} assigns all channels to one set of clusters: it takes one branch, "
+                          f"not {branches} (use tap, tstp or astp)")
 
 
 @POOLINGS.register("tap")
-def tap(in_channels: int, height: int, dim: int) -> TemporalAveragePooling:
+def tap(in_channels: int, height: int, dim: int, branches: int) -> TemporalAveragePooling:
     """Temporal average pooling: the mean of the descriptors (dim values)."""
-    return TemporalAveragePooling(dim)
+    return TemporalAveragePooling(dim * branches)
 
 
 @POOLINGS.register("tstp")
-def tstp(in_channels: int, height: int, dim: int) -> TemporalStatisticsPooling:
+def tstp(in_channels: int, height: int, dim: int, branches: int) -> TemporalStatisticsPooling:
     """Temporal statistics pooling: mean and standard deviation (2 dim values)."""
-    return TemporalStatisticsPooling(dim)
+    return TemporalStatisticsPooling(dim, branches)
 
 
 @POOLINGS.register("astp")
-def astp(in_channels: int, height: int, dim: int) -> AttentiveStatisticsPooling:
+def astp(in_channels: int, height: int, dim: int, branches: int) -> AttentiveStatisticsPooling:
     """Attentive statistics pooling: attention-weighted mean and standard deviation (2 dim values)."""
-    return AttentiveStatisticsPooling(dim)
+    return AttentiveStatisticsPooling(dim, branches)
 
 
 @POOLINGS.register("vlad")
-def vlad(in_channels: int, height: int, dim: int, clusters: int = 8) -> NetVLAD:
+def vlad(in_channels: int, height: int, dim: int, branches: int, clusters: int = 8) -> NetVLAD:
     """NetVLAD: residuals to `clusters` centers (clusters x dim values)."""
+    _one_branch("vlad", branches)
     return NetVLAD(in_channels, dim, clusters, 0, height)
 
 
 @POOLINGS.register("gvlad")
-def gvlad(in_channels: int, height: int, dim: int, clusters: int = 8, ghost_clusters: int = 2) -> NetVLAD:
+def gvlad(in_channels: int, height: int, dim: int, branches: int, clusters: int = 8,
+          ghost_clusters: int = 2) -> NetVLAD:
     """GhostVLAD: NetVLAD with `ghost_clusters` more clusters whose residuals are dropped (the paper's)."""
+    _one_branch("gvlad", branches)
     return NetVLAD(in_channels, dim, clusters, ghost_clusters, height)

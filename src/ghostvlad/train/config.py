@@ -192,6 +192,9 @@ class TrainConfig:
             section, name = key.split(".")
             if (value := getattr(getattr(self, section), name)) is not None:
                 _check_range(key, value)
+        if self.model.branches != 1:
+            raise ConfigError(f"model.branches={self.model.branches}: a run trains one network; train the branches "
+                              "as runs of their own (other train.seed) and stack them with 'ghostvlad ensemble'")
         if self.finetune.margin is not None and "margin" not in {p.name for p in HEADS.params(self.head.name)}:
             raise ConfigError(f"finetune.margin: head {self.head.name!r} has no margin; choose a margin head "
                               "(amsoftmax, aamsoftmax) or leave finetune.margin unset")
