@@ -20,7 +20,7 @@ from .features import FrontEndConfig, Spectrogram
 from .modelfile import ModelFileError, read_model, write_model
 from .models import EncoderConfig, SpeakerEncoder, stack
 from .precision import get_precision
-from .schema import ConfigError, checked, convert
+from .schema import ConfigError, checked, convert, differences
 from .streaming import EmbeddingStream
 
 
@@ -138,20 +138,18 @@ def ensemble(models: Sequence[SpeakerModel]) -> SpeakerModel:
     ensemble has no threshold or calibration of its own (calibrate it), and its ``info`` lists its members'."""
     if len(models) < 2 or not all(isinstance(m, SpeakerModel) for m in models):
         raise ModelFileError("ensemble: give two or more PyTorch models (ONNX and TorchScript files cannot be stacked)")
-    first = models[0].frontend_config.to_dict()
+    base = models[0]
     for i, m in enumerate(models[1:], 2):
-        other = m.frontend_config.to_dict()
-        if other != first:
-            differ = "; ".join(f"{key} {other[key]} vs {first[key]}" for key in first if other[key] != first[key])
-            raise ModelFileError(f"ensemble: model {i}'s front-end differs from model 1's: {differ}")
+        if m.frontend_config != base.frontend_config:
+            raise ModelFileError(f"ensemble: model {i}'s front-end differs from model 1's: "
+                                 f"{differences(base.frontend_config.to_dict(), m.frontend_config.to_dict())}")
     try:
         encoder = stack([m.saved_encoder for m in models])
     except ConfigError as exc:
         raise ModelFileError(f"ensemble: {exc}") from None
-    m = models[0]
-    return SpeakerModel(encoder, m.frontend_config, info={"ensemble": [m.info for m in models]}, device=m.device,
-                        precision=m.precision, min_duration=m.min_duration, batch_frames=m.batch_frames,
-                        chunk_frames=m.chunk_frames)
+    return SpeakerModel(encoder, base.frontend_config, info={"ensemble": [m.info for m in models]},
+                        device=base.device, precision=base.precision, min_duration=base.min_duration,
+                        batch_frames=base.batch_frames, chunk_frames=base.chunk_frames)
 
 
 def load_pytorch_model(

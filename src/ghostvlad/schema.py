@@ -64,3 +64,8 @@ def checked(cls: type, data: Any, where: str) -> dict[str, Any]:
             expected = " or ".join(TYPE_NAMES[k] for k in kinds)
             raise ConfigError(f"{where}.{key}: expected {expected}, got {value!r}")
     return out
+
+
+def differences(first: dict[str, Any], other: dict[str, Any]) -> str:
+    """The keys in which ``other`` differs from ``first``, for a one-line message: ``"pooling tstp vs astp; ..."``."""
+    return "; ".join(f"{key} {other.get(key)} vs {value}" for key, value in first.items() if other.get(key) != value)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import Component
-from ..schema import ConfigError, checked
+from ..schema import ConfigError, checked, differences
 from .backbones import BACKBONES, ConvBN
 from .pooling import POOLINGS, Stats
 
@@ -202,14 +202,12 @@ def stack(encoders: Sequence[SpeakerEncoder]) -> SpeakerEncoder:
     separately trained networks, as one model. They must have the same network per branch (:class:`ConfigError`)."""
     if not encoders:
         raise ConfigError("stack: no encoders given")
-    first = encoders[0].config.branch().to_dict()
-    for i, enc in enumerate(encoders[1:], 2):
-        other = enc.config.branch().to_dict()
-        if other != first:
-            differ = "; ".join(f"{key} {other[key]} vs {first[key]}" for key in first if other[key] != first[key])
-            raise ConfigError(f"stack: network {i} differs from network 1 (per branch): {differ}")
-    k = sum(enc.config.branches for enc in encoders)
     one = encoders[0].config.branch()
+    for i, enc in enumerate(encoders[1:], 2):
+        if enc.config.branch() != one:
+            raise ConfigError(f"stack: network {i} differs from network 1 (per branch): "
+                              f"{differences(one.to_dict(), enc.config.branch().to_dict())}")
+    k = sum(enc.config.branches for enc in encoders)
     stacked = SpeakerEncoder(EncoderConfig(one.backbone, one.pooling, one.descriptor_dim * k, one.embed_dim * k, k))
     states = [{name: t.cpu() for name, t in enc.state_dict().items()} for enc in encoders]
     stacked.load_state_dict({name: torch.cat([s[name] for s in states]) if t.ndim else t  # BN step counts: unused
