@@ -12,7 +12,7 @@ from ghostvlad import load_model
 from ghostvlad.export import OnnxSpeakerModel, export_onnx, export_torchscript
 from ghostvlad.features import FrontEndConfig
 from ghostvlad.inference import SpeakerModel
-from ghostvlad.modelfile import FORMAT, VERSION
+from ghostvlad.modelfile import FORMAT
 
 CASES = {
     f"{pooling}-{backbone}-{'mirror' if mirror else 'plain'}-{branches}": (pooling, backbone, mirror, branches)
@@ -57,7 +57,7 @@ def test_three_line_onnxruntime_example(mirrored, tmp_path):
 def test_metadata_round_trips(mirrored):
     model, onnx_model = mirrored
     props = {p.key: p.value for p in onnx.load(str(onnx_model.path)).metadata_props}
-    assert json.loads(props["ghostvlad"]) == {"format": FORMAT, "version": VERSION, **model.to_config()}
+    assert json.loads(props["ghostvlad"]) == {"format": FORMAT, "version": 1, **model.to_config()}
     assert onnx_model.to_config() == model.to_config()
     assert onnx_model.config == model.config and onnx_model.frontend_config == FrontEndConfig(mirror=True)
     assert (onnx_model.embed_dim, onnx_model.threshold, onnx_model.info) == (16, 0.42, {"note": "tiny"})

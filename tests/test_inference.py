@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -94,6 +96,9 @@ def test_an_ensemble_scores_the_mean_of_its_members_and_keeps_their_front_end(tm
     np.testing.assert_allclose(both.score(a, b), np.mean([m.score(a, b) for m in members]), atol=1e-5)
     again = load_model(both.save(tmp_path / "both.safetensors"))
     np.testing.assert_allclose(again.embed(a), both.embed(a), atol=1e-6)
+    # a stack is format version 2 (a ghostvlad from before stacks refuses it as too new); one network stays 1
+    assert json.loads((both.save(tmp_path / "both") / "config.json").read_text())["version"] == 2
+    assert json.loads((members[0].save(tmp_path / "one") / "config.json").read_text())["version"] == 1
     plain = SpeakerModel(members[1].saved_encoder, FrontEndConfig(mirror=False))
     with pytest.raises(ModelFileError, match="ensemble: model 2's front-end differs from model 1's: mirror False vs True"):
         ensemble([members[0], plain])

@@ -66,6 +66,9 @@ def test_errors(tmp_path, model):
     (path / "config.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(ModelFileError, match="not a ghostvlad model"):
         read_model(path)
+    (path / "config.json").write_text(json.dumps({"format": "ghostvlad-model", "version": 3}))
+    with pytest.raises(ModelFileError, match="model format version 3 is newer than this ghostvlad"):
+        read_model(path)
 
 
 def test_weights_that_do_not_fit_the_config(tmp_path, model):

@@ -36,7 +36,7 @@ from .errors import one_line
 from .features import FrontEndConfig, Spectrogram
 from .fileio import atomic_write
 from .inference import SpeakerModel
-from .modelfile import FORMAT, METADATA_KEY, VERSION, ModelFileError
+from .modelfile import FORMAT, METADATA_KEY, VERSION, ModelFileError, format_version
 from .models import EncoderConfig
 
 OPSET = 17
@@ -63,7 +63,8 @@ def _example() -> tuple[Tensor, Tensor]:
 
 
 def _header(model: SpeakerModel) -> str:
-    return json.dumps({"format": FORMAT, "version": VERSION, **model.to_config()}, sort_keys=True)
+    config = model.to_config()
+    return json.dumps({"format": FORMAT, "version": format_version(config), **config}, sort_keys=True)
 
 
 def export_onnx(model: SpeakerModel, path: str | os.PathLike) -> Path:

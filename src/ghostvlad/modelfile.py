@@ -19,7 +19,9 @@ from .errors import GhostvladError
 from .fileio import atomic_write, atomic_write_text
 
 FORMAT = "ghostvlad-model"
-VERSION = 1
+# The newest format this ghostvlad reads. A file is written with the lowest version that describes it (see
+# format_version), so that older readers refuse what they cannot build with a version error.
+VERSION = 2
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 METADATA_KEY = "ghostvlad"
@@ -37,6 +39,13 @@ def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
         raise ModelFileError(f"{path}: tensor {bad[0]!r} holds NaN or infinite values{more}; refusing the model")
 
 
+def format_version(config: dict) -> int:
+    """The format version a model ``config`` needs: 2 for a stack of networks (``encoder.branches`` > 1, which a
+    ghostvlad from before stacks cannot build: it refuses the file as too new), else 1."""
+    encoder = config.get("encoder")
+    return 2 if isinstance(encoder, dict) and encoder.get("branches", 1) != 1 else 1
+
+
 def write_model(path: str | os.PathLike, config: dict, state: dict[str, torch.Tensor]) -> Path:
     """Write ``config`` (JSON-able) and ``state`` (tensors) as a model directory or single file.
 
@@ -45,7 +54,7 @@ def write_model(path: str | os.PathLike, config: dict, state: dict[str, torch.Te
     (and no model directory that did not exist before).
     """
     path = Path(path)
-    header = {"format": FORMAT, "version": VERSION, **config}
+    header = {"format": FORMAT, "version": format_version(config), **config}
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     _check_finite(state, path)
     text = json.dumps(header, indent=2, sort_keys=True)
