@@ -118,6 +118,10 @@ def test_decision_rules():
     assert DecisionRule.for_model(Plain)(0.4).explain() == "threshold 0.3000"
     with pytest.raises(CalibrationError, match="needs a calibrated model"):
         DecisionRule.for_model(Plain, "eer")
+    for bogus in ("bogus", "far@2", "far@x", "far"):  # not a name at all: said so, calibrated model or not
+        for model in (Plain, Model):
+            with pytest.raises(CalibrationError, match=f"unknown operating point '{bogus}': use eer, far@X"):
+                DecisionRule.for_model(model, bogus)
     none = DecisionRule.for_model(None)(0.4)
     assert (none.accept, none.explain()) == (None, "")
 

@@ -44,6 +44,17 @@ def far_name(far: float) -> str:
     return f"far@{far:g}"
 
 
+def is_point_name(name: str) -> bool:
+    """Whether ``name`` is an operating-point name at all: ``eer``, ``bayes`` or ``far@X`` with 0 < X < 1."""
+    if name in (DEFAULT_POINT, BAYES):
+        return True
+    head, _, rate = name.partition("@")
+    try:
+        return head == "far" and 0.0 < float(rate) < 1.0
+    except ValueError:
+        return False
+
+
 def far_threshold(scores: ArrayLike, labels: ArrayLike, far: float) -> float:
     """Lowest threshold whose false-accept rate (share of non-targets with score >= threshold) is <= ``far``.
 
@@ -189,6 +200,9 @@ class DecisionRule:
                 raise CalibrationError(f"threshold must be a finite number, got {threshold}")
             return cls(OperatingPoint(GIVEN, float(threshold)), cal, prior)
         if operating_point is not None:
+            if not is_point_name(operating_point):
+                raise CalibrationError(f"unknown operating point {operating_point!r}: use eer, far@X (0 < X < 1, "
+                                       "as stored by 'ghostvlad calibrate') or bayes")
             if cal is None:
                 raise CalibrationError(f"operating point {operating_point!r} needs a calibrated model "
                                        "(run 'ghostvlad calibrate')")
