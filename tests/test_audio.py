@@ -317,9 +317,12 @@ def test_silent_file(tmp_path, level):
 def test_too_short_file(tmp_path):
     sf.write(tmp_path / "short.flac", sine(440, SAMPLE_RATE, 0.3), SAMPLE_RATE)
     err = expect_error(tmp_path / "short.flac", "too short")
-    assert "0.300 s" in err.reason and "0.500 s" in err.reason
+    assert err.reason == "too short: 0.3 s, minimum is 0.5 s"
     assert len(load_audio(tmp_path / "short.flac", min_duration=0)) == round(0.3 * SAMPLE_RATE)
-    expect_error(tmp_path / "short.flac", "1.000 s", min_duration=1.0)
+    expect_error(tmp_path / "short.flac", "minimum is 1 s", min_duration=1.0)
+    sf.write(tmp_path / "one.wav", np.full(1, 0.5, np.float32), SAMPLE_RATE, subtype="FLOAT")  # tiny minimums stay legible
+    assert expect_error(tmp_path / "one.wav", "too short", min_duration=1e-4).reason == \
+        "too short: 6.25e-05 s, minimum is 0.0001 s"
 
 
 @needs_aac
@@ -430,7 +433,7 @@ def test_bytes_bad_input_gets_the_reason_the_file_gets(tmp_path):
 def test_bytes_longer_than_max_duration_are_refused_before_decoding_them_all(tmp_path):
     for name, path in _bytes_cases(tmp_path).items():
         data = path.read_bytes()
-        with pytest.raises(AudioError, match=r"too long: (1\.5\d\d s, maximum is|more than the maximum) 1\.000 s"):
+        with pytest.raises(AudioError, match=r"too long: (1\.5\d* s, maximum is|more than the maximum) 1 s"):
             audio.load_audio_bytes(data, name, max_duration=1.0)
         assert len(audio.load_audio_bytes(data, name, max_duration=2.0)) > 1.4 * SAMPLE_RATE
 

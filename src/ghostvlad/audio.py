@@ -215,8 +215,8 @@ def _decode_memory(data: bytes, source: str, max_duration: float | None) -> tupl
 
 
 def _too_long(source: str, max_duration: float, seconds: float | None = None) -> AudioError:
-    found = "more than the maximum" if seconds is None else f"{seconds:.3f} s, maximum is"
-    return AudioError(source, f"too long: {found} {max_duration:.3f} s")
+    found = "more than the maximum" if seconds is None else f"{seconds:g} s, maximum is"
+    return AudioError(source, f"too long: {found} {max_duration:g} s")
 
 
 def _read_soundfile(handle: sf.SoundFile, source: str, max_duration: float | None = None) -> tuple[np.ndarray, float]:
@@ -322,7 +322,7 @@ def _finish(wave: np.ndarray, rate: float, target_rate: float, min_duration: flo
     check_finite(wave, source)
     duration = wave.size / rate
     if duration < min_duration:
-        raise AudioError(source, f"too short: {duration:.3f} s, minimum is {min_duration:.3f} s")
+        raise AudioError(source, f"too short: {duration:g} s, minimum is {min_duration:g} s")
     peak = max(float(wave.max()), -float(wave.min()))  # no |wave| copy: long recordings are large
     if peak < SILENCE_PEAK:
         raise AudioError(source, f"silent: peak amplitude {peak:.3g} is below {SILENCE_PEAK:g}")

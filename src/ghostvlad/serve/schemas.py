@@ -7,7 +7,7 @@ from ..scoring.calibration import Decision, OperatingPoint
 
 
 class Error(BaseModel):
-    detail: str = Field(description="One line saying what was wrong, e.g. 'a.wav: too short: 0.200 s, minimum is 0.500 s'.")
+    detail: str = Field(description="One line saying what was wrong, e.g. 'a.wav: too short: 0.2 s, minimum is 0.5 s'.")
 
 
 class Point(BaseModel):
