@@ -12,7 +12,7 @@ from support.gallery import clips, model, tiny_model  # noqa: F401  (fixtures)
 
 from ghostvlad.gallery import store as gallery_store
 from ghostvlad.evaluate import model_key
-from ghostvlad.gallery import Gallery, GalleryError, top_matches
+from ghostvlad.gallery import Gallery, GalleryError, describe_model, top_matches
 
 
 def _unit(x):
@@ -325,3 +325,11 @@ def test_a_new_gallery_creates_its_folder_or_says_why_it_cannot(model, clips, tm
     with pytest.raises(GalleryError, match=r"file/g.db: cannot create the gallery's folder \(.*file: File exists\)"):
         with Gallery(tmp_path / "file" / "g.db", model) as gallery:
             gallery.enroll("alice", clips["alice"][:1])
+
+
+def test_a_model_is_described_by_its_parts():
+    one = {"encoder": {"backbone": {"name": "resnet34s"}, "pooling": {"name": "astp"}, "embed_dim": 64},
+           "precision": "fp32"}
+    assert describe_model(one, "0123456789abcdef") == "0123456789ab (resnet34s astp, 64-d, fp32)"
+    two = {**one, "encoder": {**one["encoder"], "branches": 2, "embed_dim": 128}}
+    assert describe_model(two, "0123456789abcdef") == "0123456789ab (2 x resnet34s astp, 128-d, fp32)"

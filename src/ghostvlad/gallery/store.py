@@ -54,9 +54,11 @@ class SpeakerInfo:
 
 
 def describe_model(config: dict, key: str) -> str:
-    """``3f2a9c0d1e2b (resnet34s gvlad, 512-d, fp32)``: enough to tell two models apart in a message."""
+    """``3f2a9c0d1e2b (resnet34s gvlad, 512-d, fp32)``, ``... (2 x resnet34s astp, 128-d, bf16)`` for a stack of
+    networks: enough to tell two models apart in a message."""
     enc = {k: v.get("name", "?") if isinstance(v, dict) else v for k, v in config.get("encoder", {}).items()}
-    return (f"{key[:12]} ({enc.get('backbone', '?')} {enc.get('pooling', '?')}, {enc.get('embed_dim', '?')}-d, "
+    stack = f"{enc['branches']} x " if enc.get("branches", 1) != 1 else ""
+    return (f"{key[:12]} ({stack}{enc.get('backbone', '?')} {enc.get('pooling', '?')}, {enc.get('embed_dim', '?')}-d, "
             f"{config.get('precision', '?')})")
 
 
