@@ -320,7 +320,8 @@ def test_too_short_file(tmp_path):
     assert err.reason == "too short: 0.3 s, minimum is 0.5 s"
     assert len(load_audio(tmp_path / "short.flac", min_duration=0)) == round(0.3 * SAMPLE_RATE)
     expect_error(tmp_path / "short.flac", "minimum is 1 s", min_duration=1.0)
-    sf.write(tmp_path / "one.wav", np.full(1, 0.5, np.float32), SAMPLE_RATE, subtype="FLOAT")  # tiny minimums stay legible
+    # a tiny minimum stays legible
+    sf.write(tmp_path / "one.wav", np.full(1, 0.5, np.float32), SAMPLE_RATE, subtype="FLOAT")
     assert expect_error(tmp_path / "one.wav", "too short", min_duration=1e-4).reason == \
         "too short: 6.25e-05 s, minimum is 0.0001 s"
 

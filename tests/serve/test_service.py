@@ -236,6 +236,24 @@ def test_a_full_queue_answers_503_and_recovers(model, serve):
     assert httpx.post(f"{base}/v1/embed", content=clip).status_code == 200
 
 
+def test_connections_beyond_the_limit_get_a_json_503_and_the_server_recovers(model, serve):
+    base = serve(model, max_connections=2, read_timeout=30)
+    host, port = urlparse(base).hostname, urlparse(base).port
+    idle = [socket.create_connection((host, port)) for _ in range(2)]  # two open connections fill the limit
+    try:
+        time.sleep(0.2)  # the server has accepted them
+        refused = httpx.get(f"{base}/healthz")
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json() == {"detail": "the server is at its limit of 2 connections; retry later"}
+    finally:
+        for sock in idle:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while (answer := httpx.get(f"{base}/healthz")).status_code == 503 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server notices the closed connections
+    assert answer.status_code == 200
+
+
 def test_concurrent_enrolments_keep_the_gallery_consistent(model, serve, tmp_path):
     db = tmp_path / "speakers.db"
     base = serve(model, db)

@@ -47,7 +47,7 @@ class ServeConfig:
     max_files: int = 16
     """Recordings per enrolment request."""
     max_connections: int = 256
-    """Concurrent connections and requests beyond which uvicorn answers 503."""
+    """Open connections and requests in flight beyond which a request gets 503."""
     max_streams: int = 16
     """Concurrent WebSocket streams."""
     stream_idle_timeout: float = 30.0
