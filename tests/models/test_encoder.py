@@ -81,6 +81,12 @@ def test_branches_are_independent_networks(backbone, pooling):
         emb, parts = wide.embed(x, lengths), [one.embed(x, lengths) for one in ones]
         torch.testing.assert_close(emb, torch.cat(parts, 1) / math.sqrt(2))
         torch.testing.assert_close(emb @ emb[0], (parts[0] @ parts[0][0] + parts[1] @ parts[1][0]) / 2)
+    wide.train(), [one.train() for one in ones]  # batch statistics; running ones updated as each network's alone
+    torch.testing.assert_close(wide(x, lengths), torch.cat([one(x, lengths) for one in ones], 1))
+    for k, one in enumerate(ones):
+        for name, t in one.state_dict().items():
+            got = wide.state_dict()[name]
+            torch.testing.assert_close(got.chunk(2)[k] if got.ndim else got, t)  # num_batches_tracked: once
     for k in range(2):  # no gradient crosses from one branch's output to the other branch's weights
         wide.train().zero_grad()
         wide(x)[:, 12 * k : 12 * (k + 1)].sum().backward()

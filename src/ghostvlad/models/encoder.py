@@ -1,6 +1,6 @@
 """The speaker encoder: backbone -> ``x_fc`` descriptors -> pooling -> ``fc6`` -> (L2-normalised) embedding.
 
-With ``branches=K`` the encoder is K independent networks side by side (grouped convs, one module): each branch
+With ``branches=K`` the encoder is K independent networks side by side (grouped weights, one module): each branch
 has its own backbone, descriptors, pooling and ``fc6``, and the embedding is the K branches' unit-norm embeddings
 concatenated and scaled by ``1/sqrt(K)``, so a cosine of two embeddings is the mean of the branches' cosines: an
 ensemble of K separately trained networks (:func:`stack`) that embeds, chunks, streams and exports as one model.
