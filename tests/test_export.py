@@ -42,6 +42,8 @@ def test_onnx_matches_pytorch_alone_and_in_mixed_batches(exported):
     assert min_cosine(alone, reference) > 0.9999
     assert min_cosine(batch, reference) > 0.9999
     np.testing.assert_allclose(np.linalg.norm(batch, axis=1), 1, atol=1e-5)
+    props = {p.key: p.value for p in onnx.load(str(onnx_model.path)).metadata_props}
+    assert json.loads(props["ghostvlad"])["version"] == (2 if model.config.branches > 1 else 1)  # stacks: version 2
 
 
 def test_three_line_onnxruntime_example(mirrored, tmp_path):

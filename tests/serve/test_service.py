@@ -239,9 +239,12 @@ def test_a_full_queue_answers_503_and_recovers(model, serve):
 def test_connections_beyond_the_limit_get_a_json_503_and_the_server_recovers(model, serve):
     base = serve(model, max_connections=2, read_timeout=30)
     host, port = urlparse(base).hostname, urlparse(base).port
-    idle = [socket.create_connection((host, port)) for _ in range(2)]  # two open connections fill the limit
+    idle = [socket.create_connection((host, port))]
     try:
-        time.sleep(0.2)  # the server has accepted them
+        time.sleep(0.2)  # the server has accepted it
+        assert httpx.get(f"{base}/healthz").status_code == 200  # this request's connection is the second of two
+        idle.append(socket.create_connection((host, port)))  # two open connections fill the limit
+        time.sleep(0.2)
         refused = httpx.get(f"{base}/healthz")
         assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
         assert refused.json() == {"detail": "the server is at its limit of 2 connections; retry later"}

@@ -93,6 +93,8 @@ class ConvBN(nn.Module):
         y = F.conv2d(x, conv.weight[part], None if conv.bias is None else conv.bias[part], conv.stride, conv.padding)
         if isinstance(bn, nn.Identity):  # fused
             return y
+        # nn.BatchNorm2d's own arithmetic on this branch's slices of its parameters and buffers (a SyncBatchNorm's
+        # synchronisation or forward hooks would not run: training configs refuse model.branches != 1)
         momentum = bn.momentum
         if bn.training and bn.track_running_stats:  # as nn.BatchNorm2d does, counted once per forward
             if branch == 0:

@@ -201,8 +201,9 @@ class DecisionRule:
             return cls(OperatingPoint(GIVEN, float(threshold)), cal, prior)
         if operating_point is not None:
             if not is_point_name(operating_point):
+                has = "" if cal is None else f"; this model has: {', '.join([*cal.thresholds, BAYES])}"
                 raise CalibrationError(f"unknown operating point {operating_point!r}: use eer, far@X (0 < X < 1, "
-                                       "as stored by 'ghostvlad calibrate') or bayes")
+                                       f"as stored by 'ghostvlad calibrate') or bayes{has}")
             if cal is None:
                 raise CalibrationError(f"operating point {operating_point!r} needs a calibrated model "
                                        "(run 'ghostvlad calibrate')")
