@@ -89,7 +89,8 @@ class ConvBN(nn.Module):
         if branch is None:
             return self.bn(self.conv(x))
         conv, bn = self.conv, self.bn
-        part = slice(branch * conv.out_channels // conv.groups, (branch + 1) * conv.out_channels // conv.groups)
+        width = conv.out_channels // conv.groups
+        part = slice(branch * width, (branch + 1) * width)
         y = F.conv2d(x, conv.weight[part], None if conv.bias is None else conv.bias[part], conv.stride, conv.padding)
         if isinstance(bn, nn.Identity):  # fused
             return y
