@@ -1,6 +1,8 @@
 """`ghostvlad train` on bad config values and a full disk."""
 import errno
 import os
+import subprocess
+import sys
 
 import torch
 from support.training import corpus  # noqa: F401  (fixtures)
@@ -39,3 +41,30 @@ def test_cli_data_set_and_augmentation_setup_errors_are_one_line(corpus, tmp_pat
         res = CliRunner().invoke(app, [*base, override])
         assert res.exit_code == 1, res.output
         assert message in " ".join(res.output.split()) and "Traceback" not in res.output
+
+
+SPY = """
+import os, sys
+class Spy:  # what OMP_WAIT_POLICY is when torch (and its OpenMP runtime) is first imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            print("at torch import:", os.environ.get("OMP_WAIT_POLICY"), flush=True)
+            sys.meta_path.remove(self)
+sys.meta_path.insert(0, Spy())
+from ghostvlad.cli import main
+sys.argv = ["ghostvlad", *sys.argv[1:]]
+main()
+"""
+
+
+def test_cli_training_lets_waiting_threads_sleep_unless_told_otherwise(corpus, tmp_path):  # noqa: F811
+    manifest, config = corpus
+    args = ["train", "--config", str(config), "--data", str(manifest), "--max-steps", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run_env = env if given is None else {**env, "OMP_WAIT_POLICY": given}
+        res = subprocess.run([sys.executable, "-c", SPY, *args, "--out", str(tmp_path / expected)], env=run_env,
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout.splitlines()[0] == f"at torch import: {expected}"
+        assert (tmp_path / expected / CHECKPOINT_NAME).exists()

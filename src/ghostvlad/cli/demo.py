@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .common import app, err, fail, out, progress_bar
+from .common import app, err, fail, out, progress_bar, sleeping_thread_waits
 
 
 @app.command()
@@ -21,6 +21,7 @@ def demo(
     model, and evaluate EER/minDCF on held-out speakers of its voices and channels (in-domain) and on unseen
     speakers heard through channel types the training never saw (cross-domain: telephone lines, speech codecs,
     saturation)."""
+    sleeping_thread_waits()  # before torch is imported
     from rich.table import Table
 
     from ..errors import GhostvladError, describe

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from .common import app, err, fail, out
+from .common import app, err, fail, out, sleeping_thread_waits
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -23,6 +23,7 @@ def train(
                    "The learning-rate schedule follows the config's epochs, never --max-steps."),
 ) -> None:
     """Train a speaker encoder. One GPU: `ghostvlad train ...`; several: `torchrun --nproc_per_node N -m ghostvlad train ...`."""
+    sleeping_thread_waits()  # before torch is imported
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..errors import GhostvladError, describe
