@@ -99,7 +99,7 @@ def resolve_auto(device: str, precision: str) -> tuple[str, str]:
 def sleeping_thread_waits() -> None:
     """Let torch's OpenMP threads sleep rather than spin while they wait (``OMP_WAIT_POLICY=PASSIVE``), for commands
     that train: on a small CPU the data loader's worker processes then get the cycles the compute threads would
-    spin away (2 cores: 300 steps of the demo recipe 10 % faster, every loss the same; embedding speed unchanged).
+    spin away (2 cores: 300 steps of the demo recipe about 10 % faster, the same losses; embedding as fast).
     Read once, when torch is first imported, so the commands call it before that; a value already set is kept."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
