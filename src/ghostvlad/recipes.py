@@ -70,7 +70,7 @@ def synthesize(root: str | os.PathLike, config: SynthConfig, workers: int | None
 def train_on_corpus(corpus: str | os.PathLike, run: str | os.PathLike, config: str = "demo",
                     overrides: Sequence[str] = (), validate: bool = True, on_log: LogRow | None = None) -> Path:
     """Train ``config`` on the ``dev`` speakers of a synthetic corpus (validating on its trials); returns the run
-    folder, whose best model is a loadable model. Resumes an interrupted run."""
+    folder, whose exported model (``valid.select``) is a loadable model. Resumes an interrupted run."""
     corpus, run = Path(corpus), Path(run)
     files = scan_voxceleb(corpus / "dev")
     manifest = build_manifest(files, [speaker_of(f, corpus / "dev") for f in files], corpus / "dev.csv")

@@ -42,7 +42,8 @@ def test_dump_round_trips(tmp_path):
      ("data.workers=-1", r"data.workers=-1: must be >= 0"), ("train.epochs=0", r"train.epochs=0: must be >= 1"),
      ("schedule.warmup_ratio=5", r"schedule.warmup_ratio=5.0: must be in \(0, 1\]"),
      ("optim.weight_decay=-5", r"optim.weight_decay=-5.0: must be >= 0"), ("optim.lr=1e400", "expected a number"),
-     ("model.branches=2", "model.branches=2: a run trains one network; .* 'ghostvlad ensemble'")],
+     ("model.branches=2", "model.branches=2: a run trains one network; .* 'ghostvlad ensemble'"),
+     ("valid.select=first", "valid.select='first': choose one of: best, last")],
 )
 def test_bad_overrides_fail_clearly(override, message):
     with pytest.raises(ValueError, match=message):

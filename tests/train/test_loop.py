@@ -23,6 +23,7 @@ from ghostvlad.train.config import load_config
 from ghostvlad.data.dataset import read_bad_files
 from ghostvlad.schema import ConfigError
 from ghostvlad.train.build import TrainError, first_crops
+from ghostvlad.train import loop
 from ghostvlad.train.loop import Trainer
 from ghostvlad.train.run_folder import BAD_FILES_NAME
 from ghostvlad.train.vlad_init import KMEANS_CROPS
@@ -181,6 +182,25 @@ def test_validation_picks_the_model_and_stores_its_threshold(corpus, tmp_path):
     assert rows[-1]["valid_eer"] != ""  # the epoch row carries the validation EER
     model = load_model(tmp_path / "run")  # its stored threshold is the EER threshold of its own validation scores
     assert model.threshold == pytest.approx(evaluate(model, trials, root).summary.threshold, abs=1e-5)
+
+
+@pytest.mark.parametrize(("select", "exported_step"), [("best", 10), ("last", 20)])
+def test_valid_select_exports_the_best_or_the_last_epoch(corpus, tmp_path, monkeypatch, select, exported_step):
+    manifest, config = corpus
+    eers = iter([0.3, 0.1, 0.2, 0.4])  # epochs 0-3 of 5 steps: the best is the second, at step 10
+    monkeypatch.setattr(loop, "_validate", lambda *args: (next(eers), 0.5))
+    cfg = load_config(config, ["valid.trials=unused.txt", f"valid.select={select}"])
+    Trainer(cfg, manifest, tmp_path / "run").run()
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    assert [r["valid_eer"] for r in rows if r["valid_eer"]] == ["0.30000", "0.10000", "0.20000", "0.40000"]
+    model = load_model(tmp_path / "run")
+    assert model.info["global_step"] == exported_step and model.threshold == 0.5
+    exported = model.saved_encoder.state_dict()
+    Trainer(load_config(config), manifest, tmp_path / "again").run(max_steps=exported_step)
+    trained = {k.removeprefix("encoder."): v for k, v in weights(tmp_path / "again").items()
+               if k.startswith("encoder.")}
+    for k, v in exported.items():  # that step's weights (training is the same whatever is validated)
+        torch.testing.assert_close(v, trained[k], rtol=0, atol=1e-6, msg=k)
 
 
 def test_channel_augmentation_speeds_and_session_batches_train(corpus, tmp_path):

@@ -17,6 +17,7 @@ from .sampler import SAMPLERS
 from .vlad_init import VLAD_INITS
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+SELECTIONS = ("best", "last")  # valid.select: which epoch a run exports
 
 
 def _given(config: object, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -128,6 +129,13 @@ class ValidConfig:
     trials: str | None = None  # trial list scored at each epoch end to pick the best checkpoint
     wav_root: str | None = None
     every: int = 1  # epochs
+    # which epoch's weights RUN/model holds: best (the lowest validation EER, or mean training loss without trials)
+    # | last (the latest epoch's; validation is then only logged, e.g. when the trials are the test set itself)
+    select: str = "best"
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECTIONS:
+            raise ConfigError(f"valid.select={self.select!r}: choose one of: {', '.join(SELECTIONS)}")
 
 
 @dataclass

@@ -135,7 +135,8 @@ class Trainer:
         return torch.utils.data.DataLoader(dataset, batch_sampler=batches.batches(epoch, start), **common)
 
     def _end_epoch(self, epoch: int, mean_loss: float) -> None:
-        """Validate (when due), export the model if it is the best so far, log the epoch row."""
+        """Validate (when due), export the model if it is the best so far (or every epoch with ``valid.select:
+        last``), log the epoch row."""
         threshold, metric, valid_eer = None, mean_loss, None
         if self.config.valid.trials and ((epoch + 1) % self.config.valid.every == 0 or epoch + 1 == self.total_epochs):
             found = _validate(self.parts.encoder, self.config, self.dist)
@@ -143,8 +144,10 @@ class Trainer:
                 valid_eer, threshold = found
                 metric = valid_eer
         if self.dist.main:
-            if metric <= self.state.best:
+            better = metric <= self.state.best
+            if better:
                 self.state.best = metric
+            if better or self.config.valid.select == "last":
                 self.folder.export(self.parts.encoder, threshold, self.state, len(self.parts.speakers))
             self.folder.log({"time": f"{time.time():.0f}", "epoch": epoch, "global_step": self.state.global_step,
                              "loss": f"{mean_loss:.4f}", "valid_eer": "" if valid_eer is None else f"{valid_eer:.5f}"})
