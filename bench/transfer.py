@@ -11,7 +11,10 @@ For every (scenario, recipe, pooling, seed) it trains the ``demo`` network on a 
   (MBROLA, SVOX Pico, RHVoice, Kokoro and Piper voices, no espeak-ng synthesis, through field channels), built in
   DIR on first use and reused after; needs those engines (README, More voices), skips the ones missing;
 * with ``--recorded DIR``, also "recorded": real talkers (Debian ``ktuberling-data``'s word recordings, one person
-  per language) through field channels, the ``recorded`` family of :mod:`ghostvlad.data.engine_set`, built likewise.
+  per language) through field channels, the ``recorded`` family of :mod:`ghostvlad.data.engine_set`, built likewise;
+* with ``--tuxpaint DIR``, also "tuxpaint": other real talkers (Debian ``tuxpaint-stamps-default``'s spoken stamp
+  descriptions, one volunteer per language; :func:`ghostvlad.data.engine_set.tuxpaint_talkers` lays them out in
+  ``DIR-talkers``) through field channels, the same family, built likewise.
 
 Scenarios: ``demo`` trains on the demo corpus (:data:`ghostvlad.recipes.DEMO_CORPUS`, sized by ``--speakers``,
 ``--sessions``, ``--utterances``, with ``--trials`` in-domain trials);
@@ -23,7 +26,7 @@ Results are kept per run under ``--work`` (a re-run skips finished runs); the ta
     python bench/transfer.py --scenario demo --recipes baseline demo --poolings tap --seeds 0
     python bench/transfer.py --scenario demo --recipes demo --poolings tap tstp astp vlad gvlad --seeds 0 1 2
     python bench/transfer.py --scenario demo --recipes demo --poolings tap --engines bench_out/engines \
-        --recorded bench_out/recorded
+        --recorded bench_out/recorded --tuxpaint bench_out/tuxpaint
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ import numpy as np
 from _runtime import add_runtime_options, apply_runtime_options
 
 from ghostvlad.data.augment import STAGE_ORDER
-from ghostvlad.data.engine_set import EngineSetConfig, build_engine_set
+from ghostvlad.data.engine_set import EngineSetConfig, build_engine_set, tuxpaint_talkers
 from ghostvlad.data.synth import SynthConfig
 from ghostvlad.data.voices import EngineUnavailable
 from ghostvlad.fileio import atomic_write_text
@@ -95,7 +98,8 @@ def run_one(work: Path, scenario: str, recipe: str, pooling: str, seed: int, arg
 
 def held_out_sets(args) -> dict[str, Path]:
     """The optional held-out sets asked for: column name -> folder."""
-    return {k: d for k, d in (("engines", args.engines), ("recorded", args.recorded)) if d is not None}
+    return {k: d for k, d in (("engines", args.engines), ("recorded", args.recorded), ("tuxpaint", args.tuxpaint))
+            if d is not None}
 
 
 def cell(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
@@ -124,14 +128,21 @@ def main() -> None:
     parser.add_argument("--recorded", type=Path, default=None,
                         help="Also score on real recorded talkers (apt-get install ktuberling-data) in this folder "
                              "(built on first use).")
+    parser.add_argument("--tuxpaint", type=Path, default=None,
+                        help="Also score on other real talkers (apt-get install tuxpaint-stamps-default) in this "
+                             "folder (built on first use; their recordings linked from DIR-talkers).")
     add_runtime_options(parser)
     args = parser.parse_args()
     apply_runtime_options(args)
-    for option, folder, family in (("--engines", args.engines, "engines"), ("--recorded", args.recorded, "recorded")):
+    for option, folder, family in (("--engines", args.engines, "engines"), ("--recorded", args.recorded, "recorded"),
+                                   ("--tuxpaint", args.tuxpaint, "recorded")):
         if folder is None:
             continue
         try:
-            built = build_engine_set(folder, EngineSetConfig(family=family), on_progress=lambda done, total: print(
+            config = EngineSetConfig(family=family)
+            if option == "--tuxpaint":
+                config = replace(config, recorded_dir=str(tuxpaint_talkers(folder.with_name(folder.name + "-talkers"))))
+            built = build_engine_set(folder, config, on_progress=lambda done, total: print(
                 f"\r{family} set: {done}/{total} utterances", end="\n" if done == total else "", file=sys.stderr))
         except (EngineUnavailable, ValueError) as err:
             raise SystemExit(f"{option} {folder}: {err}") from None

@@ -182,6 +182,30 @@ def test_speak_recorded_strings_trimmed_words_one_per_text_word(tmp_path):
         voices.speak_recorded("one", voices.RecordedVoice(str(tmp_path / "none")))
 
 
+def test_tuxpaint_descriptions_become_one_talker_folder_a_language(tmp_path):
+    stamps = tmp_path / "stamps"
+    for language, folder, count in (("be", "animals/birds", 40), ("", "animals/mammals", 41), ("xx", "food", 5),
+                                    ("fr", "food", 40), ("be", "symbols/alphabets", 3), ("be", "symbols/numbers", 3)):
+        (stamps / folder).mkdir(parents=True, exist_ok=True)
+        for k in range(count):
+            tone = 0.2 * np.sin(2 * np.pi * (120 + 30 * len(language)) * np.arange(8000) / 16000)
+            sf.write(stamps / folder / f"s{k:02d}_desc{'_' * bool(language)}{language}.ogg", tone, 16000)
+    (stamps / "food" / "cake.ogg").write_bytes(b"")  # a stamp's sound effect, not a description
+    (stamps / "food" / "s04_desc_xx.ogg").rename(stamps / "food" / "s04_desc_xx.ogg.ogg")  # as one in Debian's
+    talkers = engine_set.tuxpaint_talkers(tmp_path / "talkers", stamps)
+    assert {p.name: len(list(p.iterdir())) for p in talkers.iterdir()} == {
+        "tuxpaint-be": 40, "tuxpaint-en": 41, "tuxpaint-xx": 5, "tuxpaint-fr": 40}
+    link = talkers / "tuxpaint-be" / "animals-birds-s07_desc_be.ogg"
+    assert link.resolve() == (stamps / "animals" / "birds" / "s07_desc_be.ogg").resolve()
+    assert engine_set.tuxpaint_talkers(talkers, stamps) == talkers  # again: nothing to add, no error
+    held, skipped = roster(_recorded(talkers))
+    assert [v.name for _, v in held] == ["recorded-tuxpaint-be", "recorded-tuxpaint-en"]
+    assert skipped == {"recorded-tuxpaint-fr": "its words come from several talkers",
+                       "recorded-tuxpaint-xx": f"5 recorded words in {talkers / 'tuxpaint-xx'}, need 40"}
+    with pytest.raises(voices.EngineUnavailable, match="apt-get install tuxpaint-stamps-default"):
+        engine_set.tuxpaint_talkers(tmp_path / "none", tmp_path / "missing")
+
+
 def test_an_engines_set_records_no_recorded_family_fields():
     settings = engine_set._settings(TINY)
     assert "family" not in settings and "recorded_dir" not in settings and settings["trials"] == 8

@@ -6,7 +6,9 @@ real talkers: the word recordings of Debian's ``ktuberling-data`` (one person pe
 into utterances by :func:`ghostvlad.data.voices.speak_recorded`. The recorded set is real speech, but each talker
 speaks another language and a session reuses the talker's few dozen words, so it is easier than same-language
 verification of free speech; it checks that a model trained on synthetic voices hears human ones at all.
-Folders found to mix several talkers (:data:`RECORDED_SEVERAL`) are left out.
+Folders found to mix several talkers (:data:`RECORDED_SEVERAL`) are left out. :func:`tuxpaint_talkers` lays out
+a second source of real talkers for ``recorded_dir``: the spoken stamp descriptions of Debian's
+``tuxpaint-stamps-default`` (short phrases, one volunteer per language).
 
 Every speaker is one voice of an engine in :mod:`ghostvlad.data.voices` (never espeak-ng's own synthesiser, which
 the synthetic training corpora use): MBROLA's English diphone voices, SVOX Pico, RHVoice's non-English voices,
@@ -60,8 +62,12 @@ _SPEAK = {engines.MbrolaVoice: ("mbrola", engines.speak_mbrola), engines.PicoVoi
 FAMILIES = ("engines", "recorded")
 RECORDED_MIN_WORDS = 40  # a talker with fewer recorded words repeats them too often to be a fair test
 # ktuberling-data folders whose words come from several people: 7-17 % of their words lie nearer another folder's
-# mean d-vector than their own (Resemblyzer GE2E, leave-one-out; 0-5 % in the others)
-RECORDED_SEVERAL = ("ca", "da", "fr", "ru")
+# mean d-vector than their own (Resemblyzer GE2E, leave-one-out; 0-5 % in the others); likewise two of
+# tuxpaint_talkers' languages (7.5 and 15 % of 40 phrases each; 0-5 % in the other nine)
+RECORDED_SEVERAL = ("ca", "da", "fr", "ru", "tuxpaint-ca", "tuxpaint-fr")
+TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")  # Debian tuxpaint-stamps-default
+# stamps whose sounds are letters and numbers (Schoolsplay's recordings, other speakers), not descriptions
+TUXPAINT_SKIP = ("symbols/alphabets", "symbols/numbers")
 # (formant ratio, F0 ratio) of the change_voice variants, used in turn over the installed voices when too few
 VARIANTS = ((1.12, 1.25), (0.89, 0.8), (1.07, 0.87), (0.93, 1.18))
 
@@ -152,6 +158,26 @@ def catalog(config: EngineSetConfig = EngineSetConfig()) -> list[EngineVoice]:
                       engines.KokoroVoice(mix), 110.0) for mix in kokoro),
         EngineVoice("piper-joe", engines.PiperVoice(), 150.0),
     ]
+
+
+def tuxpaint_talkers(out: str | Path, stamps: str | Path = TUXPAINT_DIR) -> Path:
+    """Tux Paint's spoken stamp descriptions as talker folders for the recorded family (``recorded_dir=out``):
+    ``out/tuxpaint-<language>/`` holds links to every ``*_desc_<language>.ogg`` under ``stamps`` (``tuxpaint-en``:
+    the English ``*_desc.ogg``), except the letter and number stamps (:data:`TUXPAINT_SKIP`). Re-running adds only
+    the missing links; returns ``out``."""
+    stamps, out = Path(stamps), Path(out)
+    files = sorted(p for p in stamps.rglob("*_desc*.ogg")
+                   if not p.relative_to(stamps).as_posix().startswith(TUXPAINT_SKIP))
+    if not files:
+        raise engines.EngineUnavailable(f"no spoken stamp descriptions under {stamps} "
+                                        "(apt-get install tuxpaint-stamps-default)")
+    for path in files:
+        language = path.name.split(".ogg")[0].rpartition("_desc")[2].lstrip("_") or "en"  # one has .ogg.ogg
+        link = out / f"tuxpaint-{language}" / "-".join(path.relative_to(stamps).parts)
+        if not link.is_symlink():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path.resolve())
+    return out
 
 
 def _module(*names: str) -> bool:
