@@ -144,7 +144,7 @@ def main() -> None:
                 config = replace(config, recorded_dir=str(tuxpaint_talkers(folder.with_name(folder.name + "-talkers"))))
             built = build_engine_set(folder, config, on_progress=lambda done, total: print(
                 f"\r{family} set: {done}/{total} utterances", end="\n" if done == total else "", file=sys.stderr))
-        except (EngineUnavailable, ValueError) as err:
+        except (EngineUnavailable, ValueError, OSError) as err:  # OSError: e.g. a read-only folder for the links
             raise SystemExit(f"{option} {folder}: {err}") from None
         print(f"{family} set {folder}: {built['speakers']} voices, {built['trials']} trials"
               + (f"; skipped {', '.join(built['skipped'])}" if built["skipped"] else ""))
