@@ -110,6 +110,21 @@ def test_one_precision_table_for_inference_and_training():
     assert get_precision("fp16").scaled and not get_precision("bf16").scaled
 
 
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    import ghostvlad.precision as precision
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for native, on_cpu, on_gpu in ((True, "bf16", "bf16"), (False, "fp32", "fp16")):
+        monkeypatch.setattr(precision, "native_bf16", lambda device, native=native: native)
+        assert precision.resolve_precision("auto", cpu).name == on_cpu
+        assert precision.resolve_precision("auto", gpu).name == on_gpu
+        assert [precision.resolve_precision(n, cpu).name for n in ("fp32", "bf16")] == ["fp32", "bf16"]
+    assert precision.resolve_precision("auto", gpu).scaled  # fp16 trains with its gradient scaler
+    precision.check_training_precision("auto")
+    with pytest.raises(ConfigError, match="unknown precision 'half'; choose one of: bf16, fp16, fp32, or auto"):
+        precision.check_training_precision("half")
+
+
 def test_optimisers_get_their_own_arguments():
     params = [nn.Parameter(torch.zeros(2))]
     sgd = OPTIMIZERS.build("sgd", params=params, lr=0.1, fused=False, momentum=0.5)

@@ -36,7 +36,7 @@ def component_slots() -> list[Slot]:
         Slot("optimiser", "optim.name", "a name; its parameters beside it (optim.eps, optim.momentum)",
              tuple(OPTIMIZERS.describe())),
         Slot("schedule", "schedule.name", "a name; settings in the schedule section", tuple(SCHEDULES.describe())),
-        Slot("precision", "train.precision", "a name (also --precision of the commands that embed)",
+        Slot("precision", "train.precision", "a name, or auto (also --precision of the commands that embed)",
              tuple(PRECISIONS.describe())),
         Slot("vlad_init", "train.vlad_init", "a name", tuple(VLAD_INITS.describe())),
         Slot("sampler", "train.sampler", "a name (session batches: train.per_speaker)", tuple(SAMPLERS.describe())),

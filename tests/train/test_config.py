@@ -71,7 +71,7 @@ def test_parse_override_types():
     (["finetune.margin=0.5"], "finetune.margin: head 'softmax' has no margin"),
     (["optim.name=sgd"], "optimiser 'sgd' does not take: eps"),  # demo sets the eps of its adam
     (["optim.eps=0.1", "optim.name=adamw", "optim.momentum=0.9"], "optimiser 'adamw' does not take: momentum"),
-    (["train.precision=fp8"], "unknown precision 'fp8'; choose one of: bf16, fp16, fp32"),
+    (["train.precision=fp8"], "unknown precision 'fp8'; choose one of: bf16, fp16, fp32, or auto"),
     (["train.vlad_init=random"], "unknown vlad_init 'random'; choose one of: kmeans, orthogonal"),
     (["model.clusters=4"], "model: pooling 'astp' does not take: clusters"),
     (["model.pooling={name: tap, bottleneck: 3}"], "model: pooling 'tap' does not take: bottleneck"),

@@ -54,6 +54,24 @@ def test_stop_and_resume_equals_uninterrupted(corpus, tmp_path):
     assert model.embed_dim == 8 and model.info["source"] == "ghostvlad-train"
 
 
+@pytest.mark.parametrize(("asked", "native", "used", "notice"), [
+    ("auto", False, "fp32", "train.precision=auto: fp32 (this cpu has no native bfloat16)"),
+    ("auto", True, "bf16", None),
+    ("bf16", False, "bf16", "train.precision=bf16: this cpu emulates bfloat16, several times slower than fp32"),
+    ("fp32", False, "fp32", None),
+])
+def test_the_precision_a_run_uses_and_its_notice(corpus, tmp_path, monkeypatch, asked, native, used, notice):
+    import ghostvlad.precision as precision
+
+    monkeypatch.setattr(precision, "native_bf16", lambda device: native)
+    monkeypatch.setattr(loop, "native_bf16", lambda device: native)
+    manifest, config = corpus
+    trainer = Trainer(load_config(config, [f"train.precision={asked}"]), manifest, tmp_path / "run")
+    assert trainer.parts.precision.name == used
+    notes = [n for n in trainer.notices if "precision" in n]
+    assert len(notes) == (notice is not None) and (notice is None or notes[0].startswith(notice))
+
+
 @pytest.mark.slow
 def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(corpus, tmp_path):
     manifest, config = corpus

@@ -24,7 +24,7 @@ from ..inference import SpeakerModel
 from ..loading import load_model
 from ..models import HEADS, SpeakerEncoder
 from ..models.heads import AngularPrototypicalLoss
-from ..precision import Precision, get_precision
+from ..precision import Precision, resolve_precision
 from .averaging import WeightAverage
 from .config import TrainConfig
 from .distributed import DistInfo
@@ -91,7 +91,7 @@ def build(config: TrainConfig, data: str | os.PathLike, dist: DistInfo, *, init:
     """Build a run's components on ``dist.device``. ``fresh``: a new run (no checkpoint to resume), whose VLAD centers
     ``train.vlad_init=kmeans`` sets (rank 0; DDP copies them to the others). ``bad_log``: where the dataset logs
     files that fail to decode."""
-    precision = get_precision(config.train.precision)
+    precision = resolve_precision(config.train.precision, dist.device)
     precision.check_device(dist.device.type)
     gpu_settings(config, dist.device)
     torch.manual_seed(config.train.seed)

@@ -10,7 +10,7 @@ import yaml
 
 from ..errors import describe
 from ..models import HEADS, EncoderConfig
-from ..precision import PRECISIONS
+from ..precision import check_training_precision
 from ..schema import ConfigError, checked
 from .optim import OPTIMIZERS
 from .sampler import SAMPLERS
@@ -91,7 +91,7 @@ class RunConfig:
     # at least this many steps over train.epochs: a small corpus is passed over several times per epoch (steps per
     # epoch = max(one pass, ceil(min_steps / epochs))); a large one is unaffected. Not with steps_per_epoch.
     min_steps: int | None = None
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision; fp16 only on GPU)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (mixed precision; fp16 only on GPU) | auto (see precision.py)
     seed: int = 0
     checkpoint_every: int = 500  # steps (plus every epoch end)
     log_every: int = 20  # steps
@@ -113,7 +113,7 @@ class RunConfig:
     dist_timeout: float = 1800.0  # seconds a rank waits in a collective (validation, checkpoints) before failing
 
     def __post_init__(self) -> None:
-        PRECISIONS.get(self.precision)
+        check_training_precision(self.precision)
         VLAD_INITS.get(self.vlad_init)
         SAMPLERS.get(self.sampler)
         if self.min_steps is not None and (self.min_steps < 1 or self.steps_per_epoch is not None):

@@ -23,6 +23,7 @@ from ..evaluate import evaluate
 from ..features import FrontEndConfig
 from ..inference import SpeakerModel
 from ..models import SpeakerEncoder
+from ..precision import AUTO, native_bf16
 from . import distributed
 from .build import TrainError, build
 from .checkpoint import TrainState
@@ -71,6 +72,12 @@ class Trainer:
         self.folder = RunFolder(out, config, self.dist)
         self.parts = build(config, data, self.dist, init=init, fresh=not self.folder.checkpoint.exists(),
                            bad_log=self.folder.bad_files)
+        requested, used = config.train.precision, self.parts.precision.name
+        if requested == AUTO and used != "bf16":
+            self.notices.append(f"train.precision=auto: {used} (this {self.dist.device.type} has no native bfloat16)")
+        elif requested == "bf16" and not native_bf16(self.dist.device):
+            self.notices.append(f"train.precision=bf16: this {self.dist.device.type} emulates bfloat16, several times "
+                                "slower than fp32; train.precision=auto chooses by the device")
         # what a forward pass may change besides the weights (BatchNorm statistics): restored when a step is skipped
         self._buffers = [b for b in self.parts.net.buffers() if b.is_floating_point() or b.dtype == torch.long]
         self.state = TrainState()
