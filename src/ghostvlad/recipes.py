@@ -25,7 +25,7 @@ from .evaluate import EvalResult, embed_files, evaluate, write_outputs
 from .embedding import Embedder
 from .inference import ensemble
 from .loading import load_model
-from .precision import resolve_precision
+from .precision import native_bf16, resolve_precision
 from .train.config import load_config
 from .train.loop import LogRow, Trainer
 
@@ -164,9 +164,10 @@ def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = N
     timings["synthesis"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    precision = resolve_precision(load_config("demo", overrides).train.precision, torch.device("cpu")).name
+    cpu = torch.device("cpu")
+    precision = resolve_precision(load_config("demo", overrides).train.precision, cpu).name
     stage(f"training the demo config {DEMO_MEMBERS} times (train.seed {seed} to {seed + DEMO_MEMBERS - 1}, {precision}"
-          f"{'' if precision == 'bf16' else ': this CPU has no native bfloat16, so this takes longer'}; resumes if "
+          f"{'' if native_bf16(cpu) else ': this CPU has no native bfloat16, so this takes longer'}; resumes if "
           "interrupted)")
     runs = []
     for k in range(DEMO_MEMBERS):
