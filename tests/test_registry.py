@@ -76,7 +76,7 @@ def test_resolve_checks_types_and_fills_defaults():
 
 def test_every_registered_backbone_and_pooling_is_of_its_slot_type():
     for name in BACKBONES.names():
-        backbone = BACKBONES.build(name, branches=1, width=0.125)
+        backbone = BACKBONES.build(name, branches=1, freq_bins=257, width=0.125)
         assert isinstance(backbone, Backbone) and backbone.out_channels > 0 and backbone.out_height == 7
         for pooling_name in POOLINGS.names():
             pooling = POOLINGS.build(pooling_name, in_channels=backbone.out_channels, height=7, dim=4, branches=1)
@@ -114,10 +114,12 @@ def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monke
     import ghostvlad.precision as precision
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    for native, on_cpu, on_gpu in ((True, "bf16", "bf16"), (False, "fp32", "fp16")):
+    for native, on_cpu, on_gpu, embed_gpu in ((True, "bf16", "bf16", "bf16"), (False, "fp32", "fp16", "fp32")):
         monkeypatch.setattr(precision, "native_bf16", lambda device, native=native: native)
         assert precision.resolve_precision("auto", cpu).name == on_cpu
         assert precision.resolve_precision("auto", gpu).name == on_gpu
+        assert precision.resolve_precision("auto", cpu, training=False).name == "fp32"  # embedding: fp32 on CPUs
+        assert precision.resolve_precision("auto", gpu, training=False).name == embed_gpu
         assert [precision.resolve_precision(n, cpu).name for n in ("fp32", "bf16")] == ["fp32", "bf16"]
     assert precision.resolve_precision("auto", gpu).scaled  # fp16 trains with its gradient scaler
     precision.check_training_precision("auto")

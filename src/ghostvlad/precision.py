@@ -1,6 +1,6 @@
 """Numeric precisions by name (``fp32``, ``bf16``, ``fp16``): the autocast dtype and where each may run; used by
-inference and training alike. A training config may also ask for ``auto`` (:func:`resolve_precision`): bf16 where the
-device computes it natively, else fp16 on a GPU and fp32 on a CPU."""
+inference and training alike. ``auto`` (:func:`resolve_precision`) takes bf16 where the device computes it natively;
+elsewhere training takes fp16 on a GPU and fp32 on a CPU, and embedding fp32."""
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
@@ -84,9 +84,14 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """The precision ``name`` for training on ``device``; ``auto``: bf16 where the device computes it natively, else
-    fp16 (with its gradient scaler) on a GPU and fp32 on a CPU."""
+def resolve_precision(name: str, device: torch.device, training: bool = True) -> Precision:
+    """The precision ``name`` on ``device``. ``auto`` for training: bf16 where the device computes it natively, else
+    fp16 (with its gradient scaler) on a GPU and fp32 on a CPU; for embedding: bf16 on a GPU that computes it
+    natively, else fp32 (on a CPU, fp32 keeps the embeddings and their cache keys the same on every machine)."""
     if name == AUTO:
-        name = "bf16" if native_bf16(device) else "fp16" if device.type == "cuda" else "fp32"
+        gpu = device.type == "cuda"
+        if native_bf16(device) and (training or gpu):
+            name = "bf16"
+        else:
+            name = "fp16" if training and gpu else "fp32"
     return get_precision(name)

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from ghostvlad import precision
 from ghostvlad.cli.common import resolve_auto
 
 
@@ -51,9 +52,14 @@ def test_auto_device_and_precision(monkeypatch):
     assert resolve_auto("auto", "auto") == ("cpu", "fp32")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(precision, "native_bf16", lambda device: device.type == "cuda")
     assert resolve_auto("auto", "auto") == ("cuda:3", "bf16")
     assert resolve_auto("cpu", "bf16") == ("cpu", "bf16")
     assert resolve_auto("auto", "fp32") == ("cuda:3", "fp32")
+    monkeypatch.setattr(precision, "native_bf16", lambda device: True)  # a CPU with bf16 kernels: still fp32
+    assert resolve_auto("cpu", "auto") == ("cpu", "fp32")
+    monkeypatch.setattr(precision, "native_bf16", lambda device: False)  # a GPU before Ampere: fp32, not emulation
+    assert resolve_auto("auto", "auto") == ("cuda:3", "fp32")
 
 
 @pytest.mark.parametrize("args", [["embed", "--device", "cpu"]])

@@ -86,13 +86,19 @@ def progress_callback(description: str) -> Iterator[OnProgress]:
 
 def resolve_auto(device: str, precision: str) -> tuple[str, str]:
     """``auto`` device: the GPU (this rank's, under torchrun) if there is one, else the CPU; ``auto`` precision:
-    bf16 on a GPU, fp32 on the CPU."""
-    if device == "auto":
-        import torch
+    embedding's (:func:`ghostvlad.precision.resolve_precision`: bf16 on a GPU that computes it natively, else fp32)."""
+    import torch
 
+    if device == "auto":
         device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     if precision == "auto":
-        precision = "bf16" if device.startswith("cuda") else "fp32"
+        from ..precision import resolve_precision
+
+        try:
+            where = torch.device(device)
+        except RuntimeError:  # a malformed device string: load_model names it in one line
+            return device, "fp32"
+        precision = resolve_precision(precision, where, training=False).name
     return device, precision
 
 
