@@ -14,7 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ghostvlad.features import FrontEndConfig, Spectrogram
+from ghostvlad.features import Spectrogram
 from ghostvlad.models import HEADS, SpeakerEncoder
 from ghostvlad.train.config import load_config
 from ghostvlad.train.build import Classifier, build_optimizer
@@ -42,10 +42,10 @@ def main() -> None:
     print(f"{'precision':>9} {'crops/s':>8} {'s/step':>7}")
     for precision in args.precision:
         torch.manual_seed(0)
-        net = Classifier(SpeakerEncoder(cfg.model), HEADS.build(cfg.head.name, embed_dim=cfg.model.embed_dim,
-                                                                 classes=args.classes)).to(device)
+        net = Classifier(SpeakerEncoder(cfg.model, cfg.frontend.n_freq),
+                         HEADS.build(cfg.head.name, embed_dim=cfg.model.embed_dim, classes=args.classes)).to(device)
         net = net.to(memory_format=torch.channels_last).train()
-        front = Spectrogram(FrontEndConfig()).to(device)
+        front = Spectrogram(cfg.frontend).to(device)
         opt = build_optimizer(net, cfg, fused=device.type == "cuda")
         forward = torch.compile(net) if args.compile else net
         waves = torch.randn(args.batch, samples, device=device) * 0.1

@@ -15,13 +15,15 @@ from ghostvlad.inference import SpeakerModel
 from ghostvlad.modelfile import FORMAT
 
 CASES = {
-    f"{pooling}-{backbone}-{'mirror' if mirror else 'plain'}-{branches}": (pooling, backbone, mirror, branches)
-    for pooling, backbone, mirror, branches in [
-        *((p, "resnet34s", m, 1) for p in ("tap", "vlad", "gvlad") for m in (False, True)),
-        ("gvlad", "resnet34l", False, 1),
-        ("tstp", "resnet34s", False, 1),
-        ("astp", "resnet34s", True, 1),
-        ("astp", "resnet34s", False, 2),
+    f"{pooling}-{backbone}-{'mirror' if mirror else 'plain'}-{branches}{f'-{max_freq}Hz' if max_freq else ''}":
+        (pooling, backbone, mirror, branches, max_freq)
+    for pooling, backbone, mirror, branches, max_freq in [
+        *((p, "resnet34s", m, 1, None) for p in ("tap", "vlad", "gvlad") for m in (False, True)),
+        ("gvlad", "resnet34l", False, 1, None),
+        ("tstp", "resnet34s", False, 1, None),
+        ("astp", "resnet34s", True, 1, None),
+        ("astp", "resnet34s", False, 2, None),
+        ("astp", "resnet34s", False, 2, 4000),  # a band-limited front-end (frontend.max_freq)
     ]
 }
 

@@ -6,11 +6,11 @@ import torch
 from ghostvlad.features import FrontEndConfig, Spectrogram, train_crop
 
 
-def librosa_reference(y: np.ndarray, mirror: bool) -> np.ndarray:
-    """The original front-end (src/utils.py of the Keras code), written with librosa."""
+def librosa_reference(y: np.ndarray, mirror: bool, bins: int = 257) -> np.ndarray:
+    """The original front-end (src/utils.py of the Keras code), written with librosa; ``bins``: the lowest kept."""
     if mirror:
         y = np.concatenate([y, y[::-1]])
-    mag = np.abs(librosa.stft(y, n_fft=512, win_length=400, hop_length=160, center=True, pad_mode="reflect"))
+    mag = np.abs(librosa.stft(y, n_fft=512, win_length=400, hop_length=160, center=True, pad_mode="reflect"))[:bins]
     mu = mag.mean(0, keepdims=True)
     sd = mag.std(0, keepdims=True)
     return (mag - mu) / (sd + 1e-5)
@@ -48,6 +48,35 @@ def test_padded_batch_equals_single_clips(clips, mirror):
         assert frames[i] == n[0]
         torch.testing.assert_close(feats[i, :, : int(n)], alone[0], atol=1e-5, rtol=0)
         assert torch.all(feats[i, :, int(n):] == 0)
+
+
+@pytest.mark.parametrize("stft", ["torch", "conv"])
+@pytest.mark.parametrize(("max_freq", "bins"), [(4000, 129), (5500, 177), (8000, 257)])
+def test_max_freq_keeps_the_bins_up_to_it_and_normalises_over_them(clips, stft, max_freq, bins):
+    config = FrontEndConfig(max_freq=max_freq)
+    assert config.n_freq == bins  # bin k lies at k * 31.25 Hz
+    front = Spectrogram(config, stft=stft)
+    lengths = torch.tensor([len(c) for c in clips])
+    batch = torch.zeros(len(clips), int(lengths.max()))
+    for i, c in enumerate(clips):
+        batch[i, : len(c)] = torch.from_numpy(c)
+    feats, frames = front(batch, lengths)
+    assert feats.shape[1] == bins
+    for i, c in enumerate(clips):
+        ref = librosa_reference(c, False, bins)
+        np.testing.assert_allclose(feats[i, :, : int(frames[i])].numpy(), ref, atol=2e-4)
+    wave = torch.from_numpy(clips[0])
+    expected = torch.cat([torch.zeros(1, bins, 3), feats[:1, :, :37]], dim=2)  # frames -3 to 36 of the first clip
+    torch.testing.assert_close(front.span(wave, len(wave), -3, 40), expected, atol=1e-5, rtol=0)
+
+
+def test_max_freq_is_checked_and_left_out_of_the_full_band_dict():
+    assert "max_freq" not in FrontEndConfig().to_dict()  # model files and cache keys of full-band models unchanged
+    assert FrontEndConfig(max_freq=4000).to_dict()["max_freq"] == 4000
+    assert FrontEndConfig().n_freq == 257
+    for bad in (20.0, 8001.0, float("nan")):
+        with pytest.raises(ValueError, match="frontend.max_freq"):
+            FrontEndConfig(max_freq=bad)
 
 
 def test_normalised_per_frame(clips):

@@ -141,3 +141,22 @@ def test_an_edited_front_end_that_cannot_run_is_refused(tmp_path, model, change,
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelFileError, match="m: bad model config \\(ValueError: " + message):
         load_model(path)
+
+
+def test_a_band_limited_model_keeps_its_front_end_and_refuses_a_mismatch(tmp_path, model):
+    torch.manual_seed(1)
+    narrow = SpeakerModel(SpeakerEncoder(CONFIG, freq_bins=129), FrontEndConfig(max_freq=4000))
+    path = narrow.save(tmp_path / "narrow")
+    assert json.loads((path / "config.json").read_text())["frontend"]["max_freq"] == 4000
+    loaded = load_model(path)
+    assert loaded.frontend_config == FrontEndConfig(max_freq=4000) and loaded.saved_encoder.freq_bins == 129
+    wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    np.testing.assert_array_equal(narrow.embed(wave), loaded.embed(wave))
+    assert "max_freq" not in json.loads((model.save(tmp_path / "full") / "config.json").read_text())["frontend"]
+    with pytest.raises(ValueError, match="the encoder reads 257 frequency bins, the front-end gives 129"):
+        SpeakerModel(SpeakerEncoder(CONFIG), FrontEndConfig(max_freq=4000))
+    config = json.loads((path / "config.json").read_text())
+    del config["frontend"]["max_freq"]  # a file edited to the full band no longer fits its weights
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="narrow: weights do not match the config"):
+        load_model(path)

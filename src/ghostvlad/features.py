@@ -1,5 +1,9 @@
 """The original front-end in PyTorch: 257-bin STFT magnitude, per-frame normalisation over frequency.
 
+``FrontEndConfig(max_freq=4000)`` keeps only the bins up to that frequency (129 of 257 at 4 kHz) and normalises each
+frame over those: a network that never sees the upper band, which many recording channels remove or replace, and
+that costs about half the compute.
+
 Everything here is batched and runs on CPU or GPU. Variable-length batches are exact: each clip is
 reflect-padded at its own ends (as ``librosa.stft(center=True, pad_mode='reflect')`` does for a lone clip)
 before the batch is zero-padded, and frames past a clip's end are set to 0. ``Spectrogram(config,
@@ -26,6 +30,7 @@ class FrontEndConfig:
     hop_length: int = 160
     eps: float = 1e-5
     mirror: bool = False  # evaluation-time "wav + reversed wav" extension of the original
+    max_freq: float | None = None  # highest frequency kept, Hz (None: all n_fft / 2 + 1 bins, the original)
 
     def __post_init__(self) -> None:
         if self.sample_rate != 16000:
@@ -35,13 +40,24 @@ class FrontEndConfig:
                              f"<= n_fft ({self.n_fft})")
         if not 0 < self.eps < 1:  # also refuses NaN
             raise ValueError(f"frontend.eps {self.eps}: must be in (0, 1)")
+        if self.max_freq is not None and not self.sample_rate / self.n_fft <= self.max_freq <= self.sample_rate / 2:
+            raise ValueError(f"frontend.max_freq {self.max_freq}: must lie between one bin "
+                             f"({self.sample_rate / self.n_fft:g} Hz) and {self.sample_rate // 2} Hz, or be null (all)")
 
     @property
     def n_freq(self) -> int:
-        return self.n_fft // 2 + 1
+        """Frequency bins of the spectrogram: ``n_fft / 2 + 1``, or those up to ``max_freq``."""
+        if self.max_freq is None:
+            return self.n_fft // 2 + 1
+        return int(self.max_freq * self.n_fft / self.sample_rate) + 1
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; ``max_freq`` only when set, so that model files and cache keys of full-band models stay those
+        of earlier versions."""
+        data = asdict(self)
+        if self.max_freq is None:
+            del data["max_freq"]
+        return data
 
     @property
     def min_samples(self) -> int:
@@ -83,7 +99,8 @@ STFTS = ("torch", "conv")
 
 
 class Spectrogram(nn.Module):
-    """Waveforms ``(B, N)`` + lengths -> normalised magnitude spectrograms ``(B, 257, T)`` + frame counts.
+    """Waveforms ``(B, N)`` + lengths -> normalised magnitude spectrograms ``(B, F, T)`` + frame counts (``F``:
+    ``config.n_freq``, 257 for the original).
 
     ``stft="torch"`` uses ``torch.stft``; ``"conv"`` a strided conv1d with the windowed DFT basis (same values
     within 5e-7, traceable for ONNX). ``forward`` has no data-dependent Python besides the length check, which
@@ -129,7 +146,7 @@ class Spectrogram(nn.Module):
         return feats * mask[:, None, :], frames
 
     def _normalised(self, padded: Tensor) -> Tensor:
-        """Normalised magnitude spectra ``(B, 257, frames)`` of reflect-padded waveforms ``(B, samples)``."""
+        """Normalised magnitude spectra ``(B, F, frames)`` of reflect-padded waveforms ``(B, samples)``."""
         cfg = self.config
         if self.stft == "conv":
             parts = F.conv1d(padded[:, None, :], self.basis, stride=cfg.hop_length)
@@ -144,13 +161,13 @@ class Spectrogram(nn.Module):
                 window=self.window,
                 center=False,
                 return_complex=True,
-            ).abs()
+            )[:, : cfg.n_freq].abs()
         mean = spec.mean(dim=1, keepdim=True)
         std = spec.std(dim=1, keepdim=True, unbiased=False)
         return (spec - mean) / (std + cfg.eps)
 
     def span(self, wave: Tensor, length: int, first: int, count: int, offset: int = 0) -> Tensor:
-        """Frames ``[first, first + count)`` of one clip of ``length`` samples: ``(1, 257, count)``.
+        """Frames ``[first, first + count)`` of one clip of ``length`` samples: ``(1, F, count)``.
 
         Equal to those columns of ``forward`` on the whole clip; frames before 0 or past the clip's last are
         zero (``first`` may be negative). ``wave`` (1-D) holds the clip's samples ``[offset, offset + len(wave))``,

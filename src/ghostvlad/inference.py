@@ -49,6 +49,9 @@ class SpeakerModel(Embedder):
         channels_last: bool = True,
     ) -> None:
         self._precision = get_precision(precision)  # ConfigError naming the choices for an unknown name
+        if encoder.freq_bins != frontend.n_freq:
+            raise ValueError(f"the encoder reads {encoder.freq_bins} frequency bins, the front-end gives "
+                             f"{frontend.n_freq} (frontend.max_freq {frontend.max_freq})")
         steps_per_chunk(encoder, chunk_frames)  # ValueError if too small for the backbone
         self.device = resolve_device(device)
         if self.device.type == "cpu":
@@ -165,8 +168,8 @@ def load_pytorch_model(
     :func:`ghostvlad.loading.load_model` for the arguments). Raises :class:`ModelFileError`."""
     config, state = read_model(path)
     try:
-        encoder = SpeakerEncoder(EncoderConfig.from_dict(config["encoder"]))
         frontend = FrontEndConfig(**checked(FrontEndConfig, config.get("frontend", {}), "frontend"))
+        encoder = SpeakerEncoder(EncoderConfig.from_dict(config["encoder"]), frontend.n_freq)
         threshold = config.get("threshold")
         if threshold is not None and not convert(threshold, float)[0]:
             raise ValueError(f"threshold: expected a finite number or null, got {threshold!r}")

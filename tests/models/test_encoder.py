@@ -35,10 +35,10 @@ def test_bn_and_shapes_of_released_config():
     assert x.shape == (1, 512, 7, 16) and int(steps) == 16  # T/16 in time, as the code (not T/32)
 
 
-def tiny(backbone: str, pooling: str, branches: int = 1, seed: int = 0) -> SpeakerEncoder:
+def tiny(backbone: str, pooling: str, branches: int = 1, seed: int = 0, freq_bins: int = 257) -> SpeakerEncoder:
     torch.manual_seed(seed)
     enc = SpeakerEncoder(EncoderConfig(backbone=backbone, width=0.125, pooling=pooling, descriptor_dim=16, embed_dim=24,
-                                       branches=branches))
+                                       branches=branches), freq_bins)
     for m in enc.modules():  # non-trivial BatchNorm statistics so padding would show
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_()
@@ -63,6 +63,31 @@ def test_padded_batch_equals_each_clip_alone(backbone, pooling, branches):
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
     assert (unmasked - alone).abs().max() > 1e-3  # without masks the padding would change embeddings
     torch.testing.assert_close(batched.norm(dim=1), torch.ones(len(lengths)))
+
+
+@pytest.mark.parametrize(("backbone", "bins", "height"), [("resnet34s", 257, 7), ("resnet34s", 129, 3),
+                                                          ("resnet34s", 177, 5), ("resnet34l", 129, 3),
+                                                          ("resnet34l", 131, 4)])
+def test_fewer_frequency_bins_give_a_lower_output_and_stay_exact(backbone, bins, height):
+    """A band-limited front-end (frontend.max_freq) feeds fewer rows: the backbone's output height follows them
+    (checked against a forward pass) and padded batches still equal each clip alone."""
+    enc = tiny(backbone, "astp", freq_bins=bins)
+    lengths = torch.tensor([97, 64, 40])
+    feats = torch.zeros(len(lengths), bins, 100)
+    for i, n in enumerate(lengths):
+        feats[i, :, :n] = torch.randn(bins, int(n))
+    with torch.inference_mode():
+        assert enc.backbone(feats[:, None])[0].shape[2] == enc.backbone.out_height == height
+        batched = enc.embed(feats, lengths)
+        alone = torch.cat([enc.embed(feats[i : i + 1, :, :n]) for i, n in enumerate(lengths)])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+
+def test_too_few_frequency_bins_and_stacking_other_bins_are_refused():
+    with pytest.raises(ConfigError, match="33 frequency bins are too few"):
+        SpeakerEncoder(EncoderConfig(width=0.125), freq_bins=33)
+    with pytest.raises(ConfigError, match="network 2 reads 129 frequency bins, network 1 257"):
+        stack([tiny("resnet34s", "tap"), tiny("resnet34s", "tap", freq_bins=129)])
 
 
 @pytest.mark.parametrize("backbone", ["resnet34s", "resnet34l"])

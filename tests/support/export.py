@@ -15,15 +15,16 @@ LENGTHS = (9600, 20800, 48000, 21040)
 
 
 def tiny_model(pooling: str = "gvlad", backbone: str = "resnet34s", mirror: bool = False,
-               branches: int = 1) -> SpeakerModel:
+               branches: int = 1, max_freq: float | None = None) -> SpeakerModel:
     torch.manual_seed(0)
-    enc = SpeakerEncoder(tiny_config(backbone, pooling, branches))
+    frontend = FrontEndConfig(mirror=mirror, max_freq=max_freq)
+    enc = SpeakerEncoder(tiny_config(backbone, pooling, branches), frontend.n_freq)
     with torch.no_grad():  # non-trivial BatchNorm statistics, so that folding them matters
         for m in enc.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.2, 0.2)
-    return SpeakerModel(enc, FrontEndConfig(mirror=mirror), threshold=0.42, info={"note": "tiny"})
+    return SpeakerModel(enc, frontend, threshold=0.42, info={"note": "tiny"})
 
 
 def clip(samples: int, seed: int) -> np.ndarray:

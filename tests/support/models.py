@@ -17,7 +17,8 @@ def tiny_config(backbone: str = "resnet34s", pooling: str = "gvlad", branches: i
 
 
 def calibrated_tiny_model(waves, seed: int = 0, mirror: bool = False, backbone: str = "resnet34s",
-                          pooling: str = "gvlad", branches: int = 1, **model_kwargs) -> SpeakerModel:
+                          pooling: str = "gvlad", branches: int = 1, max_freq: float | None = None,
+                          **model_kwargs) -> SpeakerModel:
     """A random tiny model whose BatchNorm statistics are set on ``waves`` (N equal-length float32 clips).
 
     An untrained model with default statistics embeds everything almost identically; with statistics taken
@@ -25,14 +26,15 @@ def calibrated_tiny_model(waves, seed: int = 0, mirror: bool = False, backbone: 
     ``model_kwargs`` go to :class:`SpeakerModel`.
     """
     torch.manual_seed(seed)
-    encoder = SpeakerEncoder(tiny_config(backbone, pooling, branches))
+    frontend = FrontEndConfig(mirror=mirror, max_freq=max_freq)
+    encoder = SpeakerEncoder(tiny_config(backbone, pooling, branches), frontend.n_freq)
     for module in encoder.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.reset_running_stats()
             module.momentum = None  # cumulative average
     with torch.no_grad():
-        encoder.train()(Spectrogram()(torch.from_numpy(np.stack(waves)))[0])
-    return SpeakerModel(encoder.eval(), FrontEndConfig(mirror=mirror), **model_kwargs)
+        encoder.train()(Spectrogram(frontend)(torch.from_numpy(np.stack(waves)))[0])
+    return SpeakerModel(encoder.eval(), frontend, **model_kwargs)
 
 
 def tone_model(freqs, seconds: float, seed: int = 0) -> SpeakerModel:

@@ -43,7 +43,10 @@ def test_dump_round_trips(tmp_path):
      ("schedule.warmup_ratio=5", r"schedule.warmup_ratio=5.0: must be in \(0, 1\]"),
      ("optim.weight_decay=-5", r"optim.weight_decay=-5.0: must be >= 0"), ("optim.lr=1e400", "expected a number"),
      ("model.branches=2", "model.branches=2: a run trains one network; .* 'ghostvlad ensemble'"),
-     ("valid.select=first", "valid.select='first': choose one of: best, last")],
+     ("valid.select=first", "valid.select='first': choose one of: best, last"),
+     ("frontend.max_freq=9000", r"frontend.max_freq 9000.0: must lie between one bin \(31.25 Hz\) and 8000 Hz"),
+     ("frontend.mirror=true", "frontend.mirror: training uses the original front-end .*only frontend.max_freq"),
+     ("frontend.n_fft=1024", "frontend.n_fft: training uses the original front-end")],
 )
 def test_bad_overrides_fail_clearly(override, message):
     with pytest.raises(ValueError, match=message):

@@ -23,8 +23,10 @@ def test_demo_recipe_learns_voices_that_transfer(tmp_path: Path, monkeypatch):
     result = run_demo(tmp_path, seed=1, overrides=["data.frames=120", "train.batch_size=24", "train.epochs=8",
                                                    "data.rooms=8", "train.checkpoint_every=1000"],
                       on_stage=stages.append)
-    assert len(stages) == 3 and (tmp_path / "run-1" / "model").exists()  # two networks, stacked
-    assert load_model(result.model).config.branches == 2
+    assert len(stages) == 3 and (tmp_path / f"run-{recipes.DEMO_MEMBERS - 1}" / "model").exists()  # stacked
+    model = load_model(result.model)
+    assert model.config.branches == recipes.DEMO_MEMBERS == 3
+    assert model.frontend_config.n_freq == 129  # demo.yaml's frontend.max_freq: 4000
     assert result.in_domain.eer < 0.3, result.in_domain
     assert result.cross_domain.eer < 0.4, result.cross_domain
     assert result.in_domain.cos_cross_session > result.in_domain.cos_nontarget

@@ -202,6 +202,20 @@ def test_validation_picks_the_model_and_stores_its_threshold(corpus, tmp_path):
     assert model.threshold == pytest.approx(evaluate(model, trials, root).summary.threshold, abs=1e-5)
 
 
+def test_a_band_limited_run_trains_validates_and_exports_its_front_end(corpus, tmp_path):
+    manifest, config = corpus
+    root = manifest.parent
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 id00000/vid/00000.wav id00000/vid/00001.wav\n0 id00000/vid/00000.wav id00001/vid/00000.wav\n")
+    cfg = load_config(config, ["train.epochs=1", "frontend.max_freq=4000", f"valid.trials={trials}",
+                               f"valid.wav_root={root}"])
+    Trainer(cfg, manifest, tmp_path / "run").run()
+    assert list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))[-1]["valid_eer"] != ""
+    model = load_model(tmp_path / "run")
+    assert model.frontend_config.n_freq == 129 and model.saved_encoder.backbone.out_height == 3
+    assert np.isfinite(model.embed(np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32))).all()
+
+
 @pytest.mark.parametrize(("select", "exported_step"), [("best", 10), ("last", 20)])
 def test_valid_select_exports_the_best_or_the_last_epoch(corpus, tmp_path, monkeypatch, select, exported_step):
     manifest, config = corpus

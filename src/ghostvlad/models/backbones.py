@@ -1,6 +1,7 @@
 """Thin ResNets of the original system: ``resnet34s`` (the paper's) and ``resnet34l``.
 
-Input ``(B, 1, 257, T)`` (frequency x time), output ``(B, C, 7, T')`` after ``mpool2``.
+Input ``(B, 1, F, T)`` (frequency x time; ``F = 257`` in the original), output ``(B, C, H, T')`` after ``mpool2``
+(``H = 7`` for 257 bins, 3 for the 129 bins up to 4 kHz).
 Layers follow the Keras code exactly: bottleneck blocks with the stride on the first 1x1 conv, BatchNorm
 with eps 1e-3, TensorFlow-SAME padding (asymmetric for the stride-2 stem of ``resnet34l``).
 
@@ -32,7 +33,8 @@ class Backbone(nn.Module):
     ``(B, out_channels, out_height, T')`` and their valid step counts (``out_lengths(lengths)``; None without
     lengths). Masking contract: steps past a clip's length never change its valid steps, so a padded batch
     equals each clip alone. Registered factories take ``branches`` (from the encoder): that many independent
-    networks, whose output channels are ``branches`` equal blocks, one per branch, in order."""
+    networks, whose output channels are ``branches`` equal blocks, one per branch, in order; and ``freq_bins``, the
+    input's height ``F`` (the front-end's bins)."""
 
     out_channels: int
     out_height: int
@@ -42,7 +44,7 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
 
-BACKBONES: Registry[Backbone] = Registry("backbone", base=Backbone, context=("branches",))
+BACKBONES: Registry[Backbone] = Registry("backbone", base=Backbone, context=("branches", "freq_bins"))
 
 BN_EPS = 1e-3  # Keras default, used by the released weights
 BN_MOMENTUM = 0.01  # Keras momentum 0.99
@@ -184,14 +186,18 @@ def _time_mask(lengths: Tensor, steps: int, dtype: torch.dtype, offset: int = 0)
 
 class ThinResNet(Backbone):
     """The original 2-D ResNet; ``width`` scales every channel count (1.0 = the paper); ``branches`` networks
-    side by side (module docstring)."""
+    side by side (module docstring); ``freq_bins`` input rows."""
 
-    out_height = 7  # 257 frequency bins after the stem, max-pools, strides and mpool2
-
-    def __init__(self, spec: ResNetSpec, width: float = 1.0, branches: int = 1) -> None:
+    def __init__(self, spec: ResNetSpec, width: float = 1.0, branches: int = 1, freq_bins: int = 257) -> None:
         super().__init__()
         if not width > 0:
             raise ConfigError(f"backbone width must be positive, got {width}")
+        rows = _ceil_div(freq_bins, spec.stem_stride) // 2  # after the ('SAME') stem and the 2x2 max-pool
+        for st in spec.stages:
+            rows = _ceil_div(rows, st.stride)
+        self.out_height = (rows - 3) // 2 + 1  # mpool2: 3 rows, stride 2, no padding
+        if self.out_height < 1:
+            raise ConfigError(f"{freq_bins} frequency bins are too few for this backbone: raise frontend.max_freq")
 
         self.spec, self.branches = spec, branches
         stem = branches * scaled_channels(spec.stem_channels, width)
@@ -236,7 +242,7 @@ class ThinResNet(Backbone):
         return n
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """Output ``(B, C, 7, T')`` and its step counts (None without ``lengths``: all clips fill the batch).
+        """Output ``(B, C, H, T')`` and its step counts (None without ``lengths``: all clips fill the batch).
 
         Inference and training alike; steps past each clip's ``lengths`` are masked (module docstring).
         """
@@ -305,12 +311,12 @@ class ThinResNet(Backbone):
 
 
 @BACKBONES.register("resnet34s")
-def resnet34s(branches: int, width: float = 1.0) -> ThinResNet:
+def resnet34s(branches: int, freq_bins: int, width: float = 1.0) -> ThinResNet:
     """The paper's thin ResNet-34 (3.69 M parameters at width 1)."""
-    return ThinResNet(SPECS["resnet34s"], width, branches)
+    return ThinResNet(SPECS["resnet34s"], width, branches, freq_bins)
 
 
 @BACKBONES.register("resnet34l")
-def resnet34l(branches: int, width: float = 1.0) -> ThinResNet:
+def resnet34l(branches: int, freq_bins: int, width: float = 1.0) -> ThinResNet:
     """The original code's larger variant (stride-2 stem, 19.9 M parameters at width 1)."""
-    return ThinResNet(SPECS["resnet34l"], width, branches)
+    return ThinResNet(SPECS["resnet34l"], width, branches, freq_bins)

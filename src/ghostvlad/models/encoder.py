@@ -132,17 +132,18 @@ class BranchLinear(nn.Linear):
 
 
 class SpeakerEncoder(nn.Module):
-    """Spectrogram ``(B, 257, T)`` (+ frame counts) -> ``fc6`` output ``(B, embed_dim)``.
+    """Spectrogram ``(B, freq_bins, T)`` (+ frame counts) -> ``fc6`` output ``(B, embed_dim)``.
 
+    ``freq_bins`` is the front-end's bin count (:attr:`ghostvlad.features.FrontEndConfig.n_freq`: 257 in the original).
     ``forward`` returns the (ReLU) ``fc6`` activations that the classification heads train on (``branches``
     blocks, one per branch); :meth:`embed` returns the L2-normalised speaker embedding.
     """
 
-    def __init__(self, config: EncoderConfig = EncoderConfig()) -> None:
+    def __init__(self, config: EncoderConfig = EncoderConfig(), freq_bins: int = 257) -> None:
         super().__init__()
-        self.config = config
+        self.config, self.freq_bins = config, freq_bins
         k = config.branches
-        self.backbone = BACKBONES.build(config.backbone.name, branches=k, **config.backbone.args)
+        self.backbone = BACKBONES.build(config.backbone.name, branches=k, freq_bins=freq_bins, **config.backbone.args)
         c, h = self.backbone.out_channels, self.backbone.out_height  # the backbone's output size, for the pooling
         self.descriptor = nn.Conv2d(c, config.descriptor_dim, (h, 1), groups=k)
         self.pooling = POOLINGS.build(config.pooling.name, in_channels=c, height=h, dim=config.descriptor_dim // k,
@@ -162,7 +163,7 @@ class SpeakerEncoder(nn.Module):
     # -- chunked inference (see ghostvlad.chunked): pooling statistics of stretches of time, merged ----------
     def span_steps(self, feats: Tensor, total: int, start: int) -> Tensor:
         """Backbone output steps of a clip of ``total`` frames from its spectrogram frames ``[start, start + W)``
-        ``(B, 257, W)``; see :meth:`ThinResNet.forward_span` for which steps are exact."""
+        ``(B, freq_bins, W)``; see :meth:`ThinResNet.forward_span` for which steps are exact."""
         return self.backbone.forward_span(feats.unsqueeze(1), total, start)
 
     def statistics(self, steps: Tensor) -> Stats:
@@ -207,8 +208,12 @@ def stack(encoders: Sequence[SpeakerEncoder]) -> SpeakerEncoder:
         if enc.config.branch() != one:
             raise ConfigError(f"stack: network {i} differs from network 1 (per branch): "
                               f"{differences(one.to_dict(), enc.config.branch().to_dict())}")
+        if enc.freq_bins != encoders[0].freq_bins:
+            raise ConfigError(f"stack: network {i} reads {enc.freq_bins} frequency bins, network 1 "
+                              f"{encoders[0].freq_bins}")
     k = sum(enc.config.branches for enc in encoders)
-    stacked = SpeakerEncoder(EncoderConfig(one.backbone, one.pooling, one.descriptor_dim * k, one.embed_dim * k, k))
+    stacked = SpeakerEncoder(EncoderConfig(one.backbone, one.pooling, one.descriptor_dim * k, one.embed_dim * k, k),
+                             encoders[0].freq_bins)
     states = [{name: t.cpu() for name, t in enc.state_dict().items()} for enc in encoders]
     stacked.load_state_dict({name: torch.cat([s[name] for s in states]) if t.ndim else t  # BN step counts: unused
                              for name, t in states[0].items()})

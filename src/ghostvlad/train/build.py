@@ -19,7 +19,7 @@ from ..data.dataset import CropDataset, ShardCropDataset
 from ..data.manifest import read_manifest
 from ..data.shards import INDEX_NAME
 from ..errors import GhostvladError
-from ..features import FrontEndConfig, Spectrogram
+from ..features import Spectrogram
 from ..inference import SpeakerModel
 from ..loading import load_model
 from ..models import HEADS, SpeakerEncoder
@@ -105,7 +105,7 @@ def build(config: TrainConfig, data: str | os.PathLike, dist: DistInfo, *, init:
                          f"{data}; use a batch size of at most {size}")
     batches = _batches(config, dataset, size, dist)
     net = _classifier(config, dataset.classes, init).to(dist.device)
-    frontend = Spectrogram(FrontEndConfig()).to(dist.device)
+    frontend = Spectrogram(config.frontend).to(dist.device)
     if fresh and init is None and dist.main:  # --init and resumed runs have their centers
         VLAD_INITS.build(config.train.vlad_init, encoder=net.encoder, frontend=frontend, seed=config.train.seed,
                          crops=lambda: first_crops(dataset, KMEANS_CROPS, dist.device))
@@ -166,7 +166,7 @@ def _batches(config: TrainConfig, dataset: CropDataset | ShardCropDataset, size:
 
 def _classifier(config: TrainConfig, classes: int, init: str | os.PathLike | None) -> Classifier:
     """Encoder (from ``init``'s weights when given), head and the optional prototypical loss."""
-    encoder = SpeakerEncoder(config.model)
+    encoder = SpeakerEncoder(config.model, config.frontend.n_freq)
     if init is not None:
         _init_from(encoder, init)
     for module in encoder.modules():

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from ..errors import describe
+from ..features import FrontEndConfig
 from ..models import HEADS, EncoderConfig
 from ..precision import check_training_precision
 from ..schema import ConfigError, checked
@@ -187,6 +188,8 @@ def _check_range(key: str, value: float) -> None:
 @dataclass
 class TrainConfig:
     model: EncoderConfig = field(default_factory=EncoderConfig)
+    # the spectrogram: frontend.max_freq (Hz) keeps the bins up to it (None: all 257); saved in the model file
+    frontend: FrontEndConfig = field(default_factory=FrontEndConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -200,6 +203,11 @@ class TrainConfig:
             section, name = key.split(".")
             if (value := getattr(getattr(self, section), name)) is not None:
                 _check_range(key, value)
+        fixed = [f"frontend.{k}" for k, v in dataclasses.asdict(self.frontend).items()
+                 if k != "max_freq" and v != getattr(FrontEndConfig, k)]
+        if fixed:
+            raise ConfigError(f"{', '.join(fixed)}: training uses the original front-end (mirror is chosen when "
+                              "embedding: ghostvlad embed --mirror); only frontend.max_freq may be set")
         if self.model.branches != 1:
             raise ConfigError(f"model.branches={self.model.branches}: a run trains one network; train the branches "
                               "as runs of their own (other train.seed) and stack them with 'ghostvlad ensemble'")
@@ -232,7 +240,7 @@ class TrainConfig:
             except ConfigError:
                 raise
             except (TypeError, ValueError) as exc:  # a section's own checks
-                raise ConfigError(f"{name}: {exc}") from None
+                raise ConfigError(str(exc) if str(exc).startswith(f"{name}.") else f"{name}: {exc}") from None
         return cls(**kwargs)
 
 

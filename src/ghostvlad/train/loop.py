@@ -20,7 +20,6 @@ from torch import nn
 
 from ..data.dataset import ShardCropDataset, crop_samples
 from ..evaluate import evaluate
-from ..features import FrontEndConfig
 from ..inference import SpeakerModel
 from ..models import SpeakerEncoder
 from ..precision import AUTO, native_bf16
@@ -45,7 +44,7 @@ def _validate(encoder: SpeakerEncoder, config: TrainConfig, info: distributed.Di
     on any rank fails all of them.
     """
     root = Path(config.valid.wav_root or Path(config.valid.trials).parent)
-    model = SpeakerModel(copy.deepcopy(encoder).float(), FrontEndConfig(), device=info.device)
+    model = SpeakerModel(copy.deepcopy(encoder).float(), config.frontend, device=info.device)
     problem, result = None, None
     with tempfile.TemporaryDirectory() as cache:  # the weights change every epoch: nothing worth keeping
         try:

@@ -17,7 +17,6 @@ import torch
 
 from ..data.dataset import read_bad_files
 from ..errors import describe
-from ..features import FrontEndConfig
 from ..fileio import atomic_write_text
 from ..inference import SpeakerModel
 from ..modelfile import RUN_MODEL_DIR
@@ -128,7 +127,7 @@ class RunFolder:
     def export(self, encoder: SpeakerEncoder, threshold: float | None, state: TrainState, speakers: int) -> None:
         """Write ``encoder`` (checked finite) as the run's model, with its threshold."""
         self._check_finite(encoder.state_dict(), state)
-        model = SpeakerModel(copy.deepcopy(encoder).float().cpu(), FrontEndConfig(), threshold=threshold,
+        model = SpeakerModel(copy.deepcopy(encoder).float().cpu(), self.config.frontend, threshold=threshold,
                              info={"source": "ghostvlad-train", "run": self.path.name, "epoch": state.epoch,
                                    "global_step": state.global_step, "speakers": speakers},
                              channels_last=False)
