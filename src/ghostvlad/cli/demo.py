@@ -17,7 +17,7 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the corpus and the first training run (the others: seed + 1, ...)."),
     epochs: Optional[int] = typer.Option(None, help="Override the demo config's epochs."),
 ) -> None:
-    """Synthesise a multi-speaker corpus, train the `demo` config on it twice and stack the two networks into one
+    """Synthesise a multi-speaker corpus, train the `demo` config on it three times and stack the networks into one
     model, and evaluate EER/minDCF on held-out speakers of its voices and channels (in-domain) and on unseen
     speakers heard through channel types the training never saw (cross-domain: telephone lines, speech codecs,
     saturation)."""
