@@ -214,6 +214,11 @@ def test_a_band_limited_run_trains_validates_and_exports_its_front_end(corpus, t
     model = load_model(tmp_path / "run")
     assert model.frontend_config.n_freq == 129 and model.saved_encoder.backbone.out_height == 3
     assert np.isfinite(model.embed(np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32))).all()
+    Trainer(load_config(config, ["train.epochs=1", "frontend.max_freq=4000"]), manifest, tmp_path / "again",
+            init=tmp_path / "run").run(max_steps=1)  # --init from a model of the same bins
+    message = r"run: it reads 129 frequency bins \(its frontend.max_freq 4000.0\), the config 257"
+    with pytest.raises(TrainError, match=message):
+        Trainer(load_config(config, ["train.epochs=1"]), manifest, tmp_path / "full", init=tmp_path / "run")
 
 
 @pytest.mark.parametrize(("select", "exported_step"), [("best", 10), ("last", 20)])

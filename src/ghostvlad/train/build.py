@@ -188,6 +188,9 @@ def _init_from(encoder: SpeakerEncoder, init: str | os.PathLike) -> None:
     source = model.saved_encoder
     if source.config != encoder.config:
         raise TrainError(f"{init}: its network ({source.config}) differs from the config's ({encoder.config})")
+    if source.freq_bins != encoder.freq_bins:
+        raise TrainError(f"{init}: it reads {source.freq_bins} frequency bins (its frontend.max_freq "
+                         f"{model.frontend_config.max_freq}), the config {encoder.freq_bins}")
     encoder.load_state_dict(source.state_dict())
 
 
