@@ -94,11 +94,8 @@ def resolve_auto(device: str, precision: str) -> tuple[str, str]:
     if precision == "auto":
         from ..precision import resolve_precision
 
-        try:
-            where = torch.device(device)
-        except RuntimeError:  # a malformed device string: load_model names it in one line
-            return device, "fp32"
-        precision = resolve_precision(precision, where, training=False).name
+        kind = torch.device("cuda" if device.startswith("cuda") else "cpu")  # a bad name: load_model says so
+        precision = resolve_precision(precision, kind, training=False).name
     return device, precision
 
 

@@ -240,7 +240,7 @@ class TrainConfig:
             except ConfigError:
                 raise
             except (TypeError, ValueError) as exc:  # a section's own checks
-                raise ConfigError(str(exc) if str(exc).startswith(f"{name}.") else f"{name}: {exc}") from None
+                raise ConfigError(str(exc) if str(exc).startswith(name) else f"{name}: {exc}") from None
         return cls(**kwargs)
 
 
