@@ -38,9 +38,10 @@ CROSS_DOMAIN = SynthConfig(speakers=13, test_speakers=12, sessions=3, utterances
 
 # Networks the demo trains (train.seed = seed, seed + 1, ...) and stacks into its model (ghostvlad.inference.ensemble):
 # which random draw of the training one run makes moves the held-out EER by about 3 points; over 5 seeds, two
-# stacked runs gave a held-out mean EER of 19.9 % against 21.0 % for one run (README "Ensembles"). The band-limited
-# front-end (demo.yaml's frontend.max_freq) trains a network in 0.6 times the time, so three fit where two did: over
-# the same 5 seeds, real talkers 26.7 % against 28.4 % for two full-band networks (README "A band-limited front-end")
+# stacked runs gave a held-out mean EER of 19.9 % against 21.0 % for one run (docs/transfer.md "Ensembles"). The
+# band-limited front-end (demo.yaml's frontend.max_freq) trains a network in 0.6 times the time, so three fit where
+# two did: over the same 5 seeds, real talkers 26.7 % against 28.4 % for two full-band networks (docs/transfer.md
+# "A band-limited front-end")
 DEMO_MEMBERS = 3
 
 Stage = Callable[[str], None]
