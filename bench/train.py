@@ -1,9 +1,11 @@
 """Training throughput (a benchmark, not a test): crops/s of full training steps, front-end included.
 
-    python bench/train.py [--config paper] [--batch 16] [--steps 3] [--device cpu|cuda] [--compile]
+    python bench/train.py [--config paper|FILE] [--set key.sub=value ...] [--batch 16] [--steps 3]
+                          [--device cpu|cuda] [--compile] [--profile N]
 
-Runs the given config's network and head on random 2.5 s crops already in memory, so it measures the
-compute side only; `bench/data.py` measures the input pipeline alone and `bench/train_pipeline.py` both together.
+Runs the given config's network and head, in the memory layout training uses (``train.channels_last``), on random
+crops of the config's length already in memory, so it measures the compute side only; `bench/data.py` measures the
+input pipeline alone and `bench/train_pipeline.py` both together.
 On a GPU it uses what training uses there: TF32, cuDNN autotuning, the fused optimizer, no host sync per step.
 """
 from __future__ import annotations
@@ -17,23 +19,26 @@ import torch.nn.functional as F
 from ghostvlad.features import Spectrogram
 from ghostvlad.models import HEADS, SpeakerEncoder
 from ghostvlad.train.config import load_config
-from ghostvlad.train.build import Classifier, build_optimizer
+from ghostvlad.train.build import Classifier, build_optimizer, training_layout
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="paper")
+    parser.add_argument("--config", default="paper", help="A shipped config name or a YAML file.")
+    parser.add_argument("--set", nargs="*", default=[], help="Config overrides (key.sub=value), as ghostvlad train's.")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--classes", type=int, default=5994)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="Then profile --steps more steps and print the N operators of most CPU time.")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (train.compile=true).")
     args = parser.parse_args()
     if args.device != "cpu":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "tf32"
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.set)
     device = torch.device(args.device)
     samples = (cfg.data.frames - 1) * 160
     print(f"config {args.config}: {cfg.model.backbone.to_dict()} {cfg.model.pooling.to_dict()}, {cfg.head.name}, "
@@ -44,7 +49,7 @@ def main() -> None:
         torch.manual_seed(0)
         net = Classifier(SpeakerEncoder(cfg.model, cfg.frontend.n_freq),
                          HEADS.build(cfg.head.name, embed_dim=cfg.model.embed_dim, classes=args.classes)).to(device)
-        net = net.to(memory_format=torch.channels_last).train()
+        net = training_layout(net, cfg).train()
         front = Spectrogram(cfg.frontend).to(device)
         opt = build_optimizer(net, cfg, fused=device.type == "cuda")
         forward = torch.compile(net) if args.compile else net
@@ -73,6 +78,11 @@ def main() -> None:
             torch.cuda.synchronize()
         per_step = (time.perf_counter() - t0) / args.steps
         print(f"{precision:>9} {args.batch / per_step:8.1f} {per_step:7.2f}")
+        if args.profile:
+            with torch.profiler.profile() as prof:
+                for _ in range(args.steps):
+                    step()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
 
 
 if __name__ == "__main__":

@@ -109,9 +109,7 @@ def build(config: TrainConfig, data: str | os.PathLike, dist: DistInfo, *, init:
     if fresh and init is None and dist.main:  # --init and resumed runs have their centers
         VLAD_INITS.build(config.train.vlad_init, encoder=net.encoder, frontend=frontend, seed=config.train.seed,
                          crops=lambda: first_crops(dataset, KMEANS_CROPS, dist.device))
-    if config.train.channels_last and min(m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)) >= 8:
-        # (oneDNN's channels-last conv backward crashes on CPU with very thin layers, e.g. width 0.125)
-        net = net.to(memory_format=torch.channels_last)
+    net = training_layout(net, config)
     if config.train.sync_bn and dist.world > 1:
         if dist.device.type != "cuda":
             raise TrainError("train.sync_bn=true needs GPUs (SyncBatchNorm has no CPU implementation)")
@@ -124,6 +122,14 @@ def build(config: TrainConfig, data: str | os.PathLike, dist: DistInfo, *, init:
     scaler = torch.amp.GradScaler(dist.device.type, enabled=precision.scaled)
     return Components(dataset, speakers, size, batches, net, torch.compile(ddp) if config.train.compile else ddp,
                       frontend, optimizer, scheduler, scaler, precision, fused, average)
+
+
+def training_layout(net: nn.Module, config: TrainConfig) -> nn.Module:
+    """``net`` in the memory layout it trains in: channels-last with ``train.channels_last`` (not for layers thinner
+    than 8 channels: oneDNN's channels-last conv backward crashes on CPU with those, e.g. width 0.125)."""
+    if config.train.channels_last and min(m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d)) >= 8:
+        return net.to(memory_format=torch.channels_last)
+    return net
 
 
 def gpu_settings(config: TrainConfig, device: torch.device) -> None:
