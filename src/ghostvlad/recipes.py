@@ -84,7 +84,7 @@ def train_on_corpus(corpus: str | os.PathLike, run: str | os.PathLike, config: s
     return run
 
 
-def _test_sessions(corpus: Path) -> list[tuple[str, str, list[str]]]:
+def held_out_sessions(corpus: Path) -> list[tuple[str, str, list[str]]]:
     """(speaker, session, wav paths) of the corpus's test split, from its ``speakers.json``."""
     speakers = json.loads((corpus / "speakers.json").read_text())
     out = []
@@ -101,7 +101,7 @@ def session_cosines(model: Embedder, corpus: str | os.PathLike,
                     cache_dir: str | os.PathLike | None = None) -> tuple[float, float, float]:
     """Mean cosine of same-session target pairs, cross-session target pairs and non-target pairs over all test
     utterances of a synthetic corpus."""
-    sessions = _test_sessions(Path(corpus))
+    sessions = held_out_sessions(Path(corpus))
     paths = [p for _, _, files in sessions for p in files]
     done = embed_files(model, paths, cache_dir)
     keep = [i for i, p in enumerate(paths) if p in done.embeddings]

@@ -29,11 +29,6 @@ class Match:
         return self.decision.accept
 
 
-def speaker_mean(embeddings: np.ndarray) -> np.ndarray:
-    """Mean of unit embeddings, re-normalised to unit length: what a speaker is searched by."""
-    return unit_rows(embeddings.astype(np.float64).mean(axis=0), "mean embedding", np.float32)
-
-
 def top_matches(matrix: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(row indices, scores)`` of the ``k`` highest ``matrix @ query``, best first (exact)."""
     scores = matrix @ query

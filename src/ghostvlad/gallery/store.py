@@ -21,7 +21,8 @@ import numpy as np
 from .. import __version__
 from ..data.manifest import speaker_name
 from ..errors import describe
-from .index import GalleryError, speaker_mean
+from ..scoring.vectors import speaker_mean
+from .index import GalleryError
 
 APPLICATION_ID = 0x47564C47  # "GVLG" in the SQLite header
 SCHEMA_VERSION = 1

@@ -18,3 +18,9 @@ def unit_rows(x: ArrayLike, what: str = "vectors", dtype: DTypeLike | None = Non
         raise ValueError(f"{what} has {int(bad.sum())} zero vectors or vectors with NaN/inf; cosine is undefined")
     out = x / norms
     return out if dtype is None else out.astype(dtype)
+
+
+def speaker_mean(embeddings: np.ndarray) -> np.ndarray:
+    """Mean of unit embeddings ``(n, D)``, re-normalised to unit length (float32): what a speaker enrolled from
+    them is searched by."""
+    return unit_rows(np.asarray(embeddings, dtype=np.float64).mean(axis=0), "mean embedding", np.float32)
