@@ -26,6 +26,7 @@ from .embedding import Embedder
 from .inference import ensemble
 from .loading import load_model
 from .precision import native_bf16, resolve_precision
+from .scoring.calibration import CalibrationError, fit_calibration
 from .train.config import load_config
 from .train.loop import LogRow, Trainer
 
@@ -135,10 +136,11 @@ class DemoResult:
     model: Path
     report: Path
     timings: dict[str, float] = field(default_factory=dict)
+    operating_points: dict[str, float] = field(default_factory=dict)  # the model's calibrated thresholds, by name
 
     def to_dict(self) -> dict:
         return {"in_domain": asdict(self.in_domain), "cross_domain": asdict(self.cross_domain),
-                "model": str(self.model), "timings": self.timings}
+                "model": str(self.model), "timings": self.timings, "operating_points": self.operating_points}
 
 
 def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = None, epochs: int | None = None,
@@ -147,8 +149,10 @@ def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = N
     """Synthesise the demo corpus and the cross-domain set, train the ``demo`` config :data:`DEMO_MEMBERS` times
     (``out_dir/run``, ``out_dir/run-1``, ...) and stack the networks into one model, evaluate it on both.
 
-    Every stage resumes when re-run into the same ``out_dir``. The model (threshold stored) is written to
-    ``out_dir/model``; scores, DET plots and ``summary.json`` files to ``out_dir/eval``. ``on_stage(text)``
+    Every stage resumes when re-run into the same ``out_dir``. The model is written to ``out_dir/model`` with its
+    EER threshold on the in-domain trials and a calibration fitted on them (operating points ``eer`` and
+    ``far@0.01``: a gallery that must call unknown voices unknown needs the stricter one; none when the trials
+    separate perfectly); scores, DET plots and ``summary.json`` files to ``out_dir/eval``. ``on_stage(text)``
     announces each stage, ``on_synth(done, total)`` counts synthesised utterances (per corpus), ``on_log(row,
     steps)`` reports training's logged rows (with ``network``: which of the networks, from 1).
     """
@@ -183,9 +187,15 @@ def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = N
     stage("evaluating on held-out speakers: in-domain and cross-domain")
     model = ensemble([load_model(run) for run in runs])
     cache = out / "cache"
-    in_domain, _ = score_corpus(model, corpus, cache, out / "eval" / "in-domain")
+    in_domain, scored = score_corpus(model, corpus, cache, out / "eval" / "in-domain")
     cross_domain, _ = score_corpus(model, cross, cache, out / "eval" / "cross-domain")
     model.threshold = in_domain.threshold
+    try:
+        calibration = fit_calibration(scored.scores, scored.labels)
+    except CalibrationError:  # perfectly separated trials: no finite score -> LLR map, the threshold alone decides
+        calibration = None
+    model.calibration = None if calibration is None else calibration.to_dict()
     model.save(out / "model")
     timings["evaluation"] = time.perf_counter() - t0
-    return DemoResult(in_domain, cross_domain, out / "model", out / "eval", timings)
+    return DemoResult(in_domain, cross_domain, out / "model", out / "eval", timings,
+                      {} if calibration is None else dict(calibration.thresholds))

@@ -6,6 +6,7 @@ import pytest
 
 from ghostvlad import load_model
 from ghostvlad.recipes import CROSS_DOMAIN, DEMO_CORPUS, run_demo
+from ghostvlad.scoring.calibration import DecisionRule
 
 
 @pytest.mark.slow
@@ -31,3 +32,9 @@ def test_demo_recipe_learns_voices_that_transfer(tmp_path: Path, monkeypatch):
     assert result.cross_domain.eer < 0.4, result.cross_domain
     assert result.in_domain.cos_cross_session > result.in_domain.cos_nontarget
     assert (result.model / "config.json").exists() and (tmp_path / "eval" / "cross-domain" / "summary.json").exists()
+    # calibrated on the in-domain trials: an open-set gallery can ask for the stricter far@0.01 point
+    assert set(result.operating_points) == {"eer", "far@0.01"}
+    assert result.operating_points["eer"] == pytest.approx(result.in_domain.threshold)
+    assert result.operating_points["far@0.01"] > result.operating_points["eer"]
+    strict = DecisionRule.for_model(model, "far@0.01").point.threshold
+    assert strict == pytest.approx(result.operating_points["far@0.01"])

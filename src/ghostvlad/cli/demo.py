@@ -62,5 +62,6 @@ def demo(
         table.add_row(f"time: {stage}", f"{seconds:.0f} s", "")
     out.print(table)
     (result.report / "demo.json").write_text(json.dumps(result.to_dict(), indent=1) + "\n")
-    out.print(f"model: {result.model} (threshold stored)   DET plots, scores, demo.json: {result.report}/",
-              highlight=False)
+    points = ", ".join(f"{name} {value:.3f}" for name, value in result.operating_points.items())
+    stored = f"calibrated, operating points {points}" if points else "threshold stored"
+    out.print(f"model: {result.model} ({stored})   DET plots, scores, demo.json: {result.report}/", highlight=False)
