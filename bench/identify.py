@@ -53,8 +53,7 @@ def main() -> None:
     point = DecisionRule.for_model(model, threshold=args.threshold).point  # what `ghostvlad identify` decides by
     trials = evaluate(model, calib / "trials.txt", calib / "test", cache_dir=args.cache_dir) \
         if point is None or args.far else None
-    thresholds = [(point.describe().rsplit(",", 1)[0] if point.name not in ("given", "stored") else point.name,
-                   point.threshold) if point else (f"EER on {calib.name}", trials.summary.threshold)]
+    thresholds = [(point.name, point.threshold) if point else (f"EER on {calib.name}", trials.summary.threshold)]
     thresholds += [(f"FAR {100 * far:g} % on {calib.name}", far_threshold(trials.scores, trials.labels, far))
                    for far in args.far]
     print(f"{len(models)} model(s)")

@@ -262,8 +262,8 @@ def test_gallery_search_matches_brute_force(tmp_path):
 def test_speaker_index_searches_and_decides_without_a_database():
     """The index (speaker means, top-k, decisions) stands apart from the SQLite store: a matrix is enough."""
     from ghostvlad.gallery.index import SpeakerIndex
-    from ghostvlad.scoring.vectors import speaker_mean
     from ghostvlad.scoring.calibration import DecisionRule
+    from ghostvlad.scoring.vectors import speaker_mean
 
     rng = np.random.default_rng(0)
     utterances = {name: _unit(rng.normal(size=(3, 16))) for name in ("ann", "ben", "cy")}
