@@ -137,6 +137,33 @@ def test_m4a_content_with_wav_extension_falls_back_to_pyav(tmp_path):
     assert abs(peak_hz(y, SAMPLE_RATE) - 440) <= 1
 
 
+@pytest.mark.parametrize(("name", "codec", "muxer", "rate"), [
+    ("p.ulaw", "pcm_mulaw", "mulaw", 8000), ("p.al", "pcm_alaw", "alaw", 8000), ("p.g722", "g722", "g722", 16000),
+])
+def test_headerless_telephony_files_decode_at_their_rate(tmp_path, name, codec, muxer, rate):
+    path = encode_pyav(tmp_path / name, sine(500, rate, 1.5), rate, codec, format=muxer)
+    y = load_audio(path)
+    assert abs(len(y) - 1.5 * SAMPLE_RATE) <= 160
+    assert audio_duration(path) == pytest.approx(len(y) / SAMPLE_RATE, abs=0.02)
+    assert abs(peak_hz(y, SAMPLE_RATE) - 500) <= 1
+    assert 0.3 < np.sqrt(np.mean(y**2)) < 0.4  # sine rms 0.354
+
+
+@pytest.mark.parametrize(("name", "rate"), [("p.sln", 8000), ("p.sln16", 16000), ("p.sln48", 48000)])
+def test_asterisk_signed_linear_files(tmp_path, name, rate):
+    (tmp_path / name).write_bytes(np.round(sine(500, rate, 1.0) * 32767).astype("<i2").tobytes())
+    y = load_audio(tmp_path / name)
+    assert len(y) == SAMPLE_RATE and audio_duration(tmp_path / name) == pytest.approx(1.0)
+    assert abs(peak_hz(y, SAMPLE_RATE) - 500) <= 1 and abs(np.max(np.abs(y)) - 0.5) < 0.01
+
+
+def test_raw_gsm_file(tmp_path):
+    (tmp_path / "p.gsm").write_bytes(bytes([0xD3] + [0x55] * 32) * 50)  # 50 GSM 06.10 frames of 20 ms
+    y = load_audio(tmp_path / "p.gsm")
+    assert len(y) == SAMPLE_RATE and audio_duration(tmp_path / "p.gsm") == pytest.approx(1.0)
+    assert np.all(np.isfinite(y)) and np.max(np.abs(y)) > 0.01
+
+
 def test_accepts_pathlike_and_str(tmp_path):
     sf.write(tmp_path / "p.wav", sine(440, SAMPLE_RATE, 1.0), SAMPLE_RATE, subtype="FLOAT")
     np.testing.assert_array_equal(load_audio(str(tmp_path / "p.wav")), load_audio(tmp_path / "p.wav"))

@@ -39,6 +39,13 @@ MAX_PEAK = 2.0**15
 """Float samples whose peak exceeds this (finite, but far beyond [-1, 1]) are scaled to peak 1 so that the
 front-end's power spectrum cannot overflow. The front-end normalises each frame, so the scale barely matters."""
 
+# Headerless telephony files, as Asterisk stores prompts and recordings: the extension names the encoding and rate.
+_RAW_FORMATS = {
+    ".gsm": ("gsm", 8000), ".ulaw": ("mulaw", 8000), ".ul": ("mulaw", 8000), ".alaw": ("alaw", 8000),
+    ".al": ("alaw", 8000), ".g722": ("g722", 16000), ".sln": ("s16le", 8000),
+    **{f".sln{k}": ("s16le", rate) for k, rate in ((12, 12000), (16, 16000), (24, 24000), (32, 32000),
+                                                   (44, 44100), (48, 48000), (96, 96000), (192, 192000))},
+}
 # libsndfile's major formats double as extensions; MP3 goes to PyAV with the other compressed formats.
 _SOUNDFILE_EXTENSIONS = frozenset(f".{name.lower()}" for name in sf.available_formats()) - {".mp3"}
 # libsndfile logs a chunk whose declared size exceeds the file as "data : 32000 (should be 10637)".
@@ -139,7 +146,7 @@ def _duration(source: str) -> float:
             _check_rate(source, info.samplerate)
             return info.duration
     try:
-        with av.open(source) as container:
+        with _open_pyav(source, source) as container:
             stream = _audio_stream(container, source)
             if stream.rate:  # some containers only know it once decoding starts (checked then, in _finish)
                 _check_rate(source, stream.rate)
@@ -246,7 +253,7 @@ def _read_pyav(file: str | BinaryIO, source: str, max_duration: float | None = N
 
     With ``max_duration``, a stream declaring more is refused at once and decoding stops once past it.
     """
-    with av.open(file) as container:
+    with _open_pyav(file, source) as container:
         stream = _audio_stream(container, source)
         declared = float(stream.duration * stream.time_base) if stream.duration is not None else None
         if max_duration is not None and declared is not None and declared > max_duration:
@@ -268,6 +275,17 @@ def _read_pyav(file: str | BinaryIO, source: str, max_duration: float | None = N
     if declared is not None and found < TRUNCATION_RATIO * declared:
         raise AudioError(source, f"truncated file: decoded {found:.3f} s of the {declared:.3f} s it declares")
     return frames, rate
+
+
+def _open_pyav(file: str | BinaryIO, source: str) -> av.container.InputContainer:
+    """``av.open(file)``; a headerless telephony file (:data:`_RAW_FORMATS`, by ``source``'s extension) opens with
+    its encoding and rate named, as nothing in it tells them."""
+    raw = _RAW_FORMATS.get(Path(source).suffix.lower())
+    if raw is None:
+        return av.open(file)
+    demuxer, rate = raw
+    options = {} if demuxer in ("gsm", "g722") else {"sample_rate": str(rate), "ch_layout": "mono"}
+    return av.open(file, format=demuxer, options=options)
 
 
 def _audio_stream(container: av.container.InputContainer, source: str) -> av.audio.stream.AudioStream:
