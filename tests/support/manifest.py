@@ -15,6 +15,7 @@ GOOD = [
     ("id00003", "x-Y_z", "00007.wav", 17000),
     ("id00003", "x-Y_z", "00008.m4a", 32000),
     ("id10270", "q", "00001.flac", 40000),
+    ("id10270", "q", "00003.ogg", 24000),
 ]
 
 
@@ -26,6 +27,8 @@ def make_tree(root: Path) -> dict[str, Path]:
         pcm = (rng.normal(0, 0.1, n) * 32767).clip(-32768, 32767).astype(np.int16)
         if name.endswith(".m4a"):
             write_aac(path, pcm)
+        elif name.endswith(".ogg"):
+            sf.write(path, pcm, 16000, format="OGG", subtype="VORBIS")
         else:
             sf.write(path, pcm, 16000, subtype="PCM_16")
     bad = {

@@ -11,7 +11,9 @@ from .common import app, err, fail, finite, out, progress_callback
 
 @app.command()
 def prepare(
-    root: Path = typer.Option(..., "--root", help="Corpus root: <speaker>/<video>/<nnnnn>.{wav,m4a,flac} below it."),
+    root: Path = typer.Option(
+        ..., "--root", help="Corpus root: <speaker>/<video>/<file> below it (wav, flac, m4a, mp3, ogg or opus)."
+    ),
     out_csv: Path = typer.Option(..., "--out", "-o", help="Manifest CSV to write (path,speaker,duration)."),
     list_file: Optional[Path] = typer.Option(
         None, "--list", help="The original's list file ('idXXXXX/<video>/<nnnnn>.wav <label>', relative to --root) "
@@ -27,7 +29,7 @@ def prepare(
     """Check that every file decodes and write a training manifest; bad files are listed next to it and left out."""
     from ..audio import AudioError
     from ..data.manifest import (
-        ManifestError, build_manifest, read_manifest, read_original_list, scan_voxceleb, speaker_of,
+        AUDIO_SUFFIXES, ManifestError, build_manifest, read_manifest, read_original_list, scan_voxceleb, speaker_of,
     )
 
     if not root.is_dir():
@@ -43,7 +45,7 @@ def prepare(
     except (ManifestError, OSError) as exc:
         fail(str(exc))
     if not files:
-        fail(f"{root}: no audio files found as <speaker>/<video>/<file>.(wav|m4a|flac)")
+        fail(f"{root}: no audio files found as <speaker>/<video>/<file>.({'|'.join(x[1:] for x in AUDIO_SUFFIXES)})")
     with progress_callback("decoding") as on_progress:
         report = build_manifest(files, speakers, out_csv, workers=workers, on_progress=on_progress)
     for path, reason in report.bad[:10]:

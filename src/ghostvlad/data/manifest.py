@@ -26,7 +26,7 @@ from ..errors import GhostvladError
 from ..fileio import atomic_write_text
 from ..progress import Counter, OnProgress
 
-AUDIO_SUFFIXES = (".wav", ".m4a", ".flac")
+AUDIO_SUFFIXES = (".wav", ".flac", ".m4a", ".mp3", ".ogg", ".opus")  # what scan_voxceleb collects
 HEADER = ("path", "speaker", "duration")
 _CHUNK = 32  # files per task sent to a worker process
 
@@ -77,7 +77,8 @@ class PrepareReport:
 
 
 def scan_voxceleb(root: str | os.PathLike) -> list[Path]:
-    """Sorted absolute paths of ``<root>/<speaker>/<video>/<file>.{wav,m4a,flac}`` (exactly that depth)."""
+    """Sorted absolute paths of ``<root>/<speaker>/<video>/<file>`` with a suffix of :data:`AUDIO_SUFFIXES`
+    (exactly that depth)."""
     root = Path(root).absolute()
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a directory")
