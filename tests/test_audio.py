@@ -149,6 +149,12 @@ def test_headerless_telephony_files_decode_at_their_rate(tmp_path, name, codec, 
     assert 0.3 < np.sqrt(np.mean(y**2)) < 0.4  # sine rms 0.354
 
 
+def test_uploads_never_decode_by_their_name(tmp_path):
+    path = encode_pyav(tmp_path / "p.ulaw", sine(500, 8000, 1.0), 8000, "pcm_mulaw", format="mulaw")
+    with pytest.raises(AudioError, match="cannot decode"):
+        audio.load_audio_bytes(path.read_bytes(), source="p.ulaw")
+
+
 @pytest.mark.parametrize(("name", "rate"), [("p.sln", 8000), ("p.sln16", 16000), ("p.sln48", 48000)])
 def test_asterisk_signed_linear_files(tmp_path, name, rate):
     (tmp_path / name).write_bytes(np.round(sine(500, rate, 1.0) * 32767).astype("<i2").tobytes())

@@ -279,8 +279,8 @@ def _read_pyav(file: str | BinaryIO, source: str, max_duration: float | None = N
 
 def _open_pyav(file: str | BinaryIO, source: str) -> av.container.InputContainer:
     """``av.open(file)``; a headerless telephony file (:data:`_RAW_FORMATS`, by ``source``'s extension) opens with
-    its encoding and rate named, as nothing in it tells them."""
-    raw = _RAW_FORMATS.get(Path(source).suffix.lower())
+    its encoding and rate named, as nothing in it tells them. Bytes in memory never go by a name."""
+    raw = _RAW_FORMATS.get(Path(source).suffix.lower()) if isinstance(file, str) else None
     if raw is None:
         return av.open(file)
     demuxer, rate = raw
