@@ -57,9 +57,10 @@ POOLING = {"tap": [], "tstp": [], "astp": [],
 def corpus_config(scenario: str, args) -> SynthConfig:
     if scenario == "demo":
         return replace(DEMO_CORPUS, speakers=args.speakers, test_speakers=max(2, args.speakers // 10),
-                       voices=args.voices, sessions=args.sessions, utterances=args.utterances, trials=args.trials)
+                       voices=args.voices, sessions=args.sessions, utterances=args.utterances, trials=args.trials,
+                       drift=args.drift)
     return replace(DEMO_CORPUS, speakers=40, test_speakers=10, sessions=2, utterances=10, trials=2000, seed=200,
-                   voices="all")
+                   voices="all", drift=1.0)
 
 
 def run_one(work: Path, scenario: str, recipe: str, pooling: str, seed: int, args) -> dict:
@@ -74,7 +75,7 @@ def run_one(work: Path, scenario: str, recipe: str, pooling: str, seed: int, arg
             atomic_write_text(result_path, json.dumps(row, indent=1))
         return row
     config = corpus_config(scenario, args)
-    changed = [name for name in ("voices", "sessions", "utterances", "trials")
+    changed = [name for name in ("voices", "sessions", "utterances", "trials", "drift")
                if scenario == "demo" and getattr(config, name) != getattr(DEMO_CORPUS, name)]
     suffix = "".join(f"-{config.voices}" if name == "voices" else f"-{getattr(config, name)}{name}" for name in changed)
     corpus = synthesize(work / f"corpus-{scenario}-{args.speakers}{suffix}", config)
@@ -121,6 +122,8 @@ def main() -> None:
     parser.add_argument("--utterances", type=int, default=DEMO_CORPUS.utterances,
                         help="Demo scenario utterances a session.")
     parser.add_argument("--trials", type=int, default=DEMO_CORPUS.trials, help="Demo scenario in-domain trials.")
+    parser.add_argument("--drift", type=float, default=DEMO_CORPUS.drift,
+                        help="Demo scenario: scale of a session's pitch and rate drift (SynthConfig.drift).")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--set", nargs="*", default=[], help="Extra config overrides (key.sub=value).")
     parser.add_argument("--engines", type=Path, default=None,

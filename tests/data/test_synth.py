@@ -185,6 +185,7 @@ def test_refuses_a_foreign_directory(corpora, tmp_path):
         ({"seed": -1}, "seed=-1"),
         ({"voices": "robots"}, "voices='robots': choose all, formant, klatt"),
         ({"channels": "space"}, "channels='space': choose studio, field"),
+        ({"drift": -1.0}, r"drift=-1.0 must be in \[0, 4\]"),
     ],
 )
 def test_bad_config(tmp_path, change, message):
@@ -267,3 +268,29 @@ def test_without_espeak_synthesis_is_one_clear_line_and_the_rest_imports(tmp_pat
               "assert CliRunner().invoke(app, ['--help']).exit_code == 0\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_drift_scales_the_same_draws():
+    """``drift`` multiplies each session's pitch and rate change from the speaker's voice; the channels stay."""
+    from ghostvlad.data.synth.plan import plan_corpus
+
+    plans = {k: plan_corpus(SynthConfig(**{**CONFIG.__dict__, "drift": k})) for k in (0.0, 1.0, 2.0)}
+    for still, once, twice in zip(plans[0.0], plans[1.0], plans[2.0]):
+        assert still.channel == once.channel == twice.channel and still.name == once.name
+        assert (still.voice.pitch, still.voice.rate) == (still.speaker_voice.pitch, still.speaker_voice.rate)
+        base = once.speaker_voice
+        assert twice.voice.pitch - base.pitch == pytest.approx(2 * (once.voice.pitch - base.pitch), abs=0.11)
+        assert twice.voice.rate - base.rate == pytest.approx(2 * (once.voice.rate - base.rate), abs=0.11)
+    assert any(once.voice.pitch != once.speaker_voice.pitch for once in plans[1.0])
+
+
+def test_default_drift_keeps_older_corpora_resumable(tmp_path):
+    """The record of a corpus at the default drift is the one written before the setting existed."""
+    config = SynthConfig(**{**CONFIG.__dict__, "trials": 0, "speakers": 2, "test_speakers": 1, "sessions": 1,
+                            "utterances": 1, "min_duration": 0.5, "max_duration": 0.6})
+    synthesize_corpus(tmp_path / "a", config, workers=1)
+    assert "drift" not in json.loads((tmp_path / "a" / "synth.json").read_text())["config"]
+    synthesize_corpus(tmp_path / "b", SynthConfig(**{**config.__dict__, "drift": 0.0}), workers=1)
+    assert json.loads((tmp_path / "b" / "synth.json").read_text())["config"]["drift"] == 0.0
+    with pytest.raises(ValueError, match="other settings"):
+        synthesize_corpus(tmp_path / "b", config, workers=1)

@@ -87,6 +87,8 @@ def synth(
                                            "(its Klatt synthesiser): two families for cross-domain checks."),
     channels: str = typer.Option("studio", help="Session channels: studio (rooms, noise, EQ, band limits) or field "
                                                 "(adds telephone lines, speech codecs, saturation, larger rooms)."),
+    drift: float = typer.Option(1.0, callback=finite, help="Scale of a session's pitch and rate drift from its "
+                                                           "speaker's voice, 0 to 4 (0: one voice in every session)."),
     workers: Optional[int] = typer.Option(None, min=1, help="Synthesis processes (default: all CPUs)."),
 ) -> None:
     """Synthesise a VoxCeleb-layout corpus of espeak-ng speakers heard through random channels."""
@@ -95,7 +97,7 @@ def synth(
 
     config = SynthConfig(speakers=speakers, test_speakers=test_speakers, sessions=sessions, utterances=utterances,
                          min_duration=min_duration, max_duration=max_duration, trials=trials, seed=seed,
-                         voices=voices, channels=channels)
+                         voices=voices, channels=channels, drift=drift)
     try:
         with progress_callback("synth (utterances)") as on_progress:
             summary = synthesize_corpus(out_dir, config, workers=workers, on_progress=on_progress)

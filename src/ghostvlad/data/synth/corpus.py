@@ -65,7 +65,10 @@ def synthesize_corpus(
     if workers is not None and workers < 1:
         raise SynthError(f"synthesize_corpus: workers={workers} must be >= 1")
     out = Path(out)
-    record = {"config": asdict(config), "sample_rate": SAMPLE_RATE, "espeakng_loader": espeak.library_version()}
+    settings = asdict(config)
+    if settings["drift"] == 1.0:  # as corpora made before the setting existed recorded it: they stay resumable
+        del settings["drift"]
+    record = {"config": settings, "sample_rate": SAMPLE_RATE, "espeakng_loader": espeak.library_version()}
     prepare_output(out, record)
     sessions = plan_corpus(config)
     synthesized = render_sessions(sessions, out, workers, on_progress)

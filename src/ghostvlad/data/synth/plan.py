@@ -2,6 +2,7 @@
 source, channel, utterance durations), all drawn from the seed."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -31,6 +32,7 @@ class SynthConfig:
     seed: int = 0
     voices: str = "all"  # speaker pool: all | formant | klatt (see VOICE_POOLS)
     channels: str = "studio"  # session channels: studio | field (see CHANNEL_FAMILIES)
+    drift: float = 1.0  # scale of a session's pitch and rate drift from its speaker's voice (see drift_voice)
 
     def validate(self) -> None:
         """Raise ValueError (one line) on an impossible configuration."""
@@ -46,6 +48,7 @@ class SynthConfig:
             (self.seed >= 0, f"seed={self.seed} must be >= 0"),
             (self.voices in VOICE_POOLS, f"voices={self.voices!r}: choose {', '.join(VOICE_POOLS)}"),
             (self.channels in CHANNEL_FAMILIES, f"channels={self.channels!r}: choose {', '.join(CHANNEL_FAMILIES)}"),
+            (0 <= self.drift <= 4, f"drift={self.drift} must be in [0, 4]"),
         )
         for ok, message in checks:
             if not ok:
@@ -129,7 +132,7 @@ def plan_corpus(config: SynthConfig) -> list[Session]:
             for session in plan_speaker(config.seed, k, f"id{k + 1:05d}", "dev" if k < n_dev else "test",
                                         draw_voice(keyed_rng(config.seed, SPEAKER, k), config.voices), config.sessions,
                                         config.utterances, (config.min_duration, config.max_duration),
-                                        config.channels, drift_voice)]
+                                        config.channels, functools.partial(drift_voice, scale=config.drift))]
 
 
 def trial_files(sessions: Sequence[Session]) -> np.ndarray:

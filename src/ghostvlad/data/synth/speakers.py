@@ -105,10 +105,11 @@ def draw_voice(rng: np.random.Generator, pool: str = "all") -> Voice:
     )
 
 
-def drift_voice(voice: Voice, rng: np.random.Generator) -> Voice:
-    """A session's small change of an espeak voice's pitch and rate."""
+def drift_voice(voice: Voice, rng: np.random.Generator, scale: float = 1.0) -> Voice:
+    """A session's small change of an espeak voice's pitch (a normal draw of sd 2.5 units, about 3.5 % of F0) and
+    rate (within +-7 %), both times ``scale`` (the same draws whatever the scale; 0 keeps the voice)."""
     return replace(
         voice,
-        pitch=round(float(np.clip(voice.pitch + rng.normal(0, 2.5), 0, 100)), 1),
-        rate=round(voice.rate * float(rng.uniform(0.93, 1.07)), 1),
+        pitch=round(float(np.clip(voice.pitch + scale * rng.normal(0, 2.5), 0, 100)), 1),
+        rate=round(voice.rate * (1 + scale * (float(rng.uniform(0.93, 1.07)) - 1)), 1),
     )
