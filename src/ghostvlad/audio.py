@@ -284,8 +284,7 @@ def _open_pyav(file: str | BinaryIO, source: str) -> av.container.InputContainer
     if raw is None:
         return av.open(file)
     demuxer, rate = raw
-    options = {} if demuxer in ("gsm", "g722") else {"sample_rate": str(rate), "ch_layout": "mono"}
-    return av.open(file, format=demuxer, options=options)
+    return av.open(file, format=demuxer, options={"sample_rate": str(rate), "ch_layout": "mono"})
 
 
 def _audio_stream(container: av.container.InputContainer, source: str) -> av.audio.stream.AudioStream:
