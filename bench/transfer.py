@@ -9,7 +9,8 @@ For every (scenario, recipe, pooling, seed) it trains the ``demo`` network on a 
 * the mean target cosine within a session and across sessions (the gap shows channel learning), and non-target;
 * with ``--engines DIR``, also "engines": the cross-engine held-out set of :mod:`ghostvlad.data.engine_set`
   (MBROLA, SVOX Pico, RHVoice, Kokoro and Piper voices, no espeak-ng synthesis, through field channels), built in
-  DIR on first use and reused after; needs those engines (README, More voices), skips the ones missing;
+  DIR on first use and reused after (a finished set, e.g. one built with other voices, is scored as it is); needs
+  those engines (README, More voices), skips the ones missing;
 * with ``--recorded DIR``, also "recorded": real talkers (Debian ``ktuberling-data``'s word recordings, one person
   per language) through field channels, the ``recorded`` family of :mod:`ghostvlad.data.engine_set`, built likewise;
 * with ``--tuxpaint DIR``, also "tuxpaint": other real talkers (Debian ``tuxpaint-stamps-default``'s spoken stamp
@@ -127,19 +128,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--set", nargs="*", default=[], help="Extra config overrides (key.sub=value).")
     parser.add_argument("--engines", type=Path, default=None,
-                        help="Also score on the cross-engine held-out set in this folder (built on first use).")
+                        help="Also score on the cross-engine held-out set in this folder (built on first use; a "
+                             "finished set there is used as it is).")
     parser.add_argument("--recorded", type=Path, default=None,
                         help="Also score on real recorded talkers (apt-get install ktuberling-data) in this folder "
-                             "(built on first use).")
+                             "(built on first use; a finished set there is used as it is).")
     parser.add_argument("--tuxpaint", type=Path, default=None,
                         help="Also score on other real talkers (apt-get install tuxpaint-stamps-default) in this "
-                             "folder (built on first use; their recordings linked from DIR-talkers).")
+                             "folder (built on first use, their recordings linked from DIR-talkers; a finished set "
+                             "there is used as it is).")
     add_runtime_options(parser)
     args = parser.parse_args()
     apply_runtime_options(args)
     for option, folder, family in (("--engines", args.engines, "engines"), ("--recorded", args.recorded, "recorded"),
                                    ("--tuxpaint", args.tuxpaint, "recorded")):
         if folder is None:
+            continue
+        if (folder / "trials.txt").is_file():  # written last: a finished set, scored as it is whatever built it
+            trials = len((folder / "trials.txt").read_text().splitlines())
+            print(f"{family} set {folder}: as built ({trials} trials)")
             continue
         try:
             config = EngineSetConfig(family=family)
@@ -165,7 +172,8 @@ def main() -> None:
             eng = "".join(f"{cell([g[k]['eer'] for g in got])} | " for k in extra)
             print(f"| {r} | {p} | {cell([x['eer'] for x in ind])} | {cell([x['eer'] for x in crd])} | {eng}"
                   f"{cell([x['min_dcf'] for x in crd], 1, 3)} | "
-                  f"{cell([x['cos_same_session'] for x in ind], 1, 2)} / {cell([x['cos_cross_session'] for x in ind], 1, 2)} | "
+                  f"{cell([x['cos_same_session'] for x in ind], 1, 2)} / "
+                  f"{cell([x['cos_cross_session'] for x in ind], 1, 2)} | "
                   f"{cell([x['cos_nontarget'] for x in ind], 1, 2)} | {cell([g['train_s'] for g in got], 1, 0)} |")
 
 

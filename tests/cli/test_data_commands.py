@@ -1,11 +1,13 @@
 """`ghostvlad prepare` and `ghostvlad synth`."""
+import re
+
 import numpy as np
 from support.manifest import GOOD, tree  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 import ghostvlad.cli.data  # noqa: F401  (registers the data commands)
 from ghostvlad.cli import app
-from ghostvlad.data.manifest import bad_report_path, read_manifest
+from ghostvlad.data.manifest import AUDIO_SUFFIXES, bad_report_path, read_manifest
 
 runner = CliRunner(env={"COLUMNS": "1000"})  # no line wrapping by rich
 
@@ -37,6 +39,13 @@ def test_cli_prepare_original_list(tree, tmp_path):
     assert m.paths == [str(root / "id00012/vidA/00001.wav"), str(root / "id00003/x-Y_z/00007.wav")]
     assert m.speakers == ["id00012", "id00003"]
     assert bad_report_path(out).read_text() == f"{root / 'id00003/x-Y_z/missing.wav'}: file not found\n"
+
+
+def test_cli_prepare_help_names_every_collected_suffix():
+    result = runner.invoke(app, ["prepare", "--help"])
+    assert result.exit_code == 0, result.output
+    named = set(re.findall(r"\w+", result.output))
+    assert {suffix[1:] for suffix in AUDIO_SUFFIXES} <= named, result.output
 
 
 def test_cli_prepare_errors(tmp_path):
