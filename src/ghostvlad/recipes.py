@@ -31,9 +31,10 @@ from .train.config import load_config
 from .train.loop import LogRow, Trainer
 
 # Training corpus of the demo: many speakers, few utterances each, every utterance of a session through one channel.
-# Every session of a speaker has the same voice (drift 0): over 5 seeds, drift 1 / 0.5 / 0 gave one network a
+# Every session of a speaker has the same voice (drift 0): over seeds 0-4, drift 1 / 0.5 / 0 gave one network a
 # held-out EER of 25.7 / 24.4 / 23.0 % and stacks of three 22.8 / 22.4 / 19.7 % (docs/transfer.md "More or less
-# pitch and rate drift between sessions")
+# pitch and rate drift between sessions"); seeds 5-9 gave drift 1 and 0 the same (24.3 / 24.9, stacks 21.2 / 21.0:
+# docs/transfer.md "Five fresh seeds: drift and MixStyle")
 DEMO_CORPUS = SynthConfig(speakers=200, test_speakers=20, sessions=4, utterances=2, min_duration=2.0,
                           max_duration=5.0, trials=900, seed=0, voices="all", channels="studio", drift=0.0)
 # Unseen speakers through unseen channel types: the cross-domain test set
