@@ -37,6 +37,44 @@ def run(stage: str, x: np.ndarray, seed: int = 0, ctx: StageContext | None = Non
     return STAGES.get(stage)(x.copy(), np.random.default_rng(seed), ctx or StageContext())
 
 
+class _Draws:
+    """A generator whose uniform draws are given: the source stage's flattening power, then its noise level (dB)."""
+
+    def __init__(self, *uniforms: float) -> None:
+        self.uniforms, self.rng = list(uniforms), np.random.default_rng(0)
+
+    def uniform(self, low: float, high: float) -> float:
+        return self.uniforms.pop(0)
+
+    def standard_normal(self, *args, **kwargs) -> np.ndarray:
+        return self.rng.standard_normal(*args, **kwargs)
+
+
+def test_source_resynthesis_is_exact_without_flattening_or_noise():
+    x = speechlike()
+    y = STAGES.get("source")(x.astype(np.float32), _Draws(0.0, 300.0), StageContext())
+    assert y.dtype == np.float32 and y.shape == x.shape
+    np.testing.assert_allclose(y, x, atol=1e-6)
+
+
+def test_source_keeps_the_envelope_and_blurs_the_harmonics():
+    x = speechlike()
+    y = STAGES.get("source")(x.astype(np.float32), _Draws(0.6, 5.0), StageContext())
+    edges = [100, 400, 800, 1600, 3200, 6400]
+    change = [10 * np.log10(band_energy(y, lo, hi) / band_energy(x, lo, hi)) for lo, hi in zip(edges, edges[1:])]
+    assert max(abs(c) for c in change) < 2.0, change
+
+    def flatness(z: np.ndarray) -> float:  # per 32 ms frame, geometric over arithmetic mean power in 0.3-3 kHz
+        f, _, spec = sps.stft(z, SR, nperseg=512, noverlap=384)
+        power = np.abs(spec[(f > 300) & (f < 3000)]) ** 2 + 1e-20
+        return float(np.median(np.exp(np.mean(np.log(power), axis=0)) / np.mean(power, axis=0)))
+
+    assert flatness(y) > 1.5 * flatness(x)  # harmonics less peaked over the noise between them
+    a, b = run("source", x, seed=5), run("source", x, seed=5)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, run("source", x, seed=6))
+
+
 def test_reverb_convolves_with_one_of_the_simulated_rooms():
     aug = ChannelAugment({"reverb": 1.0}, seed=0, rooms=4)
     rooms = aug.context.rooms

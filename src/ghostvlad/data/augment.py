@@ -1,7 +1,8 @@
 """Training-crop augmentation: recording channels simulated without any corpus, and MUSAN / RIR folders when given.
 
-:class:`ChannelAugment` is a chain of stages (simulated rooms, coloured noise, babble of other training utterances,
-music-like tones, equalisation, band limits, telephone channels, lossy codecs, gain and clipping), each applied
+:class:`ChannelAugment` is a chain of stages (another voice source under the same vocal tract, simulated rooms,
+coloured noise, babble of other training utterances, music-like tones, equalisation, band limits, telephone channels,
+lossy codecs, gain and clipping), each applied
 with its own probability, so that a speaker's crops are heard through many channels and the channel stops
 telling speakers apart. :class:`Augmenter` mixes MUSAN noise / music / speech or convolves with room impulse
 responses read from folders.
@@ -22,6 +23,7 @@ import scipy.fft
 import scipy.signal as sps
 import soundfile as sf
 import soxr
+from scipy.ndimage import uniform_filter1d
 from scipy.signal import fftconvolve
 
 from ..audio import SAMPLE_RATE, AudioError, load_audio
@@ -188,6 +190,41 @@ def simulate_rooms(count: int, seed: int) -> list[np.ndarray]:
     return rooms
 
 
+SOURCE_FRAME, SOURCE_HOP = 512, 128  # 32 ms Hann frames every 8 ms
+SOURCE_SMOOTH = 17  # bins (530 Hz) over which the envelope averages the power: wider than any voice's F0
+SOURCE_WINDOW = sps.get_window("hann", SOURCE_FRAME).astype(np.float32)
+
+
+@STAGES.register("source")
+def source(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
+    """Another voice source under the same vocal tract: each short-time spectrum's harmonic fine structure partly
+    flattened towards its envelope (the power averaged over 530 Hz; by a power of 0-0.6, the frame's power kept) and
+    aspiration noise shaped by that envelope added at 5-25 dB below it, as synthesisers and voices differ in glottal
+    pulse and breathiness; the phase kept."""
+    n = len(x)
+    frames = np.lib.stride_tricks.sliding_window_view(np.pad(x, (SOURCE_FRAME, SOURCE_FRAME)), SOURCE_FRAME)
+    spec = scipy.fft.rfft(frames[::SOURCE_HOP] * SOURCE_WINDOW, axis=1)
+    magnitude = np.abs(spec) + 1e-7
+    envelope = np.sqrt(uniform_filter1d(magnitude**2, SOURCE_SMOOTH, axis=1, mode="nearest"))  # local mean power
+    power = np.sum(magnitude**2, axis=1, keepdims=True)
+    flatten = float(rng.uniform(0.0, 0.6))
+    level = np.float32(10 ** (-rng.uniform(5.0, 25.0) / 20) / np.sqrt(2))
+    draws = rng.standard_normal((2, *spec.shape), dtype=np.float32)
+    noise = np.empty(spec.shape, np.complex64)
+    noise.real, noise.imag = draws
+    flattened = magnitude * (envelope / magnitude) ** np.float32(flatten)
+    flattened *= np.sqrt(power / np.sum(flattened**2, axis=1, keepdims=True))  # each frame keeps its power
+    shaped = spec * (flattened / magnitude)
+    shaped += noise * (envelope * level)
+    out = scipy.fft.irfft(shaped, SOURCE_FRAME, axis=1) * SOURCE_WINDOW
+    hops = SOURCE_FRAME // SOURCE_HOP  # overlap-add: frame k starts at sample k * hop
+    total = np.zeros((len(out) + hops) * SOURCE_HOP, np.float32)
+    for j in range(hops):  # each quarter of every frame, as one strided add
+        total[j * SOURCE_HOP:][: len(out) * SOURCE_HOP] += out[:, j * SOURCE_HOP:(j + 1) * SOURCE_HOP].reshape(-1)
+    norm = np.float32(np.sum(SOURCE_WINDOW**2) / SOURCE_HOP)  # Hann squared at a quarter hop sums to a constant
+    return total[SOURCE_FRAME:SOURCE_FRAME + n] / norm
+
+
 @STAGES.register("reverb")
 def reverb(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarray:
     """Convolution with a simulated room, kept aligned with the dry signal."""
@@ -319,7 +356,8 @@ def gain(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.ndarr
     return np.clip(x * 10 ** (rng.uniform(-20, 20) / 20), -1.0, 1.0)
 
 
-STAGE_ORDER = ("reverb", "noise", "babble", "music", "eq", "bandlimit", "telephone", "codec", "gain")  # as in a recording
+# as in a recording: the voice, the room, other sounds, the microphone, the line and codec, the recorder
+STAGE_ORDER = ("source", "reverb", "noise", "babble", "music", "eq", "bandlimit", "telephone", "codec", "gain")
 
 
 class ChannelAugment:
