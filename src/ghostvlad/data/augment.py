@@ -205,8 +205,9 @@ def source(x: np.ndarray, rng: np.random.Generator, ctx: StageContext) -> np.nda
     frames = np.lib.stride_tricks.sliding_window_view(np.pad(x, (SOURCE_FRAME, SOURCE_FRAME)), SOURCE_FRAME)
     spec = scipy.fft.rfft(frames[::SOURCE_HOP] * SOURCE_WINDOW, axis=1)
     magnitude = np.abs(spec) + 1e-7
-    envelope = np.sqrt(uniform_filter1d(magnitude**2, SOURCE_SMOOTH, axis=1, mode="nearest"))  # local mean power
-    power = np.sum(magnitude**2, axis=1, keepdims=True)
+    bins = magnitude**2
+    envelope = np.sqrt(uniform_filter1d(bins, SOURCE_SMOOTH, axis=1, mode="nearest"))  # local mean power
+    power = np.sum(bins, axis=1, keepdims=True)
     flatten = float(rng.uniform(0.0, 0.6))
     level = np.float32(10 ** (-rng.uniform(5.0, 25.0) / 20) / np.sqrt(2))
     draws = rng.standard_normal((2, *spec.shape), dtype=np.float32)
