@@ -10,9 +10,12 @@ ones. ``bench/transfer.py`` adds voices of other synthesis engines (:mod:`ghostv
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import queue
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -48,6 +51,10 @@ CROSS_DOMAIN = SynthConfig(speakers=13, test_speakers=12, sessions=3, utterances
 # two did: over the same 5 seeds, real talkers 26.7 % against 28.4 % for two full-band networks (docs/transfer.md
 # "A band-limited front-end")
 DEMO_MEMBERS = 3
+# The demo trains its networks side by side, one compute thread each: networks this thin use a second thread poorly
+# (2 cores: three side by side took 371 s, one after the other with two threads each 540 s), and a network's draw
+# then does not depend on the machine's core count (docs/transfer.md "Side by side instead of one after the other")
+MEMBER_THREADS = 1
 
 Stage = Callable[[str], None]
 
@@ -133,6 +140,51 @@ def score_corpus(model: Embedder, corpus: str | os.PathLike, cache_dir: str | os
     return TransferScores(s.eer, s.min_dcf[0.05], s.threshold, s.n_trials, same, cross, non), result
 
 
+_progress: queue.Queue | None = None  # in a member's process: where its training rows go
+
+
+def _start_member(progress: queue.Queue | None) -> None:
+    global _progress
+    torch.set_num_threads(MEMBER_THREADS)
+    _progress = progress
+
+
+def _train_member(k: int, corpus: str, run: str, overrides: list[str]) -> None:
+    try:
+        log = None if _progress is None else (lambda row, steps: _progress.put((k, row, steps)))
+        train_on_corpus(corpus, run, "demo", overrides, on_log=log)
+    finally:
+        if _progress is not None:
+            _progress.put((k, None, 0))  # after all of this member's rows (one process's puts arrive in order)
+
+
+def train_side_by_side(corpus: str | os.PathLike, runs: Sequence[str | os.PathLike],
+                       overrides: Sequence[Sequence[str]], on_log: LogRow | None = None) -> None:
+    """Train the ``demo`` config into each of ``runs`` (with its ``overrides``) at once, each in a process of its own
+    with :data:`MEMBER_THREADS` compute threads; ``on_log(row, steps)`` gets every run's logged rows (``network``: 1,
+    2, ...). Every run is finished or resumable when this returns or raises (the first run's error, after all ended).
+    """
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no copied torch thread pools
+    progress = context.Queue() if on_log is not None else None
+    with ProcessPoolExecutor(len(runs), mp_context=context, initializer=_start_member, initargs=(progress,)) as pool:
+        futures = [pool.submit(_train_member, k, str(corpus), str(run), list(extra))
+                   for k, (run, extra) in enumerate(zip(runs, overrides, strict=True))]
+        ended = 0
+        while progress is not None and ended < len(runs):
+            try:
+                k, row, steps = progress.get(timeout=0.5)
+            except queue.Empty:
+                if all(f.done() for f in futures):  # a process that died without saying so
+                    break
+                continue
+            if row is None:
+                ended += 1
+            else:
+                on_log({**row, "network": k + 1}, steps)
+    for future in futures:
+        future.result()
+
+
 @dataclass
 class DemoResult:
     in_domain: TransferScores
@@ -151,7 +203,8 @@ def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = N
              overrides: Sequence[str] = (), on_stage: Stage | None = None, on_log: LogRow | None = None,
              on_synth: OnProgress | None = None) -> DemoResult:
     """Synthesise the demo corpus and the cross-domain set, train the ``demo`` config :data:`DEMO_MEMBERS` times
-    (``out_dir/run``, ``out_dir/run-1``, ...) and stack the networks into one model, evaluate it on both.
+    side by side (``out_dir/run``, ``out_dir/run-1``, ...; :func:`train_side_by_side`) and stack the networks into
+    one model, evaluate it on both.
 
     Every stage resumes when re-run into the same ``out_dir``. The model is written to ``out_dir/model`` with its
     EER threshold on the in-domain trials and a calibration fitted on them (operating points ``eer`` and
@@ -177,14 +230,14 @@ def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = N
     t0 = time.perf_counter()
     cpu = torch.device("cpu")
     precision = resolve_precision(load_config("demo", overrides).train.precision, cpu).name
-    stage(f"training the demo config {DEMO_MEMBERS} times (train.seed {seed} to {seed + DEMO_MEMBERS - 1}, {precision}"
+    stage(f"training the demo config {DEMO_MEMBERS} times side by side (train.seed {seed} to {seed + DEMO_MEMBERS - 1}, "
+          f"{precision}"
           f"{'' if native_bf16(cpu) else ': this CPU has no native bfloat16, so this takes longer'}; resumes if "
           "interrupted)")
-    runs = []
-    for k in range(DEMO_MEMBERS):
-        extra = [f"train.seed={seed + k}", *([f"train.epochs={epochs}"] if epochs is not None else []), *overrides]
-        log = None if on_log is None else (lambda row, steps, k=k: on_log({**row, "network": k + 1}, steps))
-        runs.append(train_on_corpus(corpus, out / ("run" if k == 0 else f"run-{k}"), "demo", extra, on_log=log))
+    runs = [out / ("run" if k == 0 else f"run-{k}") for k in range(DEMO_MEMBERS)]
+    train_side_by_side(corpus, runs, [[f"train.seed={seed + k}", *([f"train.epochs={epochs}"] if epochs is not None
+                                                                   else []), *overrides] for k in range(DEMO_MEMBERS)],
+                       on_log)
     timings["training"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
