@@ -230,8 +230,8 @@ def run_demo(out_dir: str | os.PathLike, seed: int = 0, speakers: int | None = N
     t0 = time.perf_counter()
     cpu = torch.device("cpu")
     precision = resolve_precision(load_config("demo", overrides).train.precision, cpu).name
-    stage(f"training the demo config {DEMO_MEMBERS} times side by side (train.seed {seed} to {seed + DEMO_MEMBERS - 1}, "
-          f"{precision}"
+    stage(f"training the demo config {DEMO_MEMBERS} times side by side (train.seed {seed} to "
+          f"{seed + DEMO_MEMBERS - 1}, {precision}"
           f"{'' if native_bf16(cpu) else ': this CPU has no native bfloat16, so this takes longer'}; resumes if "
           "interrupted)")
     runs = [out / ("run" if k == 0 else f"run-{k}") for k in range(DEMO_MEMBERS)]
