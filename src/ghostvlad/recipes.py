@@ -52,8 +52,9 @@ CROSS_DOMAIN = SynthConfig(speakers=13, test_speakers=12, sessions=3, utterances
 # "A band-limited front-end")
 DEMO_MEMBERS = 3
 # The demo trains its networks side by side, one compute thread each: networks this thin use a second thread poorly
-# (2 cores: three side by side took 371 s, one after the other with two threads each 540 s), and a network's draw
-# then does not depend on the machine's core count (docs/transfer.md "Side by side instead of one after the other")
+# (2 cores: the demo's training took 327 s, one network after the other with two threads each 525-584 s), a
+# network's draw then does not depend on the machine's core count, and over 6 paired seeds one thread scored as two
+# did (held-out mean -0.5 +- 1.4 points: docs/transfer.md "The demo's networks side by side")
 MEMBER_THREADS = 1
 
 Stage = Callable[[str], None]
