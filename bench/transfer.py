@@ -26,6 +26,7 @@ Results are kept per run under ``--work`` (a re-run skips finished runs); the ta
 
     python bench/transfer.py --scenario demo --recipes baseline demo --poolings tap --seeds 0
     python bench/transfer.py --scenario demo --recipes demo --poolings tap tstp astp vlad gvlad --seeds 0 1 2
+    python bench/transfer.py --recipes demo --poolings astp --seeds 0 1 2 --epochs 6 --side-by-side 3  # make demo's
     python bench/transfer.py --scenario demo --recipes demo --poolings tap --engines bench_out/engines \
         --recorded bench_out/recorded --tuxpaint bench_out/tuxpaint
 """
@@ -47,7 +48,8 @@ from ghostvlad.data.synth import SynthConfig
 from ghostvlad.data.voices import EngineUnavailable
 from ghostvlad.fileio import atomic_write_text
 from ghostvlad.loading import load_model
-from ghostvlad.recipes import CROSS_DOMAIN, DEMO_CORPUS, score_corpus, synthesize, train_on_corpus
+from ghostvlad.recipes import (CROSS_DOMAIN, DEMO_CORPUS, score_corpus, synthesize, train_on_corpus,
+                               train_side_by_side)
 
 OFF = "data.augment={" + ", ".join(f"{stage}: 0" for stage in STAGE_ORDER) + "}"
 RECIPES = {"baseline": [OFF, "data.speeds=[1.0]", "train.sampler=random", "head.prototypical=0"], "demo": []}
@@ -64,8 +66,46 @@ def corpus_config(scenario: str, args) -> SynthConfig:
                    voices="all", drift=1.0)
 
 
-def run_one(work: Path, scenario: str, recipe: str, pooling: str, seed: int, args) -> dict:
-    name = f"{scenario}-{recipe}-{pooling}-s{seed}"
+def run_name(scenario: str, recipe: str, pooling: str, seed: int) -> str:
+    return f"{scenario}-{recipe}-{pooling}-s{seed}"
+
+
+def training_corpus(work: Path, scenario: str, args) -> Path:
+    """The scenario's training corpus under ``work`` (synthesised on first use), named by what differs from the demo's."""
+    config = corpus_config(scenario, args)
+    changed = [name for name in ("voices", "sessions", "utterances", "trials", "drift")
+               if scenario == "demo" and getattr(config, name) != getattr(DEMO_CORPUS, name)]
+    suffix = "".join(f"-{config.voices}" if name == "voices" else f"-{getattr(config, name)}{name}" for name in changed)
+    return synthesize(work / f"corpus-{scenario}-{args.speakers}{suffix}", config)
+
+
+def overrides_of(recipe: str, pooling: str, seed: int, args) -> list[str]:
+    return [*RECIPES[recipe], f"model.pooling={pooling}", *POOLING[pooling], f"train.seed={seed}",
+            f"train.epochs={args.epochs}", "data.workers=1", *args.set]
+
+
+def train_runs(work: Path, scenario: str, jobs: list[tuple[str, str, int]], args) -> dict[str, float]:
+    """Train the (recipe, pooling, seed) runs not finished yet, ``--side-by-side`` at a time; their wall times (s):
+    a run's own one after the other, its group's side by side."""
+    corpus = training_corpus(work, scenario, args)
+    todo = [job for job in jobs if not (work / "results" / f"{run_name(scenario, *job)}.json").exists()]
+    seconds = {}
+    for first in range(0, len(todo), args.side_by_side):
+        group = todo[first:first + args.side_by_side]
+        names = [run_name(scenario, *job) for job in group]
+        t0 = time.perf_counter()
+        if args.side_by_side == 1:
+            train_on_corpus(corpus, work / "runs" / names[0], "demo", overrides_of(*group[0], args))
+        else:
+            train_side_by_side(corpus, [work / "runs" / name for name in names],
+                               [overrides_of(*job, args) for job in group])
+        seconds.update(dict.fromkeys(names, round(time.perf_counter() - t0, 1)))
+    return seconds
+
+
+def score_run(work: Path, scenario: str, recipe: str, pooling: str, seed: int, train_s: float | None, args) -> dict:
+    """The run's row of results: scored and written once, read back after (and scored on sets added since)."""
+    name = run_name(scenario, recipe, pooling, seed)
     result_path = work / "results" / f"{name}.json"
     if result_path.exists():
         row = json.loads(result_path.read_text())
@@ -75,23 +115,13 @@ def run_one(work: Path, scenario: str, recipe: str, pooling: str, seed: int, arg
             row.update({k: asdict(score_corpus(model, d, work / "cache")[0]) for k, d in missing.items()})
             atomic_write_text(result_path, json.dumps(row, indent=1))
         return row
-    config = corpus_config(scenario, args)
-    changed = [name for name in ("voices", "sessions", "utterances", "trials", "drift")
-               if scenario == "demo" and getattr(config, name) != getattr(DEMO_CORPUS, name)]
-    suffix = "".join(f"-{config.voices}" if name == "voices" else f"-{getattr(config, name)}{name}" for name in changed)
-    corpus = synthesize(work / f"corpus-{scenario}-{args.speakers}{suffix}", config)
-    cross = synthesize(work / "cross", CROSS_DOMAIN)
-    overrides = [*RECIPES[recipe], f"model.pooling={pooling}", *POOLING[pooling], f"train.seed={seed}",
-                 f"train.epochs={args.epochs}", "data.workers=1", *args.set]
-    t0 = time.perf_counter()
-    run = train_on_corpus(corpus, work / "runs" / name, "demo", overrides)
-    train_s = time.perf_counter() - t0
-    model = load_model(run)
+    corpus, cross = training_corpus(work, scenario, args), synthesize(work / "cross", CROSS_DOMAIN)
+    model = load_model(work / "runs" / name)
     cache = work / "cache"
     in_domain, _ = score_corpus(model, corpus, cache)
     cross_domain, _ = score_corpus(model, cross, cache)
-    row = {"scenario": scenario, "recipe": recipe, "pooling": pooling, "seed": seed, "train_s": round(train_s, 1),
-           "in_domain": asdict(in_domain), "cross_domain": asdict(cross_domain)}
+    row = {"scenario": scenario, "recipe": recipe, "pooling": pooling, "seed": seed, "train_s": train_s,
+           "side_by_side": args.side_by_side, "in_domain": asdict(in_domain), "cross_domain": asdict(cross_domain)}
     row.update({k: asdict(score_corpus(model, d, cache)[0]) for k, d in held_out_sets(args).items()})
     result_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(result_path, json.dumps(row, indent=1))
@@ -127,6 +157,10 @@ def main() -> None:
                         help="Demo scenario: scale of a session's pitch and rate drift (SynthConfig.drift).")
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--set", nargs="*", default=[], help="Extra config overrides (key.sub=value).")
+    parser.add_argument("--side-by-side", type=int, default=1, metavar="N",
+                        help="Train N runs at once, each in its own process with one compute thread, as `ghostvlad "
+                             "demo` trains its networks (the same weights as the demo's for the demo recipe's seeds); "
+                             "1: one after the other at this process's thread count.")
     parser.add_argument("--engines", type=Path, default=None,
                         help="Also score on the cross-engine held-out set in this folder (built on first use; a "
                              "finished set there is used as it is).")
@@ -139,6 +173,8 @@ def main() -> None:
                              "there is used as it is).")
     add_runtime_options(parser)
     args = parser.parse_args()
+    if args.side_by_side < 1:
+        parser.error(f"--side-by-side {args.side_by_side}: give 1 or more runs at once")
     apply_runtime_options(args)
     for option, folder, family in (("--engines", args.engines, "engines"), ("--recorded", args.recorded, "recorded"),
                                    ("--tuxpaint", args.tuxpaint, "recorded")):
@@ -158,8 +194,10 @@ def main() -> None:
             raise SystemExit(f"{option} {folder}: {err}") from None
         print(f"{family} set {folder}: {built['speakers']} voices, {built['trials']} trials"
               + (f"; skipped {', '.join(built['skipped'])}" if built["skipped"] else ""))
-    rows = [run_one(args.work, args.scenario, r, p, s, args)
-            for r in args.recipes for p in args.poolings for s in args.seeds]
+    jobs = [(r, p, s) for r in args.recipes for p in args.poolings for s in args.seeds]
+    seconds = train_runs(args.work, args.scenario, jobs, args)
+    rows = [score_run(args.work, args.scenario, *job, seconds.get(run_name(args.scenario, *job)), args)
+            for job in jobs]
     print(f"\n{args.scenario}: EER % and mean cosines (mean ± std over seeds {args.seeds})")
     extra = list(held_out_sets(args))
     print("| recipe | pooling | in-domain EER | cross-domain EER | " + "".join(f"{k} EER | " for k in extra)
