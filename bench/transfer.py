@@ -71,7 +71,8 @@ def run_name(scenario: str, recipe: str, pooling: str, seed: int) -> str:
 
 
 def training_corpus(work: Path, scenario: str, args) -> Path:
-    """The scenario's training corpus under ``work`` (synthesised on first use), named by what differs from the demo's."""
+    """The scenario's training corpus under ``work`` (synthesised on first use), named by what differs from the
+    demo's."""
     config = corpus_config(scenario, args)
     changed = [name for name in ("voices", "sessions", "utterances", "trials", "drift")
                if scenario == "demo" and getattr(config, name) != getattr(DEMO_CORPUS, name)]
